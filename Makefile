@@ -1,0 +1,43 @@
+# smallfoot: `make run` (main job) and `make test` (lint + tests) work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		echo "Fashion-MNIST: already installed in /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: installing Debian package dataset-fashion-mnist (apt-get)"; \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
+		&& echo "Fashion-MNIST: installed in /usr/share/datasets/fashion-mnist" \
+		|| echo "Fashion-MNIST: apt-get failed; smallfoot will use scikit-learn's digits instead"; \
+	else \
+		echo "Fashion-MNIST: not installed (needs root + apt-get: apt-get install dataset-fashion-mnist); digits will be used"; \
+	fi
+	touch $(STAMP)
+
+run: install
+	$(BIN)/smallfoot train --config configs/main.toml
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
