@@ -1,0 +1,359 @@
+"""The ``smallfoot`` command line: sub-commands call library functions, nothing else."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import smallfoot
+from smallfoot.errors import ConfigError, SmallfootError, TrainingInterrupted
+
+app = typer.Typer(
+    help="smallfoot: train deep networks in a fraction of the memory, and measure what it costs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"smallfoot {smallfoot.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
+    """smallfoot: memory-efficient training and an honest memory meter."""
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value: int, float, bool, comma-separated list of those, or the string itself."""
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part != ""]
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
+    """``["a=1", "b=x,y"]`` -> ``{"a": 1, "b": ["x", "y"]}``; malformed items raise ``ConfigError``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} {item!r} must look like KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def parse_extra_flags(args: list[str]) -> dict[str, Any]:
+    """Method options given as extra flags: ``--inr 0.3 --kernel=2 --flag`` -> dict (strings kept)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r}; method options look like --name VALUE")
+        name = arg[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:
+            value = "true"
+            i += 1
+        out[name.replace("-", "_")] = value
+    return out
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML run configuration; flags override it."
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its checkpoint."
+    ),
+    dataset: str | None = typer.Option(None, help="Dataset name (see `smallfoot datasets`)."),
+    model: str | None = typer.Option(None, help="Model name (see `smallfoot models`)."),
+    method: str | None = typer.Option(
+        None, help="Method name (see `smallfoot methods`); its options follow as --flags."
+    ),
+    epochs: int | None = typer.Option(None, help="Epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Mini-batch size."),
+    lr: float | None = typer.Option(None, help="Peak learning rate."),
+    optimizer: str | None = typer.Option(None, help="sgd or adamw."),
+    schedule: str | None = typer.Option(None, help="constant, cosine or multistep."),
+    momentum: float | None = typer.Option(None, help="SGD momentum."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
+    seed: int | None = typer.Option(None, help="Seed of every generator."),
+    augment: bool | None = typer.Option(
+        None, "--augment/--no-augment", help="Random crop (+ flip for colour)."
+    ),
+    data_root: str | None = typer.Option(
+        None, "--data-root", help="Directory with the dataset files."
+    ),
+    train_limit: int | None = typer.Option(
+        None, "--train-limit", help="Train on this many samples."
+    ),
+    test_limit: int | None = typer.Option(
+        None, "--test-limit", help="Evaluate on this many samples."
+    ),
+    label_noise: float | None = typer.Option(
+        None, "--label-noise", help="Fraction of training labels made wrong."
+    ),
+    filter_spec: str | None = typer.Option(
+        None, "--filter", help="Filter the training set first, e.g. k=42."
+    ),
+    loss: str | None = typer.Option(None, help="softmax-ce, exp-ga, pow3-ga or linear-mse."),
+    target_values: str | None = typer.Option(
+        None, "--target-values", help="Loss targets for (other, true) class, e.g. 0,16."
+    ),
+    ga_alpha: float | None = typer.Option(
+        None, "--ga-alpha", help="Gradient-amplifying loss alpha."
+    ),
+    ga_beta: float | None = typer.Option(None, "--ga-beta", help="Gradient-amplifying loss beta."),
+    init: str | None = typer.Option(
+        None, "--init", help="Initialise the model from this state-dict file."
+    ),
+    model_opt: list[str] = typer.Option(
+        [], "--model-opt", help="Model option KEY=VALUE (repeatable)."
+    ),
+    data_opt: list[str] = typer.Option(
+        [], "--data-opt", help="Dataset option KEY=VALUE, e.g. pad_to=32 (repeatable)."
+    ),
+    device: str | None = typer.Option(None, help="cpu, cuda or auto."),
+    out_dir: str | None = typer.Option(
+        None, "--out-dir", help="Parent directory of run directories."
+    ),
+    run_name: str | None = typer.Option(None, "--run-name", help="Name of the run directory."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Show a progress bar."
+    ),
+    measure_memory: bool | None = typer.Option(
+        None, "--memory/--no-memory", help="Measure a training step's memory."
+    ),
+):
+    """Train a model with a method; writes a run directory and prints a summary."""
+    from smallfoot.config import RunConfig, apply_overrides, load_config
+    from smallfoot.train import run_training
+
+    if resume is not None:
+        if config is not None or ctx.args:
+            raise ConfigError("--resume takes the run's own config.toml; drop the other options")
+        summary = run_training(RunConfig(), resume_dir=resume)
+        print_summary(summary)
+        return
+    base = load_config(config) if config is not None else RunConfig()
+    flags = {
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "augment": augment,
+        "data_root": data_root,
+        "train_limit": train_limit,
+        "test_limit": test_limit,
+        "label_noise": label_noise,
+        "filter": filter_spec,
+        "loss": loss,
+        "init": init,
+        "device": device,
+        "out_dir": out_dir,
+        "run_name": run_name,
+        "progress": progress,
+        "measure_memory": measure_memory,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    loss_options = {
+        "target_values": parse_value(target_values) if target_values else None,
+        "alpha": ga_alpha,
+        "beta": ga_beta,
+    }
+    overrides["loss_options"] = {k: v for k, v in loss_options.items() if v is not None}
+    overrides["model_options"] = parse_key_values(model_opt, "--model-opt")
+    overrides["data_options"] = parse_key_values(data_opt, "--data-opt")
+    method_flags = parse_extra_flags(ctx.args)
+    if "method" in overrides and overrides["method"] != base.method:
+        base.method_options = {}  # options of the file's method do not apply to another one
+    overrides["method_options"] = method_flags
+    run_config = apply_overrides(base, overrides)
+    print_summary(run_training(run_config))
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Print a run summary as a table."""
+    table = Table(title="smallfoot run summary", show_header=False)
+    memory = summary.get("memory") or {}
+    rows = [
+        (
+            "dataset / model / method",
+            f"{summary['dataset']} / {summary['model']} / {summary['method']}",
+        ),
+        ("epochs", str(summary["epochs"])),
+        ("train accuracy", _pct(summary.get("train_accuracy"))),
+        ("test accuracy", _pct(summary.get("test_accuracy"))),
+        (
+            "test loss",
+            f"{summary['test_loss']:.4f}" if summary.get("test_loss") is not None else "-",
+        ),
+        ("wall time", f"{summary['seconds']:.1f} s"),
+        ("parameters", f"{summary['parameters']:,}"),
+    ]
+    if memory:
+        rows += [
+            (
+                "peak memory (one step)",
+                f"{_mib(memory.get('peak'))} ({memory.get('peak_phase', '?')})",
+            ),
+            ("saved activations", _mib(memory.get("saved_activations"))),
+        ]
+    rows.append(("run directory", summary["run_dir"]))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.2f}%" if value is not None else "-"
+
+
+def _mib(value) -> str:
+    return f"{value / 2**20:.2f} MiB" if value is not None else "-"
+
+
+@app.command()
+def datasets(
+    data_root: str | None = typer.Option(
+        None, "--data-root", help="Where to look for (or download) files."
+    ),
+    download: str | None = typer.Option(
+        None, "--download", help="Download this dataset into --data-root (needs a network)."
+    ),
+):
+    """List the datasets, and whether and where each is available locally."""
+    from smallfoot.data import list_datasets
+    from smallfoot.errors import DatasetError
+
+    if download is not None:
+        from smallfoot.data.download import download_dataset
+
+        if data_root is None:
+            raise ConfigError("--download needs --data-root DIR")
+        for path in download_dataset(download, data_root):
+            console.print(f"verified {path}")
+        return
+    table = Table(title="datasets")
+    for column in ("name", "description", "available"):
+        table.add_column(column)
+    root = Path(data_root) if data_root else None
+    for info in list_datasets():
+        try:
+            where = f"[green]yes[/green]: {info.locate(root)}" if info.locate else "yes"
+        except DatasetError as exc:
+            where = f"[red]no[/red]: {exc}"
+        table.add_row(info.name, info.description, where)
+    console.print(table)
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"3x32x32"`` -> ``(3, 32, 32)``; raises ``ConfigError`` on anything else."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise ConfigError(f"input shape {text!r} must look like CxHxW (e.g. 3x32x32) or D")
+    return shape
+
+
+@app.command()
+def models(
+    input_shape: str = typer.Option(
+        "3x32x32", "--input", help="Input shape CxHxW for the parameter counts."
+    ),
+    classes: int = typer.Option(10, "--classes", help="Number of classes."),
+):
+    """List the models with their parameter counts at the given input shape."""
+    import torch
+
+    from smallfoot.models import build_model, list_models, parameter_count
+
+    shape = parse_input_shape(input_shape)
+    table = Table(title=f"models (parameters at input {input_shape}, {classes} classes)")
+    for column in ("name", "parameters", "description"):
+        table.add_column(column)
+    for info in list_models():
+        try:
+            with torch.device("meta"):
+                count = f"{parameter_count(build_model(info.name, shape, classes)):,}"
+        except SmallfootError as exc:
+            count = f"n/a ({exc})"
+        table.add_row(info.name, count, info.description)
+    console.print(table)
+
+
+@app.command()
+def methods():
+    """List the training methods, their capability flags and their options."""
+    from smallfoot.methods import list_methods, option_fields
+
+    table = Table(title="methods")
+    for column in ("name", "description", "flags", "options (default)"):
+        table.add_column(column)
+    for cls in list_methods():
+        flags = [f for f in ("custom_backward", "changes_optimizer", "staged") if getattr(cls, f)]
+        options = ", ".join(
+            f"--{n.replace('_', '-')} ({d})" for n, _, d, _ in option_fields(cls.Options)
+        )
+        table.add_row(cls.name, cls.description, " ".join(flags), options or "-")
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app; user errors print one line and exit with status 2."""
+    try:
+        app()
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        sys.exit(130)
+    except SmallfootError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on standard output (no rich markup)."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

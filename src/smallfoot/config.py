@@ -1,0 +1,212 @@
+"""The configuration of a run: a dataclass, read from TOML, overridden from the command line.
+
+A TOML file holds the top-level fields of :class:`RunConfig` plus optional tables
+``[model]`` (options of the model builder), ``[method]`` (options of the method),
+``[loss]`` (options of the loss) and ``[data]`` (options of the dataset loader)::
+
+    dataset = "fashion-mnist"
+    model = "cnn4"
+    epochs = 3
+    [model]
+    widths = [32, 64, 128, 128]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smallfoot._io import atomic_write_text
+from smallfoot.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run; the run directory stores it as config.toml."""
+
+    dataset: str = "fashion-mnist"
+    """registered dataset name (`smallfoot datasets`)"""
+    model: str = "cnn4"
+    """registered model name (`smallfoot models`)"""
+    method: str = "baseline"
+    """registered method name (`smallfoot methods`)"""
+    epochs: int = 3
+    """passes over the training set"""
+    batch_size: int = 128
+    """mini-batch size"""
+    optimizer: str = "sgd"
+    """sgd (with momentum) or adamw"""
+    lr: float = 0.05
+    """peak learning rate"""
+    momentum: float = 0.9
+    """SGD momentum"""
+    weight_decay: float = 5e-4
+    """L2 weight decay (decoupled for adamw)"""
+    schedule: str = "cosine"
+    """learning-rate schedule: constant, cosine or multistep (stepped per batch)"""
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    """multistep: fractions of training at which the rate is multiplied by gamma"""
+    gamma: float = 0.1
+    """multistep: factor at each milestone"""
+    seed: int = 0
+    """seeds every generator (weights, data order, augmentation, dropout)"""
+    augment: bool = False
+    """random crop (padding 4 for 32px images, 2 otherwise) and, for colour images, horizontal flip"""
+    data_root: str | None = None
+    """directory holding the dataset files (CIFAR, MNIST); Fashion-MNIST defaults to the Debian path"""
+    train_limit: int | None = None
+    """train on this many samples (seeded choice) instead of the whole training set"""
+    test_limit: int | None = None
+    """evaluate on this many test samples"""
+    label_noise: float = 0.0
+    """fraction of training labels replaced by a different random class"""
+    filter: str | None = None
+    """offline data filtering before training, e.g. "k=42" (k-filtering)"""
+    loss: str = "softmax-ce"
+    """output loss: softmax-ce, exp-ga, pow3-ga or linear-mse"""
+    init: str | None = None
+    """state-dict file to initialise the model from (e.g. a closed-form fit)"""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)"""
+    out_dir: str = "runs"
+    """parent directory of run directories"""
+    run_name: str | None = None
+    """run directory name (default: time stamp + dataset + model + method)"""
+    measure_memory: bool = True
+    """measure one training step with smallfoot.memory and record it in summary.json"""
+    progress: bool = True
+    """show a progress bar"""
+    model_options: dict[str, Any] = field(default_factory=dict)
+    """options of the model builder ([model] table)"""
+    method_options: dict[str, Any] = field(default_factory=dict)
+    """options of the method ([method] table)"""
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    """options of the loss ([loss] table)"""
+    data_options: dict[str, Any] = field(default_factory=dict)
+    """options of the dataset loader ([data] table), e.g. pad_to = 32"""
+
+    def validate(self) -> RunConfig:
+        """Check value ranges; raise ``ConfigError`` naming the field and the valid range."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adamw")
+        if self.schedule not in ("constant", "cosine", "multistep"):
+            raise ConfigError(
+                f"unknown schedule {self.schedule!r}; choose one of: constant, cosine, multistep"
+            )
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ConfigError(f"label_noise must lie in [0, 1], got {self.label_noise}")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise ConfigError("weight_decay and momentum must be non-negative")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
+        return self
+
+
+_TABLES = {
+    "model": "model_options",
+    "method": "method_options",
+    "loss": "loss_options",
+    "data": "data_options",
+}
+
+
+def field_names() -> list[str]:
+    """Names of the top-level (non-table) fields of :class:`RunConfig`."""
+    return [f.name for f in dataclasses.fields(RunConfig) if f.name not in _TABLES.values()]
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from a TOML-shaped dict; unknown keys raise ``ConfigError``."""
+    known = set(field_names())
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{key}] must be a table")
+            kwargs[_TABLES[key]] = dict(value)
+        elif key in known:
+            kwargs[key] = value
+        else:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}; valid keys: {', '.join(sorted(known | set(_TABLES)))}"
+            )
+    return RunConfig(**kwargs)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a run configuration from a TOML file."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    return config_from_dict(values, str(path))
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The TOML-shaped dict of ``config`` (tables for the option dicts, None values left out)."""
+    out: dict[str, Any] = {}
+    for name in field_names():
+        value = getattr(config, name)
+        if value is not None:
+            out[name] = value
+    for table, attr in _TABLES.items():
+        if getattr(config, attr):
+            out[table] = getattr(config, attr)
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+def dumps_toml(values: dict[str, Any]) -> str:
+    """Serialise a dict of scalars, lists and one level of tables as TOML."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for key, table in values.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """Write ``config`` as TOML (atomically); ``load_config`` reads it back unchanged."""
+    return atomic_write_text(path, dumps_toml(config_to_dict(config)))
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A copy of ``config`` with the given fields replaced; table fields are merged key by key."""
+    values = dataclasses.asdict(config)
+    for key, value in overrides.items():
+        if key in _TABLES.values():
+            values[key] = {**values[key], **value}
+        elif key in values:
+            values[key] = value
+        else:
+            raise ConfigError(f"unknown config field {key!r}")
+    return RunConfig(**values)

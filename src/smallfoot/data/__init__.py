@@ -1,0 +1,23 @@
+"""Datasets as in-memory tensors: ``load_dataset(name, split, root)``, loaders and a registry."""
+
+from smallfoot.data.datasets import (
+    ArrayDataset,
+    DatasetInfo,
+    get_dataset_info,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+)
+from smallfoot.data.loader import Augment, BatchLoader, add_label_noise
+
+__all__ = [
+    "ArrayDataset",
+    "Augment",
+    "BatchLoader",
+    "DatasetInfo",
+    "add_label_noise",
+    "get_dataset_info",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+]

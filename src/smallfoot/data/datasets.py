@@ -1,0 +1,328 @@
+"""Datasets as in-memory tensors, a registry of loaders, and the built-in sets."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smallfoot.data.cifar import CIFAR_LAYOUT, cifar_dir, load_cifar
+from smallfoot.data.idx import find_idx_file, load_idx_pair
+from smallfoot.errors import ConfigError, DatasetError, UnknownNameError
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+
+
+@dataclass
+class ArrayDataset:
+    """A labelled dataset held in memory.
+
+    Attributes:
+        x: float32 inputs, ``(N, C, H, W)`` for images or ``(N, D)`` for tabular data.
+        y: int64 class labels ``(N,)`` (float targets ``(N, D)`` for regression sets).
+        num_classes: number of classes (0 for regression).
+        name: dataset name, e.g. ``"fashion-mnist"``.
+        classes: optional class names.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    name: str
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise DatasetError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, without the batch dimension."""
+        return tuple(self.x.shape[1:])
+
+    def subset(self, indices) -> ArrayDataset:
+        """A new dataset holding copies of the given rows."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return ArrayDataset(
+            self.x[index].clone(), self.y[index].clone(), self.num_classes, self.name, self.classes
+        )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered dataset: its name, a one-line description and its loader."""
+
+    name: str
+    description: str
+    loader: Callable[..., ArrayDataset]
+    splits: tuple[str, ...]
+    locate: Callable[[Path | None], str] | None = None
+
+
+_REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, description: str, splits=("train", "test"), locate=None):
+    """Decorator registering ``loader(split, root, **options) -> ArrayDataset`` under ``name``.
+
+    ``locate(root) -> str`` (optional) says where the data is found or raises ``DatasetError``;
+    ``smallfoot datasets`` uses it.
+    """
+
+    def decorate(loader):
+        _REGISTRY[name] = DatasetInfo(name, description, loader, tuple(splits), locate)
+        return loader
+
+    return decorate
+
+
+def list_datasets(pattern: str = "*") -> list[DatasetInfo]:
+    """Registered datasets whose name matches the glob ``pattern``, sorted by name."""
+    return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatch(name, pattern)]
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of ``name``; raises ``UnknownNameError`` listing the choices."""
+    if name not in _REGISTRY:
+        raise UnknownNameError("dataset", name, sorted(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def load_dataset(
+    name: str, split: str = "train", root: str | Path | None = None, **options
+) -> ArrayDataset:
+    """Load ``split`` of dataset ``name`` as an :class:`ArrayDataset`.
+
+    Image options: ``normalize`` (default True: per-channel standardisation with the training
+    split's statistics), ``pad_to`` (zero-pad square images to this side before normalising),
+    ``limit`` (keep this many samples, chosen by a seeded shuffle), ``seed``.
+    """
+    info = get_dataset_info(name)
+    if split not in info.splits:
+        raise ConfigError(
+            f"dataset {name!r} has no split {split!r}; choose one of: {', '.join(info.splits)}"
+        )
+    return info.loader(split, Path(root) if root is not None else None, **options)
+
+
+def _limit(ds: ArrayDataset, limit: int | None, seed: int) -> ArrayDataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    if limit <= 0:
+        raise ConfigError(f"limit must be positive, got {limit}")
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
+    return ds.subset(order.sort().values)
+
+
+def _pad(images: torch.Tensor, pad_to: int | None) -> torch.Tensor:
+    if pad_to is None:
+        return images
+    h, w = images.shape[-2:]
+    if pad_to < max(h, w):
+        raise ConfigError(f"pad_to={pad_to} is smaller than the images ({h}x{w})")
+    top, left = (pad_to - h) // 2, (pad_to - w) // 2
+    return torch.nn.functional.pad(images, (left, pad_to - w - left, top, pad_to - h - top))
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(
+    name: str, root: Path | None, pad_to: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the (padded, [0, 1]-scaled) training split."""
+    x = _pad(_raw_images(name, "train", root)[0], pad_to)
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+
+
+def _image_dataset(
+    name, split, root, normalize=True, pad_to=None, limit=None, seed=0, classes=None
+):
+    images, labels, num_classes = _raw_images(name, split, root)
+    images = _pad(images, pad_to)
+    if normalize:
+        mean, std = _channel_stats(name, root, pad_to)
+        images = (images - mean[:, None, None]) / std[:, None, None]
+    return _limit(
+        ArrayDataset(images.contiguous(), labels, num_classes, name, classes), limit, seed
+    )
+
+
+def _raw_images(name: str, split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Images scaled to [0, 1] as float32 ``(N, C, H, W)``, labels int64, class count."""
+    if name in ("fashion-mnist", "mnist"):
+        images, labels = load_idx_pair(_mnist_root(name, root), split)
+        images, num_classes = images[:, None], 10
+    elif name in CIFAR_LAYOUT:
+        images, labels, num_classes = load_cifar(name, _cifar_root(name, root), split)
+    elif name == "digits":
+        images, labels = _digits_split(split)
+        return torch.from_numpy(images / 16.0).float(), torch.from_numpy(labels), 10
+    else:
+        raise AssertionError(name)
+    return (
+        torch.from_numpy(images.astype(np.float32) / 255.0),
+        torch.from_numpy(labels),
+        num_classes,
+    )
+
+
+def _mnist_root(name: str, root: Path | None) -> Path:
+    if root is None:
+        if name == "mnist":
+            raise DatasetError(
+                "mnist needs --data-root DIR pointing at the IDX files (train-images-idx3-ubyte[.gz], ...)"
+            )
+        root = FASHION_MNIST_ROOT
+    try:
+        for split in ("train", "t10k"):
+            find_idx_file(root, f"{split}-images-idx3-ubyte")
+            find_idx_file(root, f"{split}-labels-idx1-ubyte")
+    except FileNotFoundError as missing:
+        hint = (
+            "install it with `apt-get install dataset-fashion-mnist` (Debian; files land in "
+            f"{FASHION_MNIST_ROOT}), or `smallfoot datasets --download fashion-mnist --data-root DIR`"
+            if name == "fashion-mnist"
+            else "point --data-root at a directory holding the four MNIST IDX files"
+        )
+        raise DatasetError(f"{name}: {missing} not found; {hint}") from None
+    return root
+
+
+def _cifar_root(name: str, root: Path | None) -> Path:
+    archive = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
+    how = (
+        f"download {CIFAR_URL}{archive}, extract it and pass --data-root DIR "
+        f"(or run `smallfoot datasets --download {name} --data-root DIR`)"
+    )
+    if root is None:
+        raise DatasetError(f"{name} needs --data-root: {how}")
+    try:
+        cifar_dir(name, root)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{name}: no {CIFAR_LAYOUT[name]['folder']} found under {root}; {how}"
+        ) from None
+    return root
+
+
+def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits, split 75/25 by a fixed seeded permutation (it ships unsplit)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    cut = int(0.75 * len(order))
+    index = order[:cut] if split == "train" else order[cut:]
+    return digits.images[index, None].astype(np.float32), digits.target[index].astype(np.int64)
+
+
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def _locate_mnist(name):
+    def locate(root):
+        return str(_mnist_root(name, root))
+
+    return locate
+
+
+def _locate_cifar(name):
+    def locate(root):
+        return str(_cifar_root(name, root))
+
+    return locate
+
+
+@register_dataset(
+    "fashion-mnist",
+    "Zalando Fashion-MNIST, 28x28 grey, 10 classes, 60k/10k (Debian package)",
+    locate=_locate_mnist("fashion-mnist"),
+)
+def _fashion(split, root, **options):
+    return _image_dataset("fashion-mnist", split, root, classes=FASHION_CLASSES, **options)
+
+
+@register_dataset(
+    "mnist",
+    "MNIST handwritten digits, 28x28 grey, 10 classes (IDX files in --data-root)",
+    locate=_locate_mnist("mnist"),
+)
+def _mnist(split, root, **options):
+    return _image_dataset("mnist", split, root, **options)
+
+
+@register_dataset(
+    "digits",
+    "scikit-learn digits, 8x8 grey, 10 classes, 1347/450 (ships with scikit-learn)",
+    locate=lambda root: "bundled with scikit-learn",
+)
+def _digits(split, root, **options):
+    return _image_dataset("digits", split, root, **options)
+
+
+@register_dataset(
+    "cifar10",
+    "CIFAR-10, 32x32 colour, 10 classes (python pickles in --data-root)",
+    locate=_locate_cifar("cifar10"),
+)
+def _cifar10(split, root, **options):
+    return _image_dataset("cifar10", split, root, **options)
+
+
+@register_dataset(
+    "cifar100",
+    "CIFAR-100, 32x32 colour, 100 fine classes (python pickles in --data-root)",
+    locate=_locate_cifar("cifar100"),
+)
+def _cifar100(split, root, **options):
+    return _image_dataset("cifar100", split, root, **options)
+
+
+@register_dataset(
+    "synthetic",
+    "seeded Gaussian class prototypes + noise, any shape / class count / size",
+    locate=lambda root: "generated in memory",
+)
+def _synthetic(
+    split,
+    root,
+    shape=(3, 32, 32),
+    num_classes=10,
+    size=None,
+    noise=1.0,
+    seed=0,
+    normalize=True,
+    pad_to=None,
+    limit=None,
+):
+    """Class ``c`` draws ``prototype_c + noise * N(0, 1)``; prototypes are shared by both splits."""
+    shape = tuple(int(s) for s in shape)
+    if num_classes < 1 or any(s < 1 for s in shape):
+        raise ConfigError(
+            f"synthetic: shape {shape} and num_classes {num_classes} must be positive"
+        )
+    size = size if size is not None else (1024 if split == "train" else 256)
+    prototypes = torch.randn((num_classes, *shape), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
+    y = torch.randint(num_classes, (size,), generator=gen)
+    x = prototypes[y] + noise * torch.randn((size, *shape), generator=gen)
+    return ArrayDataset(x, y, num_classes, "synthetic")

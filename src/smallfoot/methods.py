@@ -1,0 +1,307 @@
+"""The method registry: the one place mapping a method name to how it builds, trains and reports.
+
+A method is a subclass of :class:`Method` registered with :func:`register_method`. Its
+``Options`` dataclass declares its knobs; each field becomes a ``--kebab-case`` flag of
+``smallfoot train`` and a key of the ``[method]`` TOML table, so a new technique gets the
+CLI, the run directory and the benchmarks with a few lines::
+
+    @register_method
+    class Facto(Method):
+        name = "facto"
+        description = "Facto-CNN low-rank training"
+
+        @dataclass
+        class Options:
+            inr: float = 0.3
+
+        def build_model(self, ctx): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from smallfoot.data import ArrayDataset, BatchLoader
+from smallfoot.errors import ConfigError, UnknownNameError
+from smallfoot.losses import build_loss
+from smallfoot.models import build_model
+from smallfoot.train.trainer import Callback, TrainConfig, Trainer, make_optimizer
+
+
+@dataclass
+class RunContext:
+    """What a method needs to run: the config, its parsed options, the data and where to write."""
+
+    config: Any  # smallfoot.config.RunConfig
+    options: Any  # the method's Options instance
+    train_set: ArrayDataset
+    test_set: ArrayDataset
+    run_dir: Path | None = None
+    device: str = "cpu"
+    resume: bool = False
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample."""
+        return self.train_set.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the dataset."""
+        return self.train_set.num_classes
+
+    def train_config(self) -> TrainConfig:
+        """The trainer's hyper-parameters from the run config."""
+        return TrainConfig.from_run_config(self.config, device=self.device)
+
+
+@dataclass
+class TrainOutcome:
+    """What a method returns: the trained model, final metrics, history and memory report."""
+
+    model: nn.Module
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NoOptions:
+    """A method without options."""
+
+
+class Method:
+    """Base class of training methods: plain backprop unless a subclass overrides a step."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    custom_backward: ClassVar[bool] = False
+    """the method replaces autograd's backward for some modules"""
+    changes_optimizer: ClassVar[bool] = False
+    """the method brings its own optimizer"""
+    staged: ClassVar[bool] = False
+    """the method trains in stages (its memory report names the largest stage)"""
+
+    def __init__(self, options: Any | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def build_model(self, ctx: RunContext) -> nn.Module:
+        """The model to train: ``config.model`` built with ``config.model_options``."""
+        return build_model(
+            ctx.config.model, ctx.input_shape, ctx.num_classes, **ctx.config.model_options
+        )
+
+    def callbacks(self, ctx: RunContext, model: nn.Module) -> list[Callback]:
+        """Trainer callbacks the method needs."""
+        return []
+
+    def make_loss(self, ctx: RunContext):
+        """``(loss_fn, predict_fn)`` from ``config.loss`` and ``config.loss_options``."""
+        return build_loss(ctx.config.loss, ctx.num_classes, **ctx.config.loss_options)
+
+    def make_optimizer(self, ctx: RunContext, model: nn.Module) -> torch.optim.Optimizer:
+        """SGD or AdamW over the model's trainable parameters."""
+        return make_optimizer(model.parameters(), ctx.train_config())
+
+    def make_trainer(self, ctx: RunContext, model: nn.Module) -> Trainer:
+        """A :class:`Trainer` wired with this method's loss, optimizer and callbacks."""
+        loss_fn, predict_fn = self.make_loss(ctx)
+        return Trainer(
+            model,
+            ctx.train_set,
+            ctx.test_set,
+            ctx.train_config(),
+            loss_fn=loss_fn,
+            predict_fn=predict_fn,
+            optimizer=self.make_optimizer(ctx, model),
+            callbacks=self.callbacks(ctx, model),
+            run_dir=ctx.run_dir,
+            progress=ctx.config.progress,
+        )
+
+    def train(self, ctx: RunContext) -> TrainOutcome:
+        """Build, (resume,) fit and measure; returns the outcome."""
+        model = self.build_model(ctx)
+        if ctx.config.init:
+            load_initial_weights(model, ctx.config.init)
+        trainer = self.make_trainer(ctx, model)
+        if ctx.resume:
+            trainer.load_checkpoint()
+        metrics = trainer.fit()
+        memory = self.measure_memory(ctx, trainer) if ctx.config.measure_memory else None
+        return TrainOutcome(trainer.model, metrics, trainer.history, memory)
+
+    def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
+        """The meter's report of one training step of ``trainer.model`` at the run's batch size."""
+        from smallfoot.memory import measure
+
+        x, y = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
+        return measure(
+            trainer.model, (x, y), loss_fn=trainer.loss_fn, optimizer=trainer.optimizer
+        ).to_dict()
+
+
+def example_batch(
+    dataset: ArrayDataset, batch_size: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first training batch (copies), as the meter measures it."""
+    x, y = next(iter(BatchLoader(dataset, min(batch_size, len(dataset)), shuffle=False).epoch(0)))
+    return x.to(device), y.to(device)
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (or a checkpoint's ``model`` entry) from ``path`` into ``model``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--init file {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"--init {path} does not fit the model: {first}. Build the same model/options"
+        ) from None
+
+
+# -- registry ------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Method]] = {}
+
+# Technique modules that register methods/models/benchmarks when imported. Each technique
+# adds its line here: this list is the only place that knows all of them.
+_BUILTIN_MODULES: list[str] = []
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a :class:`Method` subclass under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a non-empty `name`")
+    if not dataclasses.is_dataclass(cls.Options):
+        raise TypeError(f"{cls.__name__}.Options must be a dataclass")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def list_methods(pattern: str = "*") -> list[type[Method]]:
+    """Registered method classes whose name matches the glob ``pattern``, sorted by name."""
+    _load_builtin()
+    return [cls for name, cls in sorted(_REGISTRY.items()) if fnmatch.fnmatch(name, pattern)]
+
+
+def get_method_class(name: str) -> type[Method]:
+    """The registered class of method ``name``; raises ``UnknownNameError`` listing the choices."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise UnknownNameError("method", name, sorted(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
+    """An instance of method ``name`` with ``options`` (strings from the CLI are converted)."""
+    cls = get_method_class(name)
+    return cls(parse_options(cls.Options, options or {}, f"method {name!r}"))
+
+
+def option_fields(options_cls: type) -> list[tuple[str, Any, Any, str]]:
+    """``(name, type, default, help)`` of each field of an ``Options`` dataclass."""
+    hints = typing.get_type_hints(options_cls)
+    out = []
+    for f in dataclasses.fields(options_cls):
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
+        out.append((f.name, hints[f.name], default, f.metadata.get("help", "")))
+    return out
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin in (list, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        item_type = args[0] if args else str
+        converted = [
+            _convert(v.strip() if isinstance(v, str) else v, item_type, where) for v in items
+        ]
+        return tuple(converted) if origin is tuple else converted
+    if typing.get_origin(kind) is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if kind in (int, float, str):
+        try:
+            result = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != result:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return result
+    return value
+
+
+def parse_options(options_cls: type, values: dict[str, Any], owner: str = "method") -> Any:
+    """Build ``options_cls`` from ``values`` (kebab- or snake-case keys, strings converted by field type)."""
+    fields = {name: kind for name, kind, _, _ in option_fields(options_cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            valid = ", ".join("--" + f.replace("_", "-") for f in fields) or "none"
+            raise ConfigError(f"{owner} has no option {key!r}; its options: {valid}")
+        kwargs[name] = _convert(value, fields[name], f"{owner} option {key!r}")
+    try:
+        options = options_cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{owner}: {exc}") from None
+    validate = getattr(options, "validate", None)
+    if callable(validate):
+        validate()
+    return options
+
+
+@register_method
+class Baseline(Method):
+    """Plain backpropagation: every activation kept, autograd's backward."""
+
+    name = "baseline"
+    description = "plain backpropagation (the reference every method is compared against)"

@@ -1,0 +1,12 @@
+"""Baseline models built by name: ``build_model(name, input_shape, num_classes, **opts)``."""
+
+from smallfoot.models import basic, resnet, vgg  # noqa: F401  (registers the baselines)
+from smallfoot.models.registry import (
+    ModelInfo,
+    build_model,
+    list_models,
+    parameter_count,
+    register_model,
+)
+
+__all__ = ["ModelInfo", "build_model", "list_models", "parameter_count", "register_model"]

@@ -1,0 +1,71 @@
+"""A registry of model builders: ``build_model(name, input_shape, num_classes, **opts)``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from smallfoot.errors import ConfigError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model: its name, a one-line description and its builder."""
+
+    name: str
+    description: str
+    builder: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, description: str):
+    """Decorator registering ``builder(input_shape, num_classes, **opts) -> nn.Module`` as ``name``."""
+
+    def decorate(builder):
+        _REGISTRY[name] = ModelInfo(name, description, builder)
+        return builder
+
+    return decorate
+
+
+def _load_all() -> None:
+    # Technique packages register their own models (revnet18, fixup_resnet18, ...); they are
+    # all imported by smallfoot.methods, the one module that knows every technique.
+    import smallfoot.methods  # noqa: F401
+
+
+def list_models(pattern: str = "*") -> list[ModelInfo]:
+    """Registered models whose name matches the glob ``pattern``, sorted by name."""
+    _load_all()
+    return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatch(name, pattern)]
+
+
+def build_model(name: str, input_shape, num_classes: int, **opts) -> nn.Module:
+    """Build model ``name`` for inputs of ``input_shape`` (C, H, W) or (D,) and ``num_classes`` outputs.
+
+    Unknown names raise ``UnknownNameError``; options a builder does not take raise ``ConfigError``.
+    """
+    if name not in _REGISTRY:
+        _load_all()
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, sorted(_REGISTRY))
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+    try:
+        return _REGISTRY[name].builder(tuple(int(s) for s in input_shape), num_classes, **opts)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise ConfigError(
+                f"model {name!r}: {exc}; see `smallfoot models` for its options"
+            ) from None
+        raise
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable and frozen parameters (elements) of ``model``."""
+    return sum(p.numel() for p in model.parameters())

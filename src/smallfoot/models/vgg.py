@@ -1,0 +1,95 @@
+"""VGG-11/13/16 (Simonyan & Zisserman), with or without batch norm, CIFAR or ImageNet head."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from smallfoot.errors import ConfigError
+from smallfoot.models.basic import image_shape
+from smallfoot.models.registry import register_model
+
+VGG_CONFIGS = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+    ),
+}
+
+
+def vgg(
+    name: str,
+    input_shape,
+    num_classes: int,
+    batch_norm: bool = True,
+    width: float = 1.0,
+    head: str = "auto",
+    dropout: float = 0.5,
+) -> nn.Sequential:
+    """VGG ``name`` as one ``nn.Sequential`` (features, then head).
+
+    ``width`` scales every channel count (0.25 gives a CPU-sized net). ``head``: ``"cifar"``
+    (a single linear layer on the 1x1 map of 32x32 inputs), ``"imagenet"`` (7x7 adaptive
+    average pooling, then 4096-4096 with dropout), or ``"auto"`` (imagenet from 64 pixels up).
+    """
+    c, h, w = image_shape(name, input_shape, min_side=32)
+    layers: list[nn.Module] = []
+    for item in VGG_CONFIGS[name]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+            continue
+        out = max(1, round(item * width))
+        layers.append(nn.Conv2d(c, out, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(nn.ReLU(inplace=True))
+        c = out
+    if head == "auto":
+        head = "imagenet" if min(input_shape[1:]) >= 64 else "cifar"
+    if head == "imagenet":
+        hidden = max(1, round(4096 * width))
+        layers += [
+            nn.AdaptiveAvgPool2d((7, 7)),
+            nn.Flatten(),
+            nn.Linear(c * 49, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        ]
+    elif head == "cifar":
+        layers += [nn.Flatten(), nn.Linear(c * h * w, num_classes)]
+    else:
+        raise ConfigError(f"unknown VGG head {head!r}; choose auto, cifar or imagenet")
+    return nn.Sequential(*layers)
+
+
+for _name in VGG_CONFIGS:
+
+    def _builder(input_shape, num_classes, _name=_name, **opts):
+        return vgg(_name, input_shape, num_classes, **opts)
+
+    register_model(
+        _name,
+        f"{_name.upper()} (batch_norm=True by default; CIFAR head below 64px, ImageNet head above)",
+    )(_builder)

@@ -1,0 +1,347 @@
+"""A plain, readable training loop with callbacks, checkpoints and exact resume.
+
+``Trainer.fit -> train_epoch -> train_step -> forward_backward_step``: short methods a
+technique can override. Callbacks plug in per-epoch and per-step behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smallfoot._io import atomic_torch_save, atomic_write_text
+from smallfoot.data import ArrayDataset, Augment, BatchLoader
+from smallfoot.errors import ConfigError, TrainingError, TrainingInterrupted
+from smallfoot.losses import SoftmaxCrossEntropy, argmax_predict
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :class:`Trainer` (a subset of the run's ``RunConfig``)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    seed: int = 0
+    augment: bool = False
+    eval_batch_size: int = 512
+    device: str = "cpu"
+
+    @classmethod
+    def from_run_config(cls, config, device: str = "cpu") -> TrainConfig:
+        """The trainer's fields taken from a ``RunConfig``."""
+        names = [f for f in cls.__dataclass_fields__ if f not in ("device", "eval_batch_size")]
+        return cls(**{name: getattr(config, name) for name in names}, device=device)
+
+
+class Callback:
+    """Base class of trainer callbacks; override the hooks you need (all default to nothing)."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (also after a resume)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Before epoch ``epoch`` (0-based); may replace ``trainer.train_set``."""
+
+    def on_after_backward(self, trainer: Trainer) -> None:
+        """Gradients are computed; the optimizer has not stepped yet."""
+
+    def on_batch_end(
+        self, trainer: Trainer, batch_index: int, loss: torch.Tensor, output: torch.Tensor
+    ) -> None:
+        """After the optimizer step of one batch."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        """After evaluation of epoch ``epoch``; keys added to ``metrics`` land in metrics.jsonl."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved in checkpoints so a resumed run continues exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def make_optimizer(
+    parameters: Iterable[nn.Parameter], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over ``parameters`` with the configured rate and decay."""
+    parameters = [p for p in parameters if p.requires_grad]
+    if not parameters:
+        raise ConfigError("the model has no trainable parameters")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of: sgd, adamw")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """A per-batch ``LambdaLR``: constant, cosine (to zero) or multistep (x gamma at milestones)."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        factor: Callable[[int], float] = lambda step: 1.0  # noqa: E731
+    elif config.schedule == "cosine":
+        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    elif config.schedule == "multistep":
+        bounds = [m * total for m in config.milestones]
+        factor = lambda step: config.gamma ** sum(step >= b for b in bounds)  # noqa: E731
+    else:
+        raise ConfigError(
+            f"unknown schedule {config.schedule!r}; choose one of: constant, cosine, multistep"
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The global RNG seed of epoch ``epoch``: dropout and friends replay exactly on resume."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+
+
+def default_augment(input_shape: tuple[int, ...]) -> Augment | None:
+    """Random crop (padding 4 from 32px up, else 2) plus horizontal flip for colour images."""
+    if len(input_shape) != 3:
+        return None
+    c, h, _ = input_shape
+    return Augment(crop_padding=4 if h >= 32 else 2, flip=c == 3)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_set``, evaluates on ``test_set`` after every epoch.
+
+    With a ``run_dir`` it appends one JSON line per epoch to ``metrics.jsonl`` and writes
+    ``checkpoint.pt`` atomically after every epoch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: ArrayDataset,
+        test_set: ArrayDataset | None,
+        config: TrainConfig,
+        loss_fn: Callable | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        callbacks: Iterable[Callback] = (),
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        predict_fn: Callable | None = None,
+        scheduler=None,
+    ):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.train_set, self.test_set = train_set, test_set
+        self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
+        self.predict_fn = predict_fn if predict_fn is not None else argmax_predict
+        self.optimizer = (
+            optimizer if optimizer is not None else make_optimizer(model.parameters(), config)
+        )
+        self.scheduler = (
+            scheduler
+            if scheduler is not None
+            else make_scheduler(self.optimizer, config, self.steps_per_epoch())
+        )
+        self.callbacks = list(callbacks)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch of the current training set."""
+        return -(-len(self.train_set) // self.config.batch_size)
+
+    def loader(self) -> BatchLoader:
+        """The training batches (seeded order, optional augmentation)."""
+        augment = default_augment(self.train_set.input_shape) if self.config.augment else None
+        return BatchLoader(
+            self.train_set,
+            self.config.batch_size,
+            shuffle=True,
+            seed=self.config.seed,
+            augment=augment,
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.epoch`` to ``config.epochs``; return the last epoch's metrics."""
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        try:
+            while self.epoch < self.config.epochs:
+                metrics = self.run_epoch(self.epoch)
+                self.history.append(metrics)
+                self.epoch += 1
+                if self.run_dir is not None:
+                    self._append_metrics(metrics)
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            where = (
+                f"; the checkpoint of epoch {self.epoch} is kept in {self.run_dir}"
+                if self.run_dir
+                else ""
+            )
+            raise TrainingInterrupted(
+                f"interrupted during epoch {self.epoch + 1}{where}; continue with `smallfoot train --resume {self.run_dir}`"
+                if self.run_dir
+                else f"interrupted during epoch {self.epoch + 1}"
+            ) from None
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history[-1] if self.history else {}
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch, evaluate, let callbacks add their figures; return the metrics."""
+        torch.manual_seed(epoch_seed(self.config.seed, epoch))
+        for callback in self.callbacks:
+            callback.on_epoch_start(self, epoch)
+        start = time.perf_counter()
+        metrics: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+        metrics["seconds"] = time.perf_counter() - start
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.test_set is not None:
+            test = self.evaluate(self.test_set)
+            metrics["test_loss"], metrics["test_accuracy"] = test["loss"], test["accuracy"]
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, epoch, metrics)
+        return metrics
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set; returns mean ``train_loss`` and ``train_accuracy``."""
+        from smallfoot.train.progress import EpochProgress
+
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        with EpochProgress(
+            self.steps_per_epoch(), epoch, self.config.epochs, enabled=self.progress
+        ) as bar:
+            for batch_index, (x, y) in enumerate(self.loader().epoch(epoch)):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                loss, output = self.train_step(x, y)
+                for callback in self.callbacks:
+                    callback.on_batch_end(self, batch_index, loss, output)
+                batch = len(y)
+                total_loss += float(loss) * batch
+                if y.dim() == 1:
+                    correct += int((self.predict_fn(output) == y).sum())
+                seen += batch
+                bar.update(total_loss / seen, correct / seen)
+        return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, optimizer and scheduler step on one batch; returns (loss, output)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, output = self.forward_backward_step(x, y)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {self.global_step}; "
+                "the weights were not updated and the last good checkpoint is kept. "
+                "Lower the learning rate (--lr) or check the data."
+            )
+        for callback in self.callbacks:
+            callback.on_after_backward(self)
+        if getattr(self.optimizer, "needs_closure", False):
+
+            def closure() -> torch.Tensor:
+                self.optimizer.zero_grad(set_to_none=True)
+                return self.forward_backward_step(x, y)[0]
+
+            self.optimizer.step(closure)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        return loss, output
+
+    def forward_backward_step(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute the loss of one batch and its gradients; returns detached (loss, output)."""
+        output = self.model(x)
+        loss = self.loss_fn(output, y)
+        loss.backward()
+        return loss.detach(), output.detach()
+
+    @torch.no_grad()
+    def evaluate(self, dataset: ArrayDataset) -> dict[str, float]:
+        """Mean loss and accuracy (fraction in [0, 1]) of the model on ``dataset``."""
+        was_training = self.model.training
+        self.model.eval()
+        total_loss, correct = 0.0, 0
+        loader = BatchLoader(dataset, self.config.eval_batch_size, shuffle=False)
+        for x, y in loader.epoch(0):
+            x, y = x.to(self.device), y.to(self.device)
+            output = self.model(x)
+            total_loss += float(self.loss_fn(output, y)) * len(y)
+            if y.dim() == 1:
+                correct += int((self.predict_fn(output) == y).sum())
+        self.model.train(was_training)
+        n = max(len(dataset), 1)
+        return {"loss": total_loss / n, "accuracy": correct / n}
+
+    # -- run directory -----------------------------------------------------------------------
+    def _append_metrics(self, metrics: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+
+    def checkpoint_path(self) -> Path:
+        """``run_dir/checkpoint.pt``."""
+        if self.run_dir is None:
+            raise ConfigError(
+                "this trainer has no run directory; pass run_dir= to save checkpoints"
+            )
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> Path:
+        """Write model, optimizer, scheduler, progress and callback states atomically."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "callbacks": [callback.state_dict() for callback in self.callbacks],
+        }
+        return atomic_torch_save(state, self.checkpoint_path())
+
+    def load_checkpoint(self, path: str | Path | None = None) -> None:
+        """Restore the state written by :meth:`save_checkpoint`; training continues after its epoch."""
+        path = Path(path) if path is not None else self.checkpoint_path()
+        if not path.exists():
+            raise ConfigError(f"no checkpoint at {path}; nothing to resume")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.global_step, self.history = (
+            state["epoch"],
+            state["global_step"],
+            state["history"],
+        )
+        for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=True):
+            callback.load_state_dict(callback_state)
+        if self.run_dir is not None:
+            # metrics.jsonl may hold lines of an epoch that never reached its checkpoint
+            lines = "".join(json.dumps(m) + "\n" for m in self.history)
+            atomic_write_text(self.run_dir / "metrics.jsonl", lines)
