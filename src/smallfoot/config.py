@@ -1,13 +1,14 @@
 """The configuration of a run: a dataclass, read from TOML, overridden from the command line.
 
 A TOML file holds the top-level fields of :class:`RunConfig` plus optional tables
-``[model]`` (options of the model builder), ``[method]`` (options of the method),
-``[loss]`` (options of the loss) and ``[data]`` (options of the dataset loader)::
+``[model_options]`` (options of the model builder), ``[method_options]`` (options of the
+method), ``[loss_options]`` (options of the loss) and ``[data_options]`` (options of the
+dataset loader)::
 
     dataset = "fashion-mnist"
     model = "cnn4"
     epochs = 3
-    [model]
+    [model_options]
     widths = [32, 64, 128, 128]
 """
 
@@ -85,13 +86,13 @@ class RunConfig:
     progress: bool = True
     """show a progress bar"""
     model_options: dict[str, Any] = field(default_factory=dict)
-    """options of the model builder ([model] table)"""
+    """options of the model builder ([model_options] table)"""
     method_options: dict[str, Any] = field(default_factory=dict)
-    """options of the method ([method] table)"""
+    """options of the method ([method_options] table)"""
     loss_options: dict[str, Any] = field(default_factory=dict)
-    """options of the loss ([loss] table)"""
+    """options of the loss ([loss_options] table)"""
     data_options: dict[str, Any] = field(default_factory=dict)
-    """options of the dataset loader ([data] table), e.g. pad_to = 32"""
+    """options of the dataset loader ([data_options] table), e.g. pad_to = 32"""
 
     def validate(self) -> RunConfig:
         """Check value ranges; raise ``ConfigError`` naming the field and the valid range."""

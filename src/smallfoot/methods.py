@@ -2,7 +2,7 @@
 
 A method is a subclass of :class:`Method` registered with :func:`register_method`. Its
 ``Options`` dataclass declares its knobs; each field becomes a ``--kebab-case`` flag of
-``smallfoot train`` and a key of the ``[method]`` TOML table, so a new technique gets the
+``smallfoot train`` and a key of the ``[method_options]`` TOML table, so a new technique gets the
 CLI, the run directory and the benchmarks with a few lines::
 
     @register_method
