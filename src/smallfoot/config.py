@@ -117,12 +117,7 @@ class RunConfig:
         return self
 
 
-_TABLES = {
-    "model": "model_options",
-    "method": "method_options",
-    "loss": "loss_options",
-    "data": "data_options",
-}
+_TABLES = {name: name for name in ("model_options", "method_options", "loss_options", "data_options")}
 
 
 def field_names() -> list[str]:
