@@ -112,6 +112,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def format_epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """One line per epoch: losses, accuracies (percent) and seconds."""
+    line = (
+        f"epoch {metrics['epoch']}/{epochs}  train loss {metrics['train_loss']:.4f} "
+        f"acc {100 * metrics['train_accuracy']:.2f}%"
+    )
+    if "test_accuracy" in metrics:
+        line += f"  test loss {metrics['test_loss']:.4f} acc {100 * metrics['test_accuracy']:.2f}%"
+    return line + f"  {metrics['seconds']:.1f} s"
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The global RNG seed of epoch ``epoch``: dropout and friends replay exactly on resume."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
@@ -190,6 +201,8 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs:
                 metrics = self.run_epoch(self.epoch)
+                if self.progress:
+                    print(format_epoch_line(metrics, self.config.epochs), flush=True)
                 self.history.append(metrics)
                 self.epoch += 1
                 if self.run_dir is not None:
