@@ -36,7 +36,8 @@ def image_shape(name: str, input_shape, min_side: int = 1) -> tuple[int, int, in
 def mlp(
     input_shape, num_classes, widths=(256, 128), dropout: float = 0.0, bias: bool = True
 ) -> nn.Sequential:
-    """Fully connected net on flattened inputs; ``widths`` are the hidden layer sizes."""
+    """Fully connected net on flattened inputs; ``widths`` are the hidden layer sizes (an int: one layer)."""
+    widths = (widths,) if isinstance(widths, int) else tuple(widths)
     layers: list[nn.Module] = [nn.Flatten()]
     features = math.prod(input_shape)
     for width in widths:

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from smallfoot.errors import ConfigError, ShapeError, UnknownNameError
+from smallfoot.models import build_model, list_models, parameter_count
+
+# (name, input shape, options): each baseline at its intended input size, kept CPU-cheap.
+CASES = [
+    ("mlp", (1, 8, 8), {"widths": (32, 16)}),
+    ("cnn4", (1, 28, 28), {}),
+    ("cnn4", (1, 8, 8), {"widths": (8, 8, 8, 8)}),
+    ("vgg11", (3, 32, 32), {"width": 0.125}),
+    ("vgg13", (3, 32, 32), {"width": 0.125, "batch_norm": False}),
+    ("vgg16", (3, 32, 32), {"width": 0.125}),
+    ("vgg11", (3, 64, 64), {"width": 0.0625}),
+    ("resnet8", (3, 32, 32), {}),
+    ("resnet20", (1, 32, 32), {"width": 8}),
+    ("resnet32", (3, 32, 32), {"width": 4}),
+    ("resnet56", (3, 32, 32), {"width": 4}),
+    ("resnet18", (3, 32, 32), {"width": 8}),
+    ("resnet18", (3, 64, 64), {"width": 8}),
+]
+
+
+@pytest.mark.parametrize("name, shape, options", CASES)
+def test_forward_backward(name, shape, options):
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10, **options)
+    x = torch.randn(2, *shape)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_paper_sizes_have_the_published_parameter_counts():
+    with torch.device("meta"):
+        assert (
+            parameter_count(build_model("vgg16", (3, 224, 224), 1000, batch_norm=False))
+            == 138_357_544
+        )
+        assert parameter_count(build_model("resnet18", (3, 224, 224), 1000)) == 11_689_512
+        assert parameter_count(build_model("resnet20", (3, 32, 32), 10)) < 300_000
+
+
+def test_depth_option_for_sweeps():
+    shallow = build_model("resnet18", (3, 32, 32), 10, width=4, blocks_per_stage=1)
+    deep = build_model("resnet18", (3, 32, 32), 10, width=4, blocks_per_stage=3)
+    assert len(deep) - len(shallow) == 8
+
+
+def test_models_are_sequential_for_splitting():
+    assert isinstance(build_model("cnn4", (1, 28, 28), 10), torch.nn.Sequential)
+    assert isinstance(build_model("resnet8", (3, 32, 32), 10), torch.nn.Sequential)
+
+
+def test_errors():
+    with pytest.raises(UnknownNameError, match="cnn4"):
+        build_model("alexnet", (3, 32, 32), 10)
+    with pytest.raises(ShapeError, match="pad_to=32"):
+        build_model("vgg11", (1, 28, 28), 10)
+    with pytest.raises(ShapeError, match="image inputs"):
+        build_model("cnn4", (784,), 10)
+    with pytest.raises(ConfigError, match="unexpected keyword"):
+        build_model("cnn4", (1, 28, 28), 10, depth=3)
+
+
+def test_list_models():
+    names = [info.name for info in list_models()]
+    assert {
+        "mlp",
+        "cnn4",
+        "vgg11",
+        "vgg13",
+        "vgg16",
+        "resnet8",
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "resnet18",
+    } <= set(names)
+    assert [info.name for info in list_models("vgg*")] == ["vgg11", "vgg13", "vgg16"]

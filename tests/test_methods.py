@@ -1,0 +1,58 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from smallfoot.errors import ConfigError, UnknownNameError
+from smallfoot.methods import Method, get_method, list_methods, parse_options, register_method
+
+
+@dataclass
+class DemoOptions:
+    rate: float = 0.3
+    steps: int = 2
+    flag: bool = False
+    widths: tuple[int, ...] = (4, 8)
+    mode: str = "a"
+    limit: int | None = None
+    names: list[str] = field(default_factory=list)
+
+
+def test_parse_options_converts_cli_strings():
+    options = parse_options(
+        DemoOptions,
+        {
+            "rate": "0.5",
+            "steps": "3",
+            "flag": "true",
+            "widths": "1,2,3",
+            "limit": "none",
+            "names": "x,y",
+        },
+    )
+    assert options == DemoOptions(0.5, 3, True, (1, 2, 3), "a", None, ["x", "y"])
+    assert parse_options(DemoOptions, {"limit": 5}).limit == 5
+
+
+def test_parse_options_errors_name_the_choices():
+    with pytest.raises(ConfigError, match="no option 'rte'.*--rate"):
+        parse_options(DemoOptions, {"rte": 1})
+    with pytest.raises(ConfigError, match="expected int"):
+        parse_options(DemoOptions, {"steps": "many"})
+    with pytest.raises(ConfigError, match="true/false"):
+        parse_options(DemoOptions, {"flag": "maybe"})
+
+
+def test_registry():
+    @register_method
+    class Demo(Method):
+        name = "demo-test"
+        description = "test only"
+        Options = DemoOptions
+
+    method = get_method("demo-test", {"rate": "0.1"})
+    assert isinstance(method, Demo) and method.options.rate == 0.1
+    assert "baseline" in [cls.name for cls in list_methods()]
+    with pytest.raises(UnknownNameError, match="baseline"):
+        get_method("nope")
+    with pytest.raises(ConfigError, match="its options: none"):
+        get_method("baseline", {"x": 1})

@@ -1,0 +1,204 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from smallfoot.config import RunConfig
+from smallfoot.data import load_dataset
+from smallfoot.errors import TrainingError, TrainingInterrupted
+from smallfoot.train import Callback, TrainConfig, Trainer, run_training
+
+
+def tiny_config(tmp_path, **overrides):
+    values = dict(
+        dataset="synthetic",
+        model="mlp",
+        epochs=3,
+        batch_size=16,
+        lr=0.05,
+        out_dir=str(tmp_path),
+        progress=False,
+        measure_memory=False,
+        model_options={"widths": [16], "dropout": 0.2},
+        data_options={"shape": [1, 6, 6], "num_classes": 3, "size": 64},
+        augment=True,
+    )
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def final_weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def test_run_directory_contents(tmp_path):
+    summary = run_training(tiny_config(tmp_path, run_name="a"))
+    run_dir = tmp_path / "a"
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.pt",
+    }
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    saved = json.loads((run_dir / "summary.json").read_text())
+    for key in ("test_accuracy", "train_accuracy", "test_loss", "seconds", "epochs", "parameters"):
+        assert key in saved
+    assert 0.0 <= saved["test_accuracy"] <= 1.0 and saved["epochs"] == 3
+    assert summary == saved
+
+
+def test_resume_gives_the_same_final_weights(tmp_path, monkeypatch):
+    run_training(tiny_config(tmp_path, run_name="straight"))
+    # interrupt the second run at the start of epoch 3 (index 2), then resume it
+    original = Trainer.run_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run_training(tiny_config(tmp_path, run_name="resumed"))
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    summary = run_training(RunConfig(), resume_dir=tmp_path / "resumed")
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary["epochs"] == 3 and summary["resumed"] is True
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    train = load_dataset("synthetic", "train", shape=(4,), num_classes=2, size=32)
+    model = nn.Sequential(nn.Linear(4, 2))
+
+    class PoisonAfterFirstEpoch(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            if epoch == 1:
+                trainer.train_set.x[0, 0] = float("nan")
+
+    trainer = Trainer(
+        model,
+        train,
+        None,
+        TrainConfig(epochs=3, batch_size=8),
+        callbacks=[PoisonAfterFirstEpoch()],
+        run_dir=tmp_path,
+        progress=False,
+    )
+    with pytest.raises(TrainingError, match="loss became nan.*last good checkpoint"):
+        trainer.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_callback_hooks_order_and_metrics():
+    train = load_dataset("synthetic", "train", shape=(4,), num_classes=2, size=20)
+    calls = []
+
+    class Recorder(Callback):
+        def on_train_start(self, t):
+            calls.append("start")
+
+        def on_epoch_start(self, t, epoch):
+            calls.append(f"epoch{epoch}")
+
+        def on_after_backward(self, t):
+            assert all(p.grad is not None for p in t.model.parameters())
+            calls.append("backward")
+
+        def on_epoch_end(self, t, epoch, metrics):
+            metrics["extra"] = epoch
+            calls.append("end")
+
+        def on_train_end(self, t):
+            calls.append("done")
+
+    trainer = Trainer(
+        nn.Linear(4, 2),
+        train,
+        train,
+        TrainConfig(epochs=2, batch_size=10),
+        callbacks=[Recorder()],
+        progress=False,
+    )
+    metrics = trainer.fit()
+    assert calls == [
+        "start",
+        "epoch0",
+        "backward",
+        "backward",
+        "end",
+        "epoch1",
+        "backward",
+        "backward",
+        "end",
+        "done",
+    ]
+    assert metrics["extra"] == 1 and "test_accuracy" in metrics
+
+
+def test_closure_optimizer_gets_a_loss_closure():
+    train = load_dataset("synthetic", "train", shape=(4,), num_classes=2, size=20)
+    seen = []
+
+    class ClosureSGD(torch.optim.SGD):
+        needs_closure = True
+
+        def step(self, closure=None):
+            seen.append(float(closure()))
+            return super().step()
+
+    model = nn.Linear(4, 2)
+    trainer = Trainer(
+        model,
+        train,
+        None,
+        TrainConfig(epochs=1, batch_size=10),
+        optimizer=ClosureSGD(model.parameters(), lr=0.1),
+        progress=False,
+    )
+    trainer.fit()
+    assert len(seen) == 2 and all(v > 0 for v in seen)
+
+
+def test_learns_a_separable_problem():
+    torch.manual_seed(0)
+    data = load_dataset("synthetic", "train", shape=(8,), num_classes=3, size=300, noise=0.3)
+    trainer = Trainer(
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)),
+        data,
+        data,
+        TrainConfig(epochs=5, batch_size=32, lr=0.1),
+        progress=False,
+    )
+    assert trainer.fit()["test_accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "multistep"])
+def test_schedules(schedule):
+    data = load_dataset("synthetic", "train", shape=(4,), num_classes=2, size=40)
+    trainer = Trainer(
+        nn.Linear(4, 2),
+        data,
+        None,
+        TrainConfig(epochs=4, batch_size=10, schedule=schedule, lr=1.0),
+        progress=False,
+    )
+    trainer.fit()
+    final = trainer.optimizer.param_groups[0]["lr"]
+    assert {"constant": 1.0, "cosine": 0.0, "multistep": 0.01}[schedule] == pytest.approx(
+        final, abs=1e-9
+    )
+
+
+def test_adamw_and_determinism(tmp_path):
+    a = run_training(tiny_config(tmp_path, optimizer="adamw", lr=0.01, run_name="x"))
+    b = run_training(tiny_config(tmp_path, optimizer="adamw", lr=0.01, run_name="y"))
+    assert a["test_loss"] == b["test_loss"]
+    wa, wb = final_weights(tmp_path / "x"), final_weights(tmp_path / "y")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
