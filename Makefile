@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: install
-	$(BIN)/smallfoot train --config configs/main.toml
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		$(BIN)/smallfoot train --config configs/main.toml; \
+	else \
+		echo "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): training on scikit-learn's digits instead"; \
+		$(BIN)/smallfoot train --config configs/main-digits.toml; \
+	fi
 
 lint: install
 	$(BIN)/ruff check src tests
