@@ -117,7 +117,9 @@ class RunConfig:
         return self
 
 
-_TABLES = {name: name for name in ("model_options", "method_options", "loss_options", "data_options")}
+_TABLES = {
+    name: name for name in ("model_options", "method_options", "loss_options", "data_options")
+}
 
 
 def field_names() -> list[str]:
