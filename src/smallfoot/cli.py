@@ -338,6 +338,78 @@ def methods():
     console.print(table)
 
 
+@app.command()
+def compare(
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML run configuration shared by every method."
+    ),
+    dataset: str | None = typer.Option(None, help="Dataset name."),
+    model: str | None = typer.Option(None, help="Model name."),
+    epochs: int | None = typer.Option(None, help="Epochs per method."),
+    train_limit: int | None = typer.Option(
+        None, "--train-limit", help="Train on this many samples."
+    ),
+    methods_: str | None = typer.Option(
+        None, "--methods", help="Comma-separated methods (default: all)."
+    ),
+    out_dir: str = typer.Option(
+        "runs/compare", "--out-dir", help="Where the runs, compare.json and the plot go."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Save the accuracy-vs-memory plot here (PNG)."
+    ),
+):
+    """Train one dataset/model with the baseline and every method; print one table, save one plot."""
+    from smallfoot.compare import compare_methods, plot_comparison
+    from smallfoot.config import RunConfig, apply_overrides, load_config
+
+    base = load_config(config) if config is not None else RunConfig()
+    flags = {
+        "dataset": dataset,
+        "model": model,
+        "epochs": epochs,
+        "train_limit": train_limit,
+        "progress": False,
+    }
+    base = apply_overrides(base, {k: v for k, v in flags.items() if v is not None})
+    rows = compare_methods(base, methods_.split(",") if methods_ else None, out_dir)
+    table = Table(
+        title=f"{base.dataset} / {base.model}: methods compared (memory from smallfoot.memory)"
+    )
+    for column in (
+        "method",
+        "test acc",
+        "peak",
+        "x baseline",
+        "saved act.",
+        "x baseline",
+        "seconds",
+        "x baseline",
+    ):
+        table.add_column(column)
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["method"], f"[red]n/a[/red]: {row['error']}", *[""] * 6)
+            continue
+        table.add_row(
+            row["method"],
+            _pct(row["test_accuracy"]),
+            _mib(row["peak"]),
+            _ratio(row.get("peak_ratio")),
+            _mib(row["saved_activations"]),
+            _ratio(row.get("saved_activations_ratio")),
+            f"{row['seconds']:.1f}",
+            _ratio(row.get("seconds_ratio")),
+        )
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot: {plot_comparison(rows, plot)}")
+
+
+def _ratio(value) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
 def main() -> None:
     """Entry point: run the app; user errors print one line and exit with status 2."""
     try:
