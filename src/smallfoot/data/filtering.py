@@ -1,0 +1,542 @@
+"""Redundant-data filtering (thesis sections 5.3-5.4 and 6.8.2).
+
+*Redundancy criterion*: a sample is redundant when all ``k`` of its nearest neighbours
+(Euclidean, never itself) belong to its own class. **k-filtering** removes the redundant
+samples; the **k-redundancy** is the fraction removed. The thesis runs the nearest-neighbour
+search "on large mini-batches of the data" (``batch_size``); ``batch_size=None`` searches the
+whole set exactly, in row chunks so memory stays bounded.
+
+Conventions (the tests pin them down):
+
+- A sample is never its own neighbour; a duplicate of it (another row with the same values)
+  is an ordinary neighbour at distance 0, so duplicates with different labels are kept.
+- A sample whose block (mini-batch, or the whole set) holds fewer than ``k`` other samples is
+  never redundant: there are not ``k`` neighbours to agree. In particular, when ``k`` is at
+  least the size of a class, no sample of that class is redundant unless its block has no other
+  class nearby at all (all of its ``k`` neighbours must share its label).
+- Ties at equal distance are broken by ``torch.topk``; with duplicate distances the chosen
+  neighbours (not the criterion) may depend on the chunk size.
+
+Also here: the offline ``apply_filter`` used by ``smallfoot train --filter k=K``, the online
+Trainer callbacks :class:`OnlineKFilter` (section 6.8.2) and :class:`LossFilter`, and the
+per-layer diagnostics ``layer_k_redundancy`` (figure 5.14) and ``least_squares_distance``
+(eq. 5.3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from smallfoot.data.datasets import ArrayDataset
+from smallfoot.errors import ConfigError, ShapeError
+from smallfoot.train.trainer import Callback, Trainer
+
+CHUNK_ELEMENTS = 2**24
+"""Distance-matrix entries computed at once (64 MiB in float32): bounds the search's memory."""
+
+
+def _flat(features: torch.Tensor) -> torch.Tensor:
+    if features.dim() < 2:
+        raise ShapeError(f"features must be (N, ...) with N samples, got {tuple(features.shape)}")
+    return features.reshape(len(features), -1)
+
+
+def _blocks(n: int, batch_size: int | None, seed: int) -> list[torch.Tensor]:
+    """Index blocks searched independently: one block of all rows, or a seeded random split
+    into ``ceil(n / batch_size)`` blocks of (nearly) equal size."""
+    if batch_size is None or batch_size >= n:
+        return [torch.arange(n)]
+    if batch_size < 2:
+        raise ConfigError(f"k-filter batch size must be at least 2, got {batch_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return list(torch.tensor_split(order, -(-n // batch_size)))
+
+
+def neighbour_purity(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    max_k: int,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """For each sample, how many of its nearest neighbours share its label before the first
+    one that does not: an int64 ``(N,)`` in ``[0, min(max_k, block size - 1)]``.
+
+    A sample is redundant for ``k`` exactly when its purity is ``>= k``, so one search serves
+    every ``k <= max_k``. ``features`` ``(N, ...)`` are flattened; ``labels`` ``(N,)``.
+    ``batch_size``: search within seeded random blocks of this many samples (``None``: the
+    whole set). ``chunk_size``: query rows per distance computation (default: enough rows for
+    ``CHUNK_ELEMENTS`` distances); it changes memory and speed, not the result.
+    """
+    x = _flat(features)
+    if labels.shape != (len(x),):
+        raise ShapeError(f"labels must be ({len(x)},), got {tuple(labels.shape)}")
+    if max_k < 1:
+        raise ConfigError(f"k must be at least 1, got {max_k}")
+    purity = torch.zeros(len(x), dtype=torch.long)
+    for block in _blocks(len(x), batch_size, seed):
+        points, block_labels = x[block], labels[block]
+        n = len(block)
+        kk = min(max_k, n - 1)
+        if kk < 1:
+            continue
+        squared_norms = (points * points).sum(1)
+        rows = chunk_size or max(1, CHUNK_ELEMENTS // n)
+        for start in range(0, n, rows):
+            query = points[start : start + rows]
+            # squared distances, (rows, n); the per-query norm is constant along a row, so
+            # it does not change the neighbour ranking and is left out
+            distance = torch.addmm(squared_norms[None, :], query, points.T, alpha=-2.0)
+            own = torch.arange(len(query))
+            distance[own, start + own] = float("inf")
+            neighbours = distance.topk(kk, dim=1, largest=False).indices  # sorted, nearest first
+            same = block_labels[neighbours] == block_labels[start : start + rows, None]
+            purity[block[start : start + rows]] = same.long().cumprod(dim=1).sum(dim=1)
+    return purity
+
+
+@dataclass
+class FilterResult:
+    """The outcome of :func:`k_filter`.
+
+    Attributes:
+        kept: sorted indices (int64) of the samples kept.
+        removed: sorted indices of the samples removed.
+        k: the neighbourhood size.
+        redundancy: fraction of the samples removed (the k-redundancy; capped if ``max_fraction``).
+        redundant_fraction: fraction that met the redundancy criterion (before any cap).
+        seconds: wall time of the search.
+    """
+
+    kept: torch.Tensor
+    removed: torch.Tensor
+    k: int
+    redundancy: float
+    redundant_fraction: float
+    seconds: float
+
+
+def select_removed(
+    redundant: torch.Tensor, max_fraction: float | None = None, seed: int = 0
+) -> torch.Tensor:
+    """Boolean ``(N,)`` mask of the samples to remove: the redundant ones, or, when more than
+    ``max_fraction`` of all samples are redundant, a seeded random subset of them of size
+    ``floor(max_fraction * N)``."""
+    if max_fraction is None:
+        return redundant.clone()
+    if not 0.0 <= max_fraction <= 1.0:
+        raise ConfigError(f"the cap on the fraction removed must lie in [0, 1], got {max_fraction}")
+    limit = int(max_fraction * len(redundant))
+    candidates = redundant.nonzero().flatten()
+    if len(candidates) <= limit:
+        return redundant.clone()
+    choice = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
+    removed = torch.zeros_like(redundant)
+    removed[candidates[choice[:limit]]] = True
+    return removed
+
+
+def k_filter(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    k: int,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    max_fraction: float | None = None,
+    seed: int = 0,
+) -> FilterResult:
+    """k-filtering: drop the samples all of whose ``k`` nearest neighbours share their label.
+
+    ``features`` ``(N, ...)`` (flattened), ``labels`` ``(N,)``. ``batch_size``: search within
+    seeded random mini-batches of that many samples as the thesis does (``None``: exactly, over
+    the whole set). ``max_fraction``: remove at most this fraction of the data (section 6.8.2
+    caps at 0.6). Returns the kept/removed indices and the k-redundancy.
+    """
+    start = time.perf_counter()
+    purity = neighbour_purity(features, labels, k, batch_size, chunk_size, seed)
+    redundant = purity >= k
+    removed = select_removed(redundant, max_fraction, seed)
+    n = max(len(labels), 1)
+    return FilterResult(
+        kept=(~removed).nonzero().flatten(),
+        removed=removed.nonzero().flatten(),
+        k=k,
+        redundancy=int(removed.sum()) / n,
+        redundant_fraction=int(redundant.sum()) / n,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def k_redundancy(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    ks: Iterable[int],
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    seed: int = 0,
+) -> dict[int, float]:
+    """``{k: fraction of samples redundant}`` for every ``k`` in ``ks``, from one search."""
+    ks = sorted({int(k) for k in ks})
+    if not ks:
+        raise ConfigError("give at least one k, e.g. 5,10,42")
+    purity = neighbour_purity(features, labels, ks[-1], batch_size, chunk_size, seed)
+    n = max(len(labels), 1)
+    return {k: int((purity >= k).sum()) / n for k in ks}
+
+
+# -- offline filtering (smallfoot train --filter k=K) ------------------------------------------
+
+
+@dataclass
+class FilterSpec:
+    """A parsed ``--filter`` value, e.g. ``"k=42"`` or ``"k=10,cap=0.6,batch=6000,seed=1"``.
+
+    Attributes:
+        k: neighbourhood size.
+        cap: the largest fraction of the data removed (``None``: no cap).
+        batch: k-NN mini-batch size (``None``: exact over the whole training set).
+        seed: seed of the mini-batch split and of the capped selection.
+    """
+
+    k: int
+    cap: float | None = None
+    batch: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | dict[str, Any]) -> FilterSpec:
+        """From ``"k=42,cap=0.6"`` or a dict with the same keys; bad input raises ``ConfigError``."""
+        if isinstance(spec, str):
+            items = {}
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                key, sep, value = part.partition("=")
+                if not sep:
+                    raise ConfigError(
+                        f"filter item {part!r} must look like KEY=VALUE (e.g. --filter k=42)"
+                    )
+                items[key.strip()] = value.strip()
+        else:
+            items = dict(spec)
+        unknown = sorted(set(items) - {"k", "cap", "batch", "seed"})
+        if unknown or "k" not in items:
+            raise ConfigError(
+                f"filter {spec!r}: keys are k (required), cap, batch, seed, e.g. k=42 or "
+                f"k=10,cap=0.6,batch=6000" + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            )
+        try:
+            parsed = cls(
+                k=int(items["k"]),
+                cap=float(items["cap"]) if items.get("cap") is not None else None,
+                batch=int(items["batch"]) if items.get("batch") is not None else None,
+                seed=int(items.get("seed", 0)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"filter {spec!r}: {exc}; e.g. k=42,cap=0.6,batch=6000") from None
+        if parsed.k < 1:
+            raise ConfigError(f"filter {spec!r}: k must be at least 1")
+        return parsed
+
+
+def apply_filter(
+    dataset: ArrayDataset, spec: str | dict[str, Any] | FilterSpec
+) -> tuple[ArrayDataset, dict[str, Any]]:
+    """k-filter a training set before training: returns the kept subset and a record.
+
+    The record (written to the run directory's ``data.json``) holds ``k``, ``cap``, ``batch``,
+    ``redundancy``, ``kept``, ``total``, ``seconds``, the per-class counts removed and the
+    ``removed`` indices (into the training set as loaded, after ``--train-limit``).
+    """
+    spec = spec if isinstance(spec, FilterSpec) else FilterSpec.parse(spec)
+    result = k_filter(
+        dataset.x, dataset.y, spec.k, batch_size=spec.batch, max_fraction=spec.cap, seed=spec.seed
+    )
+    removed_labels = dataset.y[result.removed]
+    record = {
+        "method": "k-filter",
+        "k": spec.k,
+        "cap": spec.cap,
+        "batch": spec.batch,
+        "seed": spec.seed,
+        "redundancy": result.redundancy,
+        "redundant_fraction": result.redundant_fraction,
+        "kept": len(result.kept),
+        "total": len(dataset),
+        "seconds": result.seconds,
+        "removed_per_class": torch.bincount(removed_labels, minlength=dataset.num_classes).tolist(),
+        "removed": result.removed.tolist(),
+    }
+    return dataset.subset(result.kept), record
+
+
+# -- representations and per-layer diagnostics -------------------------------------------------
+
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Names of the modules whose outputs are the hidden representations: every activation
+    module, then the last Linear/Conv layer (the output)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
+    weights = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return names + weights[-1:]
+
+
+@torch.no_grad()
+def representations(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str] | None = None,
+    batch_size: int = 512,
+) -> dict[str, torch.Tensor]:
+    """Flattened outputs ``(N, D_i)`` of the named modules for inputs ``x`` ``(N, ...)``, in
+    evaluation mode (the model's mode is restored); key ``"input"`` holds ``x`` flattened first.
+
+    ``layers``: module names (``model.named_modules()``), default :func:`default_layers`.
+    """
+    layers = list(layers) if layers is not None else default_layers(model)
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise ConfigError(
+            f"model has no module named {', '.join(map(repr, missing))}; "
+            f"choose among: {', '.join(n for n in modules if n)}"
+        )
+    device = next(model.parameters()).device
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    handles = [
+        modules[name].register_forward_hook(
+            lambda m, i, out, name=name: outputs[name].append(out.detach().flatten(1).cpu().clone())
+        )
+        for name in layers
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size].to(device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {"input": _flat(x).cpu(), **{name: torch.cat(outputs[name]) for name in layers}}
+
+
+def least_squares_distance(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """LSD of eq. 5.3: ``||Y - Z Z^+ Y||_F^2 / m`` for a representation ``z`` ``(m, ...)``
+    and one-hot targets ``Y`` of ``labels`` ``(m,)``.
+
+    Computed in float64 through an SVD of ``Z`` (rank by the ``pinv`` tolerance). It is 0 when
+    ``Z`` has rank ``m`` (more independent features than samples), so compare layers at a
+    sample count above their widths.
+    """
+    z = _flat(z).double()
+    y = torch.zeros(len(z), num_classes, dtype=torch.float64)
+    y[torch.arange(len(z)), labels] = 1.0
+    u, s, _ = torch.linalg.svd(z, full_matrices=False)
+    tolerance = max(z.shape) * torch.finfo(torch.float64).eps * (s[0] if len(s) else 0.0)
+    basis = u[:, s > tolerance]
+    residual = y - basis @ (basis.T @ y)
+    return float(residual.pow(2).sum() / len(z))
+
+
+def layer_k_redundancy(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    ks: Iterable[int] = (5, 10, 20),
+    layers: Sequence[str] | None = None,
+    batch_size: int | None = None,
+) -> dict[str, dict[int, float]]:
+    """k-redundancy of the input and of each layer's representation (figure 5.14):
+    ``{layer: {k: fraction redundant}}``, over the whole ``dataset`` (or k-NN mini-batches)."""
+    reps = representations(model, dataset.x, layers)
+    return {name: k_redundancy(z, dataset.y, ks, batch_size) for name, z in reps.items()}
+
+
+def layer_lsd(
+    model: nn.Module, dataset: ArrayDataset, layers: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Least squares distance (eq. 5.3) of the input and of each layer's representation."""
+    reps = representations(model, dataset.x, layers)
+    return {
+        name: least_squares_distance(z, dataset.y, dataset.num_classes) for name, z in reps.items()
+    }
+
+
+# -- online filtering (Trainer callbacks) ------------------------------------------------------
+
+
+class _EpochFilter(Callback):
+    """Shared schedule of the online filters: at epoch ``warmup`` and every ``every`` epochs
+    after it, replace the trainer's training set by a subset of the full one; the subset stays
+    in use between refreshes (and is restored on resume)."""
+
+    def __init__(self, every: int, warmup: int):
+        if every < 1 or warmup < 0:
+            raise ConfigError(
+                f"filter schedule needs every >= 1 and warmup >= 0, got {every}, {warmup}"
+            )
+        self.every, self.warmup = every, warmup
+        self.full: ArrayDataset | None = None
+        self.kept: torch.Tensor | None = None
+        self.seconds = 0.0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Remember the full training set (and re-apply a subset restored from a checkpoint)."""
+        self.full = trainer.train_set
+        if self.kept is not None:
+            trainer.train_set = self.full.subset(self.kept)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Refresh the subset when the schedule says so."""
+        self.seconds = 0.0
+        if epoch < self.warmup or (epoch - self.warmup) % self.every:
+            return
+        start = time.perf_counter()
+        self.kept = self.select(trainer, self.full)
+        trainer.train_set = self.full.subset(self.kept)
+        self.seconds = time.perf_counter() - start
+
+    def select(self, trainer: Trainer, full: ArrayDataset) -> torch.Tensor:
+        """Indices of ``full`` to train on from now until the next refresh."""
+        raise NotImplementedError
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        """Record the fraction of the data trained on and the filtering time."""
+        metrics["kept_fraction"] = len(trainer.train_set) / len(self.full)
+        metrics["filter_seconds"] = self.seconds
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """Give the trainer its full training set back."""
+        trainer.train_set = self.full
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept indices."""
+        return {"kept": self.kept}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the kept indices."""
+        self.kept = state["kept"]
+
+
+class OnlineKFilter(_EpochFilter):
+    """Online k-filtering (section 6.8.2): from epoch ``warmup`` on, every ``every`` epochs,
+    k-filter the training set in the representation of module ``layer`` (``None``: the
+    input) with k-NN mini-batches of ``batch_size`` and at most ``max_fraction`` removed.
+
+    The thesis paused filtering for 30 epochs, then used batches of 6148, ``k = 10`` and a cap
+    of 0.6. Note that the learning-rate schedule still counts the full set's steps per epoch.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        every: int = 1,
+        warmup: int = 0,
+        max_fraction: float | None = None,
+        layer: str | None = None,
+        batch_size: int | None = 6148,
+        seed: int = 0,
+    ):
+        super().__init__(every, warmup)
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.k, self.max_fraction, self.layer = k, max_fraction, layer
+        self.batch_size, self.seed = batch_size, seed
+
+    def select(self, trainer: Trainer, full: ArrayDataset) -> torch.Tensor:
+        """The samples kept by k-filtering ``full`` in the chosen representation."""
+        if self.layer is None:
+            features = full.x
+        else:
+            features = representations(trainer.model, full.x, [self.layer])[self.layer]
+        return k_filter(
+            features,
+            full.y,
+            self.k,
+            batch_size=self.batch_size,
+            max_fraction=self.max_fraction,
+            seed=self.seed + trainer.epoch,
+        ).kept
+
+
+def loss_filter(
+    losses: torch.Tensor, fraction: float, batch_size: int | None = None
+) -> torch.Tensor:
+    """Sorted indices kept when the lowest-loss ``fraction`` of each batch is dropped.
+
+    ``losses`` ``(N,)`` per sample, in order; consecutive batches of ``batch_size`` (``None``:
+    one batch) each drop exactly ``floor(fraction * batch length)`` samples, lowest loss first.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"loss-filter fraction must lie in [0, 1), got {fraction}")
+    size = batch_size or max(len(losses), 1)
+    kept = []
+    for start in range(0, len(losses), size):
+        batch = losses[start : start + size]
+        drop = int(fraction * len(batch))
+        order = batch.argsort(stable=True)
+        kept.append(order[drop:] + start)
+    return torch.cat(kept).sort().values if kept else torch.zeros(0, dtype=torch.long)
+
+
+class LossFilter(_EpochFilter):
+    """Loss filtering (section 6.8.2, like Selective-Backprop but dropping samples before the
+    forward pass): from epoch ``warmup`` on, every ``every`` epochs, score every training sample
+    with a gradient-free forward pass (evaluation mode) and train on all but the lowest-loss
+    ``fraction`` of each large batch of ``batch_size`` samples (seeded random order).
+
+    Use it where k-NN is too expensive. The scoring pass costs about one forward over the full
+    set per refresh, so it saves time only when ``fraction`` x (forward + backward) exceeds it;
+    raise ``every`` to amortise. The per-sample loss is the trainer's ``loss_fn.per_sample``
+    (every loss of :mod:`smallfoot.losses` has one).
+    """
+
+    def __init__(
+        self,
+        fraction: float,
+        every: int = 1,
+        warmup: int = 0,
+        batch_size: int | None = 4096,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+    ):
+        super().__init__(every, warmup)
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"loss-filter fraction must lie in [0, 1), got {fraction}")
+        self.fraction, self.batch_size = fraction, batch_size
+        self.eval_batch_size, self.seed = eval_batch_size, seed
+
+    @torch.no_grad()
+    def sample_losses(self, trainer: Trainer, dataset: ArrayDataset) -> torch.Tensor:
+        """Per-sample losses ``(N,)`` of the current model (evaluation mode)."""
+        per_sample = getattr(trainer.loss_fn, "per_sample", None)
+        if per_sample is None:
+            raise ConfigError(
+                "loss filtering needs a loss with per_sample(output, target); use a loss from "
+                "smallfoot.losses.build_loss"
+            )
+        was_training = trainer.model.training
+        trainer.model.eval()
+        losses = []
+        for start in range(0, len(dataset), self.eval_batch_size):
+            x = dataset.x[start : start + self.eval_batch_size].to(trainer.device)
+            y = dataset.y[start : start + self.eval_batch_size].to(trainer.device)
+            losses.append(per_sample(trainer.model(x), y).float().cpu())
+        trainer.model.train(was_training)
+        return torch.cat(losses)
+
+    def select(self, trainer: Trainer, full: ArrayDataset) -> torch.Tensor:
+        """All but the lowest-loss ``fraction`` of each large batch of ``full``."""
+        losses = self.sample_losses(trainer, full)
+        order = torch.randperm(
+            len(full), generator=torch.Generator().manual_seed(self.seed + trainer.epoch)
+        )
+        kept = loss_filter(losses[order], self.fraction, self.batch_size)
+        return order[kept].sort().values
