@@ -410,6 +410,55 @@ def _ratio(value) -> str:
     return f"{value:.2f}" if value is not None else "-"
 
 
+@app.command("filter")
+def filter_command(
+    dataset: str = typer.Option(..., help="Dataset name (see `smallfoot datasets`)."),
+    k: str = typer.Option("5,10,20,42", "--k", help="Neighbourhood sizes, e.g. 5,10,42."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="k-NN within random mini-batches of this size (default: exact)."
+    ),
+    split: str = typer.Option("train", help="Dataset split."),
+    limit: int | None = typer.Option(None, "--limit", help="Use this many samples (seeded)."),
+    seed: int = typer.Option(0, help="Seed of the subset and of the mini-batch split."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by k."),
+):
+    """Report the k-redundancy (fraction a k-filter removes) of a dataset for several k."""
+    import time
+
+    from smallfoot.data import load_dataset
+    from smallfoot.data.filtering import k_redundancy
+
+    values = parse_value(k)
+    ks = values if isinstance(values, list) else [values]
+    if not ks or not all(isinstance(v, int) and v >= 1 for v in ks):
+        raise ConfigError(f"--k {k!r} must be positive integers separated by commas, e.g. 5,10,42")
+    data = load_dataset(dataset, split, data_root, limit=limit, seed=seed)
+    start = time.perf_counter()
+    redundancy = k_redundancy(data.x, data.y, ks, batch_size=batch_size, seed=seed)
+    seconds = time.perf_counter() - start
+    report = {
+        str(key): {
+            "redundancy": value,
+            "kept": len(data) - round(value * len(data)),
+            "removed": round(value * len(data)),
+            "total": len(data),
+        }
+        for key, value in redundancy.items()
+    }
+    if as_json:
+        print_json(report)
+        return
+    search = f"mini-batches of {batch_size}" if batch_size else "exact"
+    table = Table(title=f"k-redundancy of {dataset} ({split}, {len(data)} samples, {search} k-NN)")
+    for column in ("k", "redundancy", "kept", "removed"):
+        table.add_column(column, justify="right")
+    for key, row in report.items():
+        table.add_row(key, f"{100 * row['redundancy']:.1f}%", str(row["kept"]), str(row["removed"]))
+    console.print(table)
+    console.print(f"one k-NN search for all k: {seconds:.1f} s")
+
+
 def main() -> None:
     """Entry point: run the app; user errors print one line and exit with status 2."""
     try:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from smallfoot.data import ArrayDataset
+from smallfoot.data import ArrayDataset, load_dataset
 from smallfoot.data.filtering import (
     FilterSpec,
     LossFilter,
@@ -258,3 +258,52 @@ def test_least_squares_distance():
     y = onehot.double()
     expected = float((y - z @ torch.linalg.pinv(z) @ y).pow(2).sum() / 6)
     assert least_squares_distance(z, labels, 3) == pytest.approx(expected)
+
+
+def run_cli(monkeypatch, capsys, *args):
+    import sys
+
+    from smallfoot import cli
+
+    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_filter_command_json(monkeypatch, capsys):
+    import json
+
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "filter", "--dataset", "digits", "--k", "5,10", "--json"
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == {"5", "10"}
+    data = load_dataset("digits", "train")
+    expected = k_redundancy(data.x, data.y, [5, 10])
+    for k, row in report.items():
+        assert row["redundancy"] == expected[int(k)]
+        assert row["kept"] + row["removed"] == row["total"] == len(data)
+    code, _, err = run_cli(monkeypatch, capsys, "filter", "--dataset", "digits", "--k", "0")
+    assert code == 2 and "positive integers" in err
+
+
+def test_train_with_filter_records_what_was_removed(tmp_path):
+    import json
+
+    from smallfoot.config import RunConfig
+    from smallfoot.train import run_training
+
+    config = RunConfig(
+        dataset="digits", model="mlp", epochs=1, filter="k=10", out_dir=str(tmp_path),
+        run_name="run", progress=False, measure_memory=False, train_limit=400, test_limit=100,
+    )  # fmt: skip
+    summary = run_training(config)
+    record = json.loads((tmp_path / "run" / "data.json").read_text())["filter"]
+    assert summary["train_samples"] == record["kept"] == 400 - len(record["removed"])
+    assert 0 < record["redundancy"] < 1 and record["k"] == 10
