@@ -183,7 +183,9 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 # Technique modules that register methods/models/benchmarks when imported. Each technique
 # adds its line here: this list is the only place that knows all of them.
-_BUILTIN_MODULES: list[str] = []
+_BUILTIN_MODULES: list[str] = [
+    "smallfoot.lowrank.method",
+]
 
 
 def register_method(cls: type[Method]) -> type[Method]:

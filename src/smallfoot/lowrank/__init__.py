@@ -1,0 +1,53 @@
+"""Facto-CNN (facto-cnn.txt): low-rank training with compressed feature maps.
+
+``convert(model, inr=0.3, kernel=2, apply_ratio=0.6)`` swaps a CNN's layers for the ones
+below; :class:`FactoSchedule` runs full-rank then low-rank training with merge/redraw;
+``--method facto`` does both from the CLI.
+"""
+
+from smallfoot.lowrank._bits import pack_bits, unpack_bits
+from smallfoot.lowrank.convert import (
+    Conversion,
+    LayerChange,
+    convert,
+    direct_decay,
+    factorized_layers,
+    magnitude_parameters,
+    merge_and_redraw,
+    set_low_rank,
+    trainable_elements,
+)
+from smallfoot.lowrank.layers import (
+    FactoConv2d,
+    FactoConv2dFunction,
+    FactoLinear,
+    FactoLinearFunction,
+    MaskMaxPool2d,
+    MaskReLU,
+    PooledScale,
+    draw_direction,
+)
+from smallfoot.lowrank.schedule import FactoSchedule
+
+__all__ = [
+    "Conversion",
+    "FactoConv2d",
+    "FactoConv2dFunction",
+    "FactoLinear",
+    "FactoLinearFunction",
+    "FactoSchedule",
+    "LayerChange",
+    "MaskMaxPool2d",
+    "MaskReLU",
+    "PooledScale",
+    "convert",
+    "direct_decay",
+    "draw_direction",
+    "factorized_layers",
+    "magnitude_parameters",
+    "merge_and_redraw",
+    "pack_bits",
+    "set_low_rank",
+    "trainable_elements",
+    "unpack_bits",
+]
