@@ -1,0 +1,125 @@
+import pytest
+import torch
+from torch import nn
+
+from smallfoot.errors import ConfigError
+from smallfoot.lowrank import (
+    FactoConv2d,
+    FactoLinear,
+    MaskMaxPool2d,
+    MaskReLU,
+    PooledScale,
+    convert,
+    factorized_layers,
+    merge_and_redraw,
+    set_low_rank,
+    trainable_elements,
+)
+from smallfoot.models import build_model
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+MODELS = [
+    ("vgg11", (1, 32, 32), dict(batch_norm=False, width=0.125)),
+    ("cnn4", (1, 16, 16), dict(batch_norm=False, widths=(4, 8, 8, 8))),
+    ("fixup_resnet18", (3, 16, 16), dict(width=4)),
+]
+
+
+def build(name, shape, opts, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(name, shape, 10, **opts).double()
+    if name.startswith("fixup"):
+        # Fixup zero-initialises branch ends and the classifier; give them values to compare
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.abs().max() == 0:
+                    p.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize(("name", "shape", "opts"), MODELS)
+@pytest.mark.parametrize("apply_ratio", [0.6, 1.0])
+def test_conversion_and_merge_redraw_preserve_the_function(name, shape, opts, apply_ratio):
+    model = build(name, shape, opts)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    expected = model(x)
+    conversion = convert(model, inr=0.3, kernel=2, apply_ratio=apply_ratio)
+    assert conversion.model is model
+    torch.testing.assert_close(model(x), expected, **TOL)
+    with torch.no_grad():
+        for layer in factorized_layers(model):
+            layer.magnitude.normal_(0, 0.1)
+    moved = model(x)
+    merge_and_redraw(model, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(x), moved, **TOL)
+    model(x).sum().backward()
+    for layer in factorized_layers(model):
+        assert layer.magnitude.grad is not None and layer.weight.grad is None
+
+
+def test_first_layer_is_never_converted_and_apply_ratio_counts_layers():
+    model = build(*MODELS[0])  # vgg11 without BN: 8 convs + 1 linear
+    rows = convert(model, apply_ratio=0.6).layers
+    weighted = [r for r in rows if r.kind in ("conv", "linear")]
+    assert len(weighted) == 9 and not weighted[0].converted
+    assert weighted[0].detail == "first layer"
+    assert [r.converted for r in weighted] == [False] + [True] * 5 + [False] * 3  # round(5.4)
+    model = build(*MODELS[0])
+    rows = convert(model, apply_ratio=1.0).layers
+    assert all(r.converted for r in rows[1:])  # every ReLU and pool too
+    assert isinstance(model[-1], FactoLinear) and not isinstance(model[0], FactoConv2d)
+    assert sum(isinstance(m, MaskReLU) for m in model) == 8
+    assert sum(isinstance(m, MaskMaxPool2d) for m in model) == 5
+
+
+def test_report_ratios_follow_table_2_and_trainable_counts():
+    model = build(*MODELS[0])
+    rows = convert(model, inr=0.3, kernel=2, apply_ratio=1.0).layers
+    for row, module in zip(rows, [m for _, m in model.named_children()], strict=False):
+        if isinstance(module, FactoConv2d):
+            assert row.saved_ratio == pytest.approx(1 - module.rank / (module.in_channels * 4))
+            assert row.trainable_after == module.magnitude.numel() + module.bias.numel()
+    linear = next(r for r in rows if r.kind == "linear")
+    assert linear.saved_ratio == pytest.approx(1 - model[-1].rank / model[-1].in_features)
+    assert trainable_elements(model) == sum(r.trainable_after for r in rows)
+    assert "converted" in str(convert(build(*MODELS[1]), apply_ratio=0.6))
+
+
+def test_fixup_scaling_layers_and_overlapping_pool():
+    model = build("fixup_resnet18", (3, 64, 64), dict(width=4))
+    rows = convert(model, kernel=2, apply_ratio=1.0).layers
+    assert sum(isinstance(m, PooledScale) for m in model.modules()) == 8
+    pool = next(r for r in rows if r.kind == "maxpool")
+    assert not pool.converted and "overlapping" in pool.detail
+
+
+def test_batch_norm_is_reported_as_kept():
+    model = build_model("cnn4", (1, 16, 16), 10, widths=(4, 8, 8, 8))
+    rows = convert(model, apply_ratio=1.0).layers
+    assert any(r.kind == "batchnorm" and not r.converted for r in rows)
+
+
+def test_full_rank_conversion_trains_w_and_switches():
+    model = build(*MODELS[1])
+    convert(model, apply_ratio=1.0, low_rank=False)
+    layers = factorized_layers(model)
+    assert all(layer.weight.requires_grad and not layer.low_rank for layer in layers)
+    set_low_rank(model, True)
+    assert all(not layer.weight.requires_grad and layer.low_rank for layer in layers)
+    assert all(m.low_rank for m in model.modules() if isinstance(m, PooledScale))
+
+
+def test_bad_arguments_raise_config_errors():
+    model = build(*MODELS[1])
+    with pytest.raises(ConfigError, match="apply_ratio"):
+        convert(model, apply_ratio=0.0)
+    with pytest.raises(ConfigError, match="inr"):
+        convert(model, inr=0.0)
+    with pytest.raises(ConfigError, match="kernel"):
+        convert(model, kernel=0)
+    convert(model)
+    with pytest.raises(ConfigError, match="already converted"):
+        convert(model)
+    with pytest.raises(ConfigError, match="at least two"):
+        convert(nn.Sequential(nn.Linear(3, 2)))

@@ -1,0 +1,253 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smallfoot.errors import ConfigError, ShapeError
+from smallfoot.lowrank import (
+    FactoConv2d,
+    FactoLinear,
+    MaskMaxPool2d,
+    MaskReLU,
+    PooledScale,
+    draw_direction,
+)
+from smallfoot.lowrank.layers import mean_pool, upsample
+from smallfoot.models.fixup import Scale
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def saved_activation_bytes(fn, *params_and_buffers):
+    """Bytes of tensors saved for backward by ``fn()``, excluding the given tensors' storages."""
+    excluded = {t.untyped_storage().data_ptr() for t in params_and_buffers}
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in excluded and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total, out
+
+
+def random_facto_conv(in_c=6, out_c=5, kernel_size=3, k=1, seed=0, **conv):
+    torch.manual_seed(seed)
+    layer = FactoConv2d(in_c, out_c, kernel_size, inr=0.5, compression_kernel=k, **conv).double()
+    with torch.no_grad():
+        layer.magnitude.normal_()  # a non-zero M so that Omega != W
+        layer.bias.normal_()
+    return layer
+
+
+def reference_conv_grads(layer, x, grad_y):
+    """Autograd on (W + M D) * X; for k > 1 dL/dM from the pooled-then-upsampled D * X."""
+    x = x.detach().requires_grad_()
+    m = layer.magnitude.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+    geometry = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+    k = layer.compression_kernel
+    if k == 1:
+        omega = layer.weight + (m @ layer.direction.flatten(1)).view_as(layer.weight)
+        y = F.conv2d(x, omega, b, **geometry)
+        y.backward(grad_y)
+        return y, x.grad, m.grad, b.grad
+    omega = layer.weight + (m.detach() @ layer.direction.flatten(1)).view_as(layer.weight)
+    y = F.conv2d(x, omega, b, **geometry)
+    z = F.conv2d(x.detach(), layer.direction, None, **geometry)
+    z_tilde = upsample(mean_pool(z, k), k, tuple(z.shape[-2:]))
+    through_m = F.conv2d(z_tilde, m[:, :, None, None])  # M_filter * (D_filter * X)~
+    (y * grad_y).sum().backward()
+    (through_m * grad_y).sum().backward()
+    return y, x.grad, m.grad, b.grad
+
+
+CONV_CASES = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(3, 2), dilation=2),
+    dict(kernel_size=1),
+]
+
+
+@pytest.mark.parametrize("conv", CONV_CASES)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_facto_conv_gradients_match_autograd_reference(conv, k):
+    layer = random_facto_conv(k=k, **conv)
+    x = torch.randn(3, 6, 9, 11, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+    y_ref, gx, gm, gb = reference_conv_grads(layer, x, grad_y)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    torch.testing.assert_close(x.grad, gx, **TOL)
+    torch.testing.assert_close(layer.magnitude.grad, gm, **TOL)
+    torch.testing.assert_close(layer.bias.grad, gb, **TOL)
+    assert layer.weight.grad is None and not layer.weight.requires_grad
+    assert not layer.direction.requires_grad
+
+
+def test_pooled_gradient_differs_from_exact_one():
+    # k > 1 is lossy: the M gradient is not the exact one (otherwise the test above is vacuous)
+    layer = random_facto_conv(k=2, kernel_size=3, padding=1)
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
+    grad = torch.randn(2, 5, 8, 8, dtype=torch.float64)
+    layer(x).backward(grad)
+    lossy = layer.magnitude.grad.clone()
+    layer.magnitude.grad = None
+    layer.compression_kernel = 1
+    layer(x).backward(grad)
+    assert (lossy - layer.magnitude.grad).abs().max() > 1e-3
+
+
+def test_facto_linear_gradients_match_autograd_reference():
+    torch.manual_seed(1)
+    layer = FactoLinear(12, 7, inr=0.25).double()
+    with torch.no_grad():
+        layer.magnitude.normal_()
+    assert layer.rank == 3 and layer.direction.shape == (3, 12)
+    x = torch.randn(4, 5, 12, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+    x_ref = x.detach().requires_grad_()
+    m = layer.magnitude.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+    y_ref = F.linear(x_ref, layer.weight + m @ layer.direction, b)
+    y_ref.backward(grad_y)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
+    torch.testing.assert_close(layer.magnitude.grad, m.grad, **TOL)
+    torch.testing.assert_close(layer.bias.grad, b.grad, **TOL)
+    assert layer.weight.grad is None
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_conv_saves_only_pooled_direction_features(k):
+    layer = FactoConv2d(8, 16, 3, padding=1, inr=0.25, compression_kernel=k)
+    x = torch.randn(4, 8, 10, 10, requires_grad=True)
+    nbytes, _ = saved_activation_bytes(lambda: layer(x), *layer.parameters(), *layer.buffers())
+    side = math.ceil(10 / k)
+    assert nbytes == 4 * layer.rank * side * side * 4  # B x C_R x H/k x W/k float32
+    full = 4 * 8 * 10 * 10 * 4
+    if k > 1 and 10 % k == 0:
+        assert 1 - nbytes / full == pytest.approx(1 - layer.rank / (8 * k * k))
+
+
+def test_linear_saves_only_direction_features():
+    layer = FactoLinear(40, 10, inr=0.3)
+    x = torch.randn(5, 40, requires_grad=True)
+    nbytes, _ = saved_activation_bytes(lambda: layer(x), *layer.parameters(), *layer.buffers())
+    assert nbytes == 5 * 12 * 4 and 1 - nbytes / (5 * 40 * 4) == pytest.approx(1 - 12 / 40)
+
+
+def test_direction_rows_have_norm_alpha_and_the_paper_variance():
+    d = draw_direction(30, 1000, torch.Generator().manual_seed(0))
+    alpha = (1000 / 30) ** 0.25
+    torch.testing.assert_close(d.norm(dim=1), torch.full((30,), alpha))
+    assert d.var().item() == pytest.approx(math.sqrt(1 / (30 * 1000)), rel=0.05)
+
+
+def test_merge_and_redraw_keep_the_function_and_reset_m():
+    layer = random_facto_conv(kernel_size=3, padding=1)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+    before = layer(x)
+    old_direction = layer.direction.clone()
+    layer.merge_and_redraw_(torch.Generator().manual_seed(3))
+    torch.testing.assert_close(layer(x), before, **TOL)
+    assert layer.magnitude.abs().max() == 0
+    assert not torch.equal(layer.direction, old_direction)
+
+
+def test_full_rank_mode_is_a_plain_conv_and_switching_back_merges():
+    layer = random_facto_conv(kernel_size=3, padding=1)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+    low = layer(x)
+    layer.set_low_rank(False)
+    assert layer.weight.requires_grad and layer.magnitude.abs().max() == 0
+    plain = nn.Conv2d(6, 5, 3, padding=1).double()
+    plain.load_state_dict({"weight": layer.weight, "bias": layer.bias})
+    torch.testing.assert_close(layer(x), low, **TOL)
+    torch.testing.assert_close(layer(x), plain(x), rtol=0, atol=0)
+
+
+def test_facto_conv_rejects_grouped_and_bad_options():
+    with pytest.raises(ConfigError, match="groups"):
+        FactoConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2), inr=0.5)
+    with pytest.raises(ConfigError, match="inr"):
+        FactoConv2d(4, 4, 3, inr=1.5)
+    with pytest.raises(ConfigError, match="compression kernel"):
+        FactoConv2d(4, 4, 3, compression_kernel=0)
+
+
+def test_mask_relu_gives_exactly_relu_gradients_and_saves_bits():
+    x = torch.randint(-3, 4, (3, 5, 7, 9), dtype=torch.float64).requires_grad_()  # exact zeros
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(3, 5, 7, 9, dtype=torch.float64)
+    relu = MaskReLU()
+    y = relu(x)
+    y.backward(grad)
+    torch.relu(x_ref).backward(grad)
+    assert torch.equal(y, torch.relu(x_ref)) and torch.equal(x.grad, x_ref.grad)
+    nbytes, _ = saved_activation_bytes(lambda: relu(x))
+    assert nbytes == math.ceil(x.numel() / 8)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, (2, 3)])
+def test_mask_max_pool_gives_exactly_max_pool_gradients(kernel):
+    # small integers make ties frequent; 11 x 13 leaves rows/columns outside every window
+    x = torch.randint(0, 3, (2, 4, 11, 13), dtype=torch.float64).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    pool = MaskMaxPool2d.from_pool(nn.MaxPool2d(kernel))
+    y = pool(x)
+    y_ref = F.max_pool2d(x_ref, kernel)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
+    nbytes, _ = saved_activation_bytes(lambda: pool(x))
+    assert nbytes == math.ceil(x.numel() / 8)
+    assert pool(x).grad_fn.saved_tensors[0].dtype == torch.uint8
+
+
+def test_mask_max_pool_refuses_overlapping_windows_and_other_ranks():
+    with pytest.raises(ConfigError, match="non-overlapping"):
+        MaskMaxPool2d.from_pool(nn.MaxPool2d(3, 2, 1))
+    with pytest.raises(ShapeError):
+        MaskMaxPool2d(2)(torch.randn(4, 6, 6))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pooled_scale_matches_reference(k):
+    scale = Scale().double()
+    with torch.no_grad():
+        scale.weight.fill_(1.7)
+    pooled = PooledScale.from_scale(scale, k)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn_like(x)
+    y = pooled(x)
+    y.backward(grad)
+    x_ref = x.detach().clone().requires_grad_()
+    s = scale.weight.detach().clone().requires_grad_()
+    x_tilde = upsample(mean_pool(x_ref.detach(), k), k, (7, 8))
+    (x_ref * s.detach() * grad).sum().backward()
+    (x_tilde * s * grad).sum().backward()
+    torch.testing.assert_close(y, scale(x), **TOL)
+    torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
+    torch.testing.assert_close(pooled.weight.grad, s.grad, **TOL)
+    nbytes, _ = saved_activation_bytes(lambda: pooled(x), pooled.weight)
+    assert nbytes == 2 * 3 * math.ceil(7 / k) * math.ceil(8 / k) * 8
+
+
+def test_mean_pool_then_upsample_averages_clipped_cells():
+    z = torch.arange(5.0).view(1, 1, 1, 5)
+    torch.testing.assert_close(
+        upsample(mean_pool(z, 2), 2, (1, 5)), torch.tensor([[[[0.5, 0.5, 2.5, 2.5, 4.0]]]])
+    )
