@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+# Multiplying a word whose 8 bytes are 0 or 1 by this constant gathers byte i into bit 56 + i
+# (little-endian words: byte i of the word is element 8 j + i of the mask).
+_GATHER = 0x0102040810204080
+_BYTE_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()  # (256, 8)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """Pack a boolean tensor of any shape into a 1-D ``uint8`` tensor of ``ceil(numel / 8)`` bytes.
 
-    Element ``8 * j + i`` of the flattened mask is bit ``i`` of byte ``j``.
+    Element ``8 j + i`` of the flattened mask is bit ``i`` of byte ``j``.
     """
-    flat = mask.reshape(-1)
+    flat = mask.reshape(-1).view(torch.uint8)
     pad = (-flat.numel()) % 8
-    if pad:
+    if pad or flat.storage_offset() % 8:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    groups = flat.view(-1, 8)  # (numel / 8, 8)
-    packed = torch.zeros(groups.shape[0], dtype=torch.uint8, device=mask.device)
-    for bit in range(8):
-        # one strided column at a time keeps the temporary at numel / 8 bytes
-        packed |= groups[:, bit].to(torch.uint8) << bit
-    return packed
+    words = flat.view(torch.int64)  # 8 mask bytes per word, one word per packed byte
+    return ((words * _GATHER) >> 56).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """The boolean tensor of ``shape`` that :func:`pack_bits` turned into ``packed``."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed.unsqueeze(1) >> shifts) & 1  # (bytes, 8)
-    return bits.view(-1)[:numel].view(shape).bool()
+    bits = _BYTE_BITS.to(packed.device)[packed.long()]  # (bytes, 8)
+    return bits.view(-1)[: math.prod(shape)].view(shape)
