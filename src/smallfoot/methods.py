@@ -185,6 +185,7 @@ _REGISTRY: dict[str, type[Method]] = {}
 # adds its line here: this list is the only place that knows all of them.
 _BUILTIN_MODULES: list[str] = [
     "smallfoot.lowrank.method",
+    "smallfoot.layerwise.method",
 ]
 
 

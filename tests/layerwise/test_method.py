@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from smallfoot.config import RunConfig
+from smallfoot.errors import ConfigError
+from smallfoot.methods import get_method
+from smallfoot.train import run_training
+
+
+def layerwise_config(tmp_path, **method_options):
+    return RunConfig(
+        dataset="synthetic",
+        model="cnn4",
+        method="layerwise",
+        epochs=1,
+        batch_size=16,
+        out_dir=str(tmp_path),
+        run_name="run",
+        progress=False,
+        measure_memory=False,
+        model_options={"widths": [4, 4, 8, 8]},
+        data_options={"shape": [1, 8, 8], "num_classes": 3, "size": 48},
+        method_options={"budget": 0, **method_options},
+    )
+
+
+def test_options_come_from_cli_strings():
+    method = get_method(
+        "layerwise",
+        {
+            "unit-size": "2",
+            "schedule": "random-robin",
+            "feed": "feednet",
+            "backward-dropout": "0.6",
+            "epochs-per-unit": "3",
+        },
+    )
+    options = method.options
+    assert (options.unit_size, options.schedule, options.backward_dropout) == (
+        2,
+        "random-robin",
+        0.6,
+    )
+    assert options.epochs_per_unit == 3
+    with pytest.raises(ConfigError, match="schedule"):
+        get_method("layerwise", {"schedule": "sideways"})
+    with pytest.raises(ConfigError, match="bottom-up"):
+        get_method("layerwise", {"feed": "checkpoint", "schedule": "random-robin"})
+
+
+def test_train_run_writes_units_and_per_unit_metrics(tmp_path):
+    summary = run_training(layerwise_config(tmp_path, unit_size=2))
+    units = summary["layerwise"]["units"]
+    assert [u["units"] for u in units] == [[1, 2], [2, 3], [3, 4]]
+    assert 1 <= summary["layerwise"]["peak_unit"] <= 3
+    assert summary["test_accuracy"] is not None
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["unit"] for line in lines] == [1, 2, 3]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["method"] == "layerwise"
+
+
+def test_layerwise_runs_are_not_resumable(tmp_path):
+    run_training(layerwise_config(tmp_path))
+    with pytest.raises(ConfigError, match="not be resumed|cannot be resumed"):
+        run_training(RunConfig(), resume_dir=tmp_path / "run")
