@@ -3,9 +3,9 @@ import json
 import pytest
 
 from smallfoot.config import RunConfig
-from smallfoot.errors import ConfigError
+from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.methods import get_method
-from smallfoot.train import run_training
+from smallfoot.train import Trainer, run_training
 
 
 def layerwise_config(tmp_path, **method_options):
@@ -60,7 +60,27 @@ def test_train_run_writes_units_and_per_unit_metrics(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["method"] == "layerwise"
 
 
-def test_layerwise_runs_are_not_resumable(tmp_path):
-    run_training(layerwise_config(tmp_path))
-    with pytest.raises(ConfigError, match="not be resumed|cannot be resumed"):
-        run_training(RunConfig(), resume_dir=tmp_path / "run")
+@pytest.mark.parametrize("schedule", ["bottom-up", "random-robin"])
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, schedule):
+    options = {"schedule": schedule, "epochs_per_unit": 2, "truncate": True}
+    straight = run_training(layerwise_config(tmp_path, **options))
+    calls = {"n": 0}
+    original = Trainer.run_epoch
+
+    def interrupted(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    config = layerwise_config(tmp_path, **options)
+    config.run_name = "resumed"
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run_training(config)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    resumed = run_training(RunConfig(), resume_dir=tmp_path / "resumed")
+    assert resumed["layerwise"] == straight["layerwise"]
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 4

@@ -11,6 +11,7 @@ from smallfoot.layerwise.feeding import FeatureStore, Subnet, output_shape
 from smallfoot.layerwise.training import (
     LayerwiseOptions,
     LayerwiseResult,
+    LayerwiseTrainer,
     UnitState,
     split_validation,
     train_layerwise,
@@ -24,6 +25,7 @@ __all__ = [
     "InputDropout",
     "LayerwiseOptions",
     "LayerwiseResult",
+    "LayerwiseTrainer",
     "Subnet",
     "UnitState",
     "assemble",

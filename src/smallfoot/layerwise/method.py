@@ -26,14 +26,7 @@ class Layerwise(Method):
     staged = True
 
     def train(self, ctx: RunContext) -> TrainOutcome:
-        """Train the model segment by segment; the memory report is the largest segment's."""
-        if ctx.resume:
-            from smallfoot.errors import ConfigError
-
-            raise ConfigError(
-                "layer-wise runs keep one training state per unit and cannot be resumed; "
-                "start the run again (it is seeded, so it repeats exactly)"
-            )
+        """Train (or resume) segment by segment; the memory report is the largest segment's."""
         model = self.build_model(ctx)
         if ctx.config.init:
             load_initial_weights(model, ctx.config.init)
@@ -49,8 +42,8 @@ class Layerwise(Method):
             predict_fn=predict_fn,
             progress=ctx.config.progress,
             measure_memory=ctx.config.measure_memory,
-            metrics_path=ctx.run_dir / "metrics.jsonl" if ctx.run_dir is not None else None,
-            feature_dir=ctx.run_dir / "features" if ctx.run_dir is not None else None,
+            run_dir=ctx.run_dir,
+            resume=ctx.resume,
         )
         evaluator = Trainer(
             result.model,

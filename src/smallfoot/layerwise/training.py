@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from smallfoot._io import atomic_torch_save, atomic_write_text
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.layerwise.decision import decision_block, fit_decision_block
@@ -139,6 +140,7 @@ class UnitState:
     stopped: bool = False
     test_accuracy: float | None = None
     val_accuracy: float | None = None
+    finished: bool = False
 
     @property
     def done(self) -> bool:
@@ -198,63 +200,77 @@ def _measure(model, batch, loss_fn, optimizer) -> dict[str, Any]:
     return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
 
 
-def train_layerwise(
-    model: nn.Module,
-    train_set: ArrayDataset,
-    test_set: ArrayDataset,
-    config: TrainConfig,
-    options: LayerwiseOptions | None = None,
-    loss_fn=None,
-    predict_fn=None,
-    progress: bool = False,
-    measure_memory: bool = True,
-    metrics_path: str | Path | None = None,
-    feature_dir: str | Path | None = None,
-) -> LayerwiseResult:
-    """Train ``model`` (an ``nn.Sequential``, modified in place) segment by segment.
-
-    ``config`` gives the optimizer, base learning rate and weight decay (scaled per segment by
-    ``lr_factor**i`` and ``wd_factor**i``), batch size, schedule (per segment), augmentation
-    and seed; ``options.epochs_per_unit`` (default ``config.epochs``) the epochs per segment.
-    With ``measure_memory`` (or a positive budget) every segment's training step is measured
-    by ``smallfoot.memory`` against full backprop of the whole model at the same batch size.
-    ``metrics_path`` receives one JSON line per epoch; ``feature_dir`` holds disk checkpoints.
+class LayerwiseTrainer:
+    """Runs one layer-wise training: builds a :class:`UnitState` per segment, follows the
+    schedule, checkpoints after every epoch (bottom-up) or round (robins), and assembles the
+    result. :func:`train_layerwise` is the one-call entry point.
     """
-    options = options or LayerwiseOptions()
-    options.validate()
-    if options.feed == "checkpoint" and config.augment:
-        raise ConfigError(
-            "augmentation is applied to raw inputs and cannot be replayed from feature "
-            "checkpoints; use --feed feednet or --no-augment"
-        )
-    loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
-    device = torch.device(config.device)
-    model.to(device)
-    units = split_units(model)
-    body, head = units[:-1], units[-1]
-    plan = segments(len(body), options.unit_size, options.overlap)
-    epochs = options.epochs_per_unit or config.epochs
-    num_classes = train_set.num_classes
-    fit_set, val_set = split_validation(train_set, options.val_fraction, config.seed)
-    need_memory = measure_memory or options.budget > 0
-    reference = None
-    if need_memory:
-        batch = first_batch(fit_set, config.batch_size, device)
-        reference = _measure(model, batch, loss_fn, make_optimizer(model.parameters(), config))
 
-    history: list[dict[str, Any]] = []
-    metrics_file = Path(metrics_path) if metrics_path is not None else None
-
-    def make_state(index: int, data: dict[str, ArrayDataset | None], frontier: int) -> UnitState:
-        start, end = plan[index]
-        feed, segment = chain(body[frontier:start]), chain(body[start:end])
-        unit_config = replace(
-            config,
-            lr=config.lr * options.lr_factor**index,
-            weight_decay=config.weight_decay * options.wd_factor**index,
-            epochs=epochs,
-            seed=config.seed + 7919 * index,
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: ArrayDataset,
+        test_set: ArrayDataset,
+        config: TrainConfig,
+        options: LayerwiseOptions | None = None,
+        loss_fn=None,
+        predict_fn=None,
+        progress: bool = False,
+        measure_memory: bool = True,
+        run_dir: str | Path | None = None,
+    ):
+        self.options = options or LayerwiseOptions()
+        self.options.validate()
+        if self.options.feed == "checkpoint" and config.augment:
+            raise ConfigError(
+                "augmentation is applied to raw inputs and cannot be replayed from feature "
+                "checkpoints; use --feed feednet or --no-augment"
+            )
+        self.config, self.progress = config, progress
+        self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
+        self.predict_fn = predict_fn
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.units = split_units(model)
+        self.body, self.head = self.units[:-1], self.units[-1]
+        self.plan = segments(len(self.body), self.options.unit_size, self.options.overlap)
+        self.epochs = self.options.epochs_per_unit or config.epochs
+        self.num_classes = train_set.num_classes
+        self.fit_set, self.val_set = split_validation(
+            train_set, self.options.val_fraction, config.seed
         )
+        self.test_set = test_set
+        self.need_memory = measure_memory or self.options.budget > 0
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.reference: dict[str, Any] | None = None
+        self.states: list[UnitState] = []
+        self.history: list[dict[str, Any]] = []
+        self.visits: list[tuple[int, list[int]]] = []
+        self.round = 0
+        self.generator = torch.Generator().manual_seed(config.seed + 15485863)
+        self.snapshot: tuple[int, nn.Sequential] | None = None
+        self._saved: dict[str, Any] | None = None
+        self._snapshot_weights: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    # -- one segment ---------------------------------------------------------------------------
+    def unit_config(self, index: int) -> TrainConfig:
+        """The trainer config of segment ``index``: scaled lr and weight decay, its own seed."""
+        return replace(
+            self.config,
+            lr=self.config.lr * self.options.lr_factor**index,
+            weight_decay=self.config.weight_decay * self.options.wd_factor**index,
+            epochs=self.epochs,
+            seed=self.config.seed + 7919 * index,
+        )
+
+    def make_state(
+        self, index: int, data: dict[str, ArrayDataset | None], frontier: int
+    ) -> UnitState:
+        """Segment ``index``'s subnet (fed from unit ``frontier`` on), decision block, trainer."""
+        options, device = self.options, self.device
+        start, end = self.plan[index]
+        feed, segment = chain(self.body[frontier:start]), chain(self.body[start:end])
+        unit_config = self.unit_config(index)
 
         def subnet_for(decision: nn.Module) -> Subnet:
             return Subnet(
@@ -268,54 +284,74 @@ def train_layerwise(
         def optimizer_for(parameters) -> torch.optim.Optimizer:
             return make_optimizer(parameters, unit_config)
 
+        torch.manual_seed(unit_config.seed)  # decision blocks start alike on resume
         out_shape = output_shape(nn.Sequential(feed, segment), data["train"].input_shape)
-        batch = first_batch(data["train"], config.batch_size, device) if need_memory else None
-        record: dict[str, Any] = {}
-        if index == len(plan) - 1:
-            decision: nn.Module = head
-            record = {"convs": None, "width": None, "head": "model"}
+        batch = first_batch(data["train"], self.config.batch_size, device)
+        saved = self._saved["units"][index] if self._saved is not None else None
+        last = index == len(self.plan) - 1
+        if last:
+            decision: nn.Module = self.head
+            record: dict[str, Any] = {"convs": None, "width": None, "head": "model"}
+        elif saved is not None:
+            record = dict(saved["record"])
+            decision = decision_block(
+                out_shape,
+                self.num_classes,
+                record["convs"] or 0,
+                record["width"],
+                options.decision_pool,
+            )
         elif options.budget > 0:
             decision, record = fit_decision_block(
                 subnet_for,
                 out_shape,
-                num_classes,
+                self.num_classes,
                 batch,
-                reference["peak"],
+                self.reference["peak"],
                 options.budget,
-                loss_fn,
+                self.loss_fn,
                 optimizer_for,
                 options.max_convs,
                 pool=options.decision_pool,
             )
         else:
-            decision = decision_block(out_shape, num_classes, 0, None, options.decision_pool)
+            decision = decision_block(out_shape, self.num_classes, 0, None, options.decision_pool)
             record = {"convs": 0, "width": None}
         subnet = subnet_for(decision)
-        memory = record.pop("memory", None)
-        if memory is None and need_memory:
-            memory = _measure(subnet, batch, loss_fn, optimizer_for(subnet.trainable_parameters()))
+        memory = saved["memory"] if saved is not None else record.pop("memory", None)
         record.pop("tried", None)
+        if memory is None and self.need_memory:
+            memory = _measure(
+                subnet, batch, self.loss_fn, optimizer_for(subnet.trainable_parameters())
+            )
         trainer = Trainer(
             subnet,
             data["train"],
             data["test"],
             unit_config,
-            loss_fn=loss_fn,
-            predict_fn=predict_fn,
+            loss_fn=self.loss_fn,
+            predict_fn=self.predict_fn,
             optimizer=optimizer_for(subnet.trainable_parameters()),
-            progress=progress,
+            progress=self.progress,
         )
-        return UnitState(index, start, end, subnet, trainer, epochs, data["val"], record, memory)
+        state = UnitState(
+            index, start, end, subnet, trainer, self.epochs, data["val"], record, memory
+        )
+        if saved is not None:
+            self._restore_unit(state, saved)
+        return state
 
-    def run_epoch(state: UnitState) -> None:
+    def run_epoch(self, state: UnitState) -> None:
+        """Train ``state``'s segment one epoch; validate, track early stopping, log the metrics."""
         trainer = state.trainer
         state.subnet.input_dropout.set_epoch(trainer.epoch)
         try:
             metrics = trainer.run_epoch(trainer.epoch)
         except KeyboardInterrupt:
+            where = f"; continue with `smallfoot train --resume {self.run_dir}`"
             raise TrainingInterrupted(
-                f"interrupted in epoch {trainer.epoch + 1} of unit {state.index + 1}; layer-wise "
-                "runs are not resumable: start the run again (it is seeded and repeats exactly)"
+                f"interrupted in epoch {trainer.epoch + 1} of unit {state.index + 1}"
+                + (where if self.run_dir is not None else "")
             ) from None
         trainer.history.append(metrics)
         trainer.epoch += 1
@@ -324,7 +360,7 @@ def train_layerwise(
             metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
             if val["accuracy"] > state.best_val:
                 state.best_val, state.stale = val["accuracy"], 0
-                if options.patience:
+                if self.options.patience:
                     state.best_state = copy.deepcopy(
                         {
                             "segment": state.subnet.segment.state_dict(),
@@ -333,20 +369,21 @@ def train_layerwise(
                     )
             else:
                 state.stale += 1
-                state.stopped = bool(options.patience) and state.stale >= options.patience
+                state.stopped = bool(self.options.patience) and state.stale >= self.options.patience
         line = {"unit": state.index + 1, **metrics}
-        history.append(line)
-        if progress:
+        self.history.append(line)
+        if self.progress:
             print(
-                f"unit {state.index + 1}/{len(plan)} epoch {trainer.epoch}/{state.epochs}  "
+                f"unit {state.index + 1}/{len(self.plan)} epoch {trainer.epoch}/{state.epochs}  "
                 f"test acc {100 * metrics.get('test_accuracy', float('nan')):.2f}%",
                 flush=True,
             )
-        if metrics_file is not None:
-            with metrics_file.open("a") as handle:
+        if self.run_dir is not None:
+            with (self.run_dir / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(line) + "\n")
 
-    def finish(state: UnitState) -> None:
+    def finish(self, state: UnitState) -> None:
+        """Restore the best (early-stopped) weights and score the segment on test and validation."""
         if state.best_state is not None:
             state.subnet.segment.load_state_dict(state.best_state["segment"])
             state.subnet.decision.load_state_dict(state.best_state["decision"])
@@ -354,37 +391,60 @@ def train_layerwise(
         state.test_accuracy = state.trainer.evaluate(state.trainer.test_set)["accuracy"]
         if state.val_set is not None:
             state.val_accuracy = state.trainer.evaluate(state.val_set)["accuracy"]
+        state.finished = True
 
+    @staticmethod
     def score(state: UnitState) -> float:
+        """Validation accuracy, or test accuracy without a validation split (selects the peak)."""
         return state.val_accuracy if state.val_accuracy is not None else state.test_accuracy
 
-    states: list[UnitState] = []
-    visits: list[tuple[int, list[int]]] = []
-    snapshot: tuple[int, nn.Sequential] | None = None
-    if options.schedule == "bottom-up":
-        store = FeatureStore(options.feature_storage, feature_dir)
-        data = {"train": fit_set, "val": val_set, "test": test_set}
+    # -- schedules -------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> LayerwiseResult:
+        """Train (or continue from ``run_dir/checkpoint.pt``) and return the result."""
+        if resume:
+            self._load_checkpoint()
+        elif self.need_memory:
+            batch = first_batch(self.fit_set, self.config.batch_size, self.device)
+            self.reference = _measure(
+                self.model,
+                batch,
+                self.loss_fn,
+                make_optimizer(self.model.parameters(), self.config),
+            )
+        if self.options.schedule == "bottom-up":
+            self._bottom_up()
+        else:
+            self._robin()
+        return self.result()
+
+    def _bottom_up(self) -> None:
+        store = FeatureStore(
+            self.options.feature_storage, self.run_dir / "features" if self.run_dir else None
+        )
+        data = {"train": self.fit_set, "val": self.val_set, "test": self.test_set}
         frontier = 0
         try:
-            for index in range(len(plan)):
-                state = make_state(index, data, frontier)
-                states.append(state)
+            for index in range(len(self.plan)):
+                state = self.make_state(index, data, frontier)
+                self.states.append(state)
+                restored = state.finished
+                if self._snapshot_weights is not None and self._snapshot_weights[0] == index:
+                    prefix = assemble(self.body[: state.end], state.subnet.decision)
+                    self.snapshot = (index, copy.deepcopy(prefix))
+                    self.snapshot[1].load_state_dict(self._snapshot_weights[1])
                 while not state.done:
-                    run_epoch(state)
-                finish(state)
-                last = index == len(plan) - 1
-                if (
-                    options.truncate
-                    and not last
-                    and (snapshot is None or score(state) > score(states[snapshot[0]]))
-                ):
-                    decision = state.subnet.decision
-                    snapshot = (index, copy.deepcopy(assemble(body[: state.end], decision)))
-                if options.feed == "checkpoint" and not last:
-                    next_start = plan[index + 1][0]
-                    feed = chain(body[frontier:next_start])
+                    self.run_epoch(state)
+                    self.save_checkpoint()
+                last = index == len(self.plan) - 1
+                if not restored:
+                    self.finish(state)
+                    self._update_snapshot(state, last)
+                    self.save_checkpoint()
+                if self.options.feed == "checkpoint" and not last:
+                    next_start = self.plan[index + 1][0]
+                    feed = chain(self.body[frontier:next_start])
                     data = {
-                        key: store.record(feed, dataset, key, config.eval_batch_size)
+                        key: store.record(feed, dataset, key, self.config.eval_batch_size)
                         if dataset is not None
                         else None
                         for key, dataset in data.items()
@@ -392,46 +452,176 @@ def train_layerwise(
                     frontier = next_start
         finally:
             store.close()
-    else:
-        data = {"train": fit_set, "val": val_set, "test": test_set}
-        states = [make_state(index, data, 0) for index in range(len(plan))]
-        generator = torch.Generator().manual_seed(config.seed + 15485863)
-        round_index = 0
-        while not all(state.done for state in states):
-            order = list(range(len(states)))
-            if options.schedule == "random-robin":
-                order = torch.randperm(len(states), generator=generator).tolist()
-            order = [i for i in order if not states[i].done]
-            visits.append((round_index, order))
-            for i in order:
-                for _ in range(options.robin_epochs):
-                    if states[i].done:
-                        break
-                    run_epoch(states[i])
-            round_index += 1
-        for state in states:
-            finish(state)
 
-    peak = max(range(len(states)), key=lambda i: (score(states[i]), -i))
-    if options.truncate and peak != len(states) - 1:
-        final = (
-            snapshot[1]
-            if snapshot is not None and snapshot[0] == peak
-            else assemble(body[: states[peak].end], states[peak].subnet.decision)
+    def _update_snapshot(self, state: UnitState, last: bool) -> None:
+        # later overlapping segments change this segment's units: keep a copy of the best one
+        if not self.options.truncate or last:
+            return
+        if self.snapshot is None or self.score(state) > self.score(self.states[self.snapshot[0]]):
+            prefix = assemble(self.body[: state.end], state.subnet.decision)
+            self.snapshot = (state.index, copy.deepcopy(prefix))
+
+    def _robin(self) -> None:
+        data = {"train": self.fit_set, "val": self.val_set, "test": self.test_set}
+        self.states = [self.make_state(index, data, 0) for index in range(len(self.plan))]
+        self.save_checkpoint()
+        while not all(state.done for state in self.states):
+            order = list(range(len(self.states)))
+            if self.options.schedule == "random-robin":
+                order = torch.randperm(len(self.states), generator=self.generator).tolist()
+            order = [i for i in order if not self.states[i].done]
+            self.visits.append((self.round, order))
+            for i in order:
+                for _ in range(self.options.robin_epochs):
+                    if self.states[i].done:
+                        break
+                    self.run_epoch(self.states[i])
+            self.round += 1
+            self.save_checkpoint()
+        for state in self.states:
+            self.finish(state)
+
+    # -- result --------------------------------------------------------------------------------
+    def result(self) -> LayerwiseResult:
+        """The assembled model (cut at the peak unit with ``truncate``) and the records."""
+        states = self.states
+        peak = max(range(len(states)), key=lambda i: (self.score(states[i]), -i))
+        if self.options.truncate and peak != len(states) - 1:
+            if self.snapshot is not None and self.snapshot[0] == peak:
+                final = self.snapshot[1]
+            else:
+                final = assemble(self.body[: states[peak].end], states[peak].subnet.decision)
+        else:
+            final = chain(self.units)
+        records = [unit_record(state, self.body, self.reference) for state in states]
+        memory = None
+        if self.need_memory:
+            largest = max(states, key=lambda s: s.memory["peak"])
+            memory = {
+                **largest.memory,
+                "stage": f"unit {largest.index + 1} of {len(states)}",
+                "reference_peak": self.reference["peak"],
+                "fraction": largest.memory["peak"] / self.reference["peak"],
+            }
+        return LayerwiseResult(
+            final, records, peak + 1, memory, self.reference, self.history, self.visits, states
         )
-    else:
-        final = chain(units)
-    records = [unit_record(state, body, reference) for state in states]
-    memory = None
-    if need_memory:
-        largest = max(states, key=lambda s: s.memory["peak"])
-        memory = {
-            **largest.memory,
-            "stage": f"unit {largest.index + 1} of {len(states)}",
-            "reference_peak": reference["peak"],
-            "fraction": largest.memory["peak"] / reference["peak"],
+
+    # -- checkpoint ------------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path | None:
+        """``run_dir/checkpoint.pt``, or None without a run directory."""
+        return self.run_dir / "checkpoint.pt" if self.run_dir is not None else None
+
+    def save_checkpoint(self) -> None:
+        """Write every segment's state, the model, the log and the schedule position atomically."""
+        path = self.checkpoint_path()
+        if path is None:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "reference": self.reference,
+            "units": [self._unit_state(s) for s in self.states],
+            "history": self.history,
+            "visits": self.visits,
+            "round": self.round,
+            "generator": self.generator.get_state(),
+            "snapshot": (
+                (self.snapshot[0], self.snapshot[1].state_dict()) if self.snapshot else None
+            ),
         }
-    return LayerwiseResult(final, records, peak + 1, memory, reference, history, visits, states)
+        atomic_torch_save(state, path)
+
+    @staticmethod
+    def _unit_state(state: UnitState) -> dict[str, Any]:
+        trainer = state.trainer
+        return {
+            "record": state.decision,
+            "memory": state.memory,
+            "decision": state.subnet.decision.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "epoch": trainer.epoch,
+            "global_step": trainer.global_step,
+            "trainer_history": trainer.history,
+            "scores": {
+                key: getattr(state, key)
+                for key in (
+                    "best_val",
+                    "best_state",
+                    "stale",
+                    "stopped",
+                    "test_accuracy",
+                    "val_accuracy",
+                    "finished",
+                )
+            },
+        }
+
+    def _restore_unit(self, state: UnitState, saved: dict[str, Any]) -> None:
+        trainer = state.trainer
+        state.subnet.decision.load_state_dict(saved["decision"])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        trainer.scheduler.load_state_dict(saved["scheduler"])
+        trainer.epoch, trainer.global_step = saved["epoch"], saved["global_step"]
+        trainer.history = saved["trainer_history"]
+        for key, value in saved["scores"].items():
+            setattr(state, key, value)
+
+    def _load_checkpoint(self) -> None:
+        path = self.checkpoint_path()
+        if path is None or not path.exists():
+            raise ConfigError(f"no layer-wise checkpoint at {path}; nothing to resume")
+        saved = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(saved["model"])
+        self.reference, self.history = saved["reference"], saved["history"]
+        self.visits, self.round = saved["visits"], saved["round"]
+        self.generator.set_state(saved["generator"])
+        self._saved = saved
+        if self.options.schedule == "bottom-up":
+            # units after the last saved one are built fresh
+            saved["units"] += [None] * (len(self.plan) - len(saved["units"]))
+        self._snapshot_weights = saved["snapshot"]
+        lines = "".join(json.dumps(m) + "\n" for m in self.history)
+        atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+
+
+def train_layerwise(
+    model: nn.Module,
+    train_set: ArrayDataset,
+    test_set: ArrayDataset,
+    config: TrainConfig,
+    options: LayerwiseOptions | None = None,
+    loss_fn=None,
+    predict_fn=None,
+    progress: bool = False,
+    measure_memory: bool = True,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+) -> LayerwiseResult:
+    """Train ``model`` (an ``nn.Sequential``, modified in place) segment by segment.
+
+    ``config`` gives the optimizer, base learning rate and weight decay (scaled per segment by
+    ``lr_factor**i`` and ``wd_factor**i``), batch size, schedule (per segment), augmentation
+    and seed; ``options.epochs_per_unit`` (default ``config.epochs``) the epochs per segment.
+    With ``measure_memory`` (or a positive budget) every segment's training step is measured
+    by ``smallfoot.memory`` against full backprop of the whole model at the same batch size.
+    With a ``run_dir``: one JSON line per epoch in ``metrics.jsonl``, ``checkpoint.pt`` after
+    every epoch (bottom-up) or round (robins), disk feature checkpoints under ``features/``;
+    ``resume=True`` continues from that checkpoint.
+    """
+    trainer = LayerwiseTrainer(
+        model,
+        train_set,
+        test_set,
+        config,
+        options,
+        loss_fn,
+        predict_fn,
+        progress,
+        measure_memory,
+        run_dir,
+    )
+    return trainer.fit(resume=resume)
 
 
 def unit_record(
