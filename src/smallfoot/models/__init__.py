@@ -1,6 +1,6 @@
 """Baseline models built by name: ``build_model(name, input_shape, num_classes, **opts)``."""
 
-from smallfoot.models import basic, fixup, resnet, vgg  # noqa: F401  (registers the baselines)
+from smallfoot.models import basic, bottleneck, fixup, resnet, vgg  # noqa: F401  (registers the baselines)
 from smallfoot.models.registry import (
     ModelInfo,
     build_model,
