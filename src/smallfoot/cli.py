@@ -332,7 +332,8 @@ def methods():
     for cls in list_methods():
         flags = [f for f in ("custom_backward", "changes_optimizer", "staged") if getattr(cls, f)]
         options = ", ".join(
-            f"--{n.replace('_', '-')} ({d})" for n, _, d, _ in option_fields(cls.Options)
+            f"--{n.rstrip('_').replace('_', '-')} ({d})"
+            for n, _, d, _ in option_fields(cls.Options)
         )
         table.add_row(cls.name, cls.description, " ".join(flags), options or "-")
     console.print(table)

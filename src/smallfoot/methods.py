@@ -186,6 +186,7 @@ _REGISTRY: dict[str, type[Method]] = {}
 _BUILTIN_MODULES: list[str] = [
     "smallfoot.lowrank.method",
     "smallfoot.layerwise.method",
+    "smallfoot.manifold.method",
 ]
 
 
@@ -288,6 +289,8 @@ def parse_options(options_cls: type, values: dict[str, Any], owner: str = "metho
     kwargs = {}
     for key, value in values.items():
         name = key.replace("-", "_")
+        if name not in fields and name + "_" in fields:
+            name += "_"  # a Python keyword option (lambda) is spelled lambda_ in its dataclass
         if name not in fields:
             valid = ", ".join("--" + f.replace("_", "-") for f in fields) or "none"
             raise ConfigError(f"{owner} has no option {key!r}; its options: {valid}")
