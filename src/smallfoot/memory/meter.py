@@ -66,8 +66,8 @@ class MemoryReport:
     live bytes, ``peak_phase`` the phase where it happens and ``peak_breakdown`` its split
     into the categories (summing to ``peak``). ``per_pixel`` divides by batch x height x
     width (reversible-designs eq. 7d / 10b). ``by_module`` maps each module name (as in
-    ``named_modules``; ``"(loss)"`` for the loss) to the saved activations allocated while it
-    ran. ``saved_by_hooks`` is the cross-check: unique storages autograd handed to
+    ``named_modules``; ``"(loss)"`` for the loss) to the saved activations it handed to autograd
+    first (or, when hidden from our hooks, that were allocated while it ran). ``saved_by_hooks`` is the cross-check: unique storages autograd handed to
     ``saved_tensors_hooks`` (hooks installed inside the model, e.g. by checkpointing or
     offloading, hide theirs). ``timeline`` holds the live bytes after every event.
     """
@@ -121,13 +121,14 @@ class MemoryReport:
 class _Storage:
     """One tracked storage: its size now and what we know of its life."""
 
-    __slots__ = ("nbytes", "kind", "phase", "module", "packed", "output", "saved")
+    __slots__ = ("nbytes", "kind", "phase", "module", "saver", "packed", "output", "saved")
 
     def __init__(self, nbytes: int, kind: str | None, phase: str, module: str):
         self.nbytes = nbytes
         self.kind = kind  # None: allocated during the step (category decided after it)
         self.phase = phase
         self.module = module
+        self.saver: str | None = None  # the module that first handed it to autograd
         self.packed = False
         self.output = False
         self.saved = False
@@ -222,9 +223,12 @@ class _Tracker(TorchDispatchMode):
         for t in tree_leaves((args, kwargs)):
             # storages from outside the step (constants, views of untracked data) are not
             # charged, and an op returning a view of one must not count as an allocation
-            if isinstance(t, torch.Tensor) and t.layout is torch.strided:
-                if self.lookup(t.untyped_storage()) is None:
-                    self.add(t.untyped_storage(), "external")
+            if (
+                isinstance(t, torch.Tensor)
+                and t.layout is torch.strided
+                and self.lookup(t.untyped_storage()) is None
+            ):
+                self.add(t.untyped_storage(), "external")
         out = func(*args, **kwargs)
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.layout is torch.strided:
@@ -296,11 +300,18 @@ def _zero_grad(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Non
     model.zero_grad(set_to_none=True)
 
 
+def _checked(loss) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ConfigError(f"the loss function must return a scalar tensor, got {shape}")
+    return loss
+
+
 def _train_step(model, x, y, loss_fn, optimizer, tracker: _Tracker | None) -> None:
     """One forward/backward/optimizer step; with a tracker, marks phases and saved storages."""
     _zero_grad(model, optimizer)
     if tracker is None:
-        loss = loss_fn(model(x), y)
+        loss = _checked(loss_fn(model(x), y))
         loss.backward()
         if optimizer is not None:
             optimizer.step()
@@ -311,6 +322,8 @@ def _train_step(model, x, y, loss_fn, optimizer, tracker: _Tracker | None) -> No
             info = tracker.lookup(t.untyped_storage())
             if info is not None:
                 info.packed = True
+                if info.saver is None and tracker.module_stack:
+                    info.saver = tracker.module_stack[-1]
         return t
 
     tracker.set_phase("forward")
@@ -319,8 +332,7 @@ def _train_step(model, x, y, loss_fn, optimizer, tracker: _Tracker | None) -> No
         tracker.module_stack.append(LOSS_MODULE)
         loss = loss_fn(output, y)
         tracker.module_stack.pop()
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise ConfigError("the loss function must return a scalar tensor (got a non-scalar)")
+    _checked(loss)
     for t in _strided(tree_leaves((output, loss))):
         info = tracker.lookup(t.untyped_storage())
         if info is not None:
@@ -423,7 +435,8 @@ def _report(tracker: _Tracker, model, x, optimizer, estimated: bool) -> MemoryRe
         if info.kind != "saved_activations":
             continue
         saved += nbytes
-        slot = by_module.setdefault(info.module, {"saved_activations": 0, "tensors": 0})
+        owner = info.saver if info.saver is not None else info.module
+        slot = by_module.setdefault(owner, {"saved_activations": 0, "tensors": 0})
         slot["saved_activations"] += nbytes
         slot["tensors"] += 1
 
