@@ -123,3 +123,34 @@ def test_bad_arguments_raise_config_errors():
         convert(model)
     with pytest.raises(ConfigError, match="at least two"):
         convert(nn.Sequential(nn.Linear(3, 2)))
+
+
+def test_meter_sees_the_promised_reduction_on_vgg11():
+    from smallfoot.memory import measure
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(10, (4,))
+    base = build_model("vgg11", (3, 32, 32), 10, batch_norm=False, width=0.125)
+    model = build_model("vgg11", (3, 32, 32), 10, batch_norm=False, width=0.125)
+    convert(model, inr=0.3, kernel=2, apply_ratio=1.0)
+    sgd = lambda m: torch.optim.SGD(  # noqa: E731
+        [p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+    )
+    before = measure(base, (x, y), optimizer=sgd(base))
+    after = measure(model, (x, y), optimizer=sgd(model))
+    # what the formulas promise: pooled D X per factorized layer, one bit per ReLU/pool input
+    expected = after.by_module["(loss)"]["saved_activations"]
+    z = torch.zeros(4, 3, 32, 32)
+    for module in model:
+        if isinstance(module, FactoConv2d):
+            expected += 4 * module.rank * -(-z.shape[2] // 2) * -(-z.shape[3] // 2) * 4
+        elif isinstance(module, FactoLinear):
+            expected += 4 * module.rank * 4
+        elif isinstance(module, (MaskReLU, MaskMaxPool2d)):
+            expected += -(-z.numel() // 8)
+        with torch.no_grad():
+            z = module(z)
+    assert after.saved_activations == expected
+    assert 1 - after.saved_activations / before.saved_activations > 0.9
+    assert after.optimizer_state == 4 * trainable_elements(model)
+    assert after.optimizer_state < 0.1 * before.optimizer_state
