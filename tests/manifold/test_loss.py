@@ -26,7 +26,7 @@ def direct_eq4(previous, current, lam=0.0, params=()):
             d_cur = math.dist(current[i], current[j])
             d_prev = math.dist(previous[i], previous[j])
             total += (d_cur - d_prev) ** 2
-    return total + lam * sum(float(p.pow(2).sum()) for p in params)
+    return total + lam * sum(float(p.detach().pow(2).sum()) for p in params)
 
 
 def test_distance_mismatch_equals_eq4_on_hand_made_activations():
