@@ -187,6 +187,7 @@ _BUILTIN_MODULES: list[str] = [
     "smallfoot.lowrank.method",
     "smallfoot.layerwise.method",
     "smallfoot.manifold.method",
+    "smallfoot.peers",
 ]
 
 

@@ -1,0 +1,189 @@
+"""The tools a user would pick instead of smallfoot, registered as methods so every benchmark
+compares against them: ``checkpoint`` (activation checkpointing) and ``offload`` (saved
+tensors moved to CPU memory).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from smallfoot.errors import ConfigError
+from smallfoot.methods import Method, RunContext, register_method
+
+
+class _KeepRunningStats:
+    """Context of a checkpoint's recomputation: batch-norm running statistics (and counters)
+    of the segment are put back on exit, so the recomputed forward does not update them a
+    second time."""
+
+    def __init__(self, modules: list[nn.Module]):
+        self.buffers = [
+            b
+            for m in modules
+            for sub in m.modules()
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm)
+            for b in sub.buffers()
+        ]
+
+    def __enter__(self):
+        self.saved = [b.clone() for b in self.buffers]
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for b, saved in zip(self.buffers, self.saved, strict=True):
+                b.copy_(saved)
+        return False
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class CheckpointSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose training forward is split into ``segments`` segments; all
+    but the last are checkpointed (non-reentrant ``torch.utils.checkpoint.checkpoint``, the
+    split of ``checkpoint_sequential``): only segment inputs are kept, the rest is recomputed
+    in backward with the same RNG state. Same children, so the same state-dict keys."""
+
+    def __init__(self, model: nn.Sequential, segments: int):
+        super().__init__(OrderedDict(model.named_children()))
+        if not 1 <= segments <= len(self):
+            raise ConfigError(
+                f"checkpoint: segments must lie in [1, {len(self)}] (the model's number of "
+                f"top-level layers), got {segments}"
+            )
+        self.segments = segments
+
+    def segment_bounds(self) -> list[tuple[int, int]]:
+        """``(start, end)`` (end exclusive) of each segment, as ``checkpoint_sequential`` splits."""
+        size = len(self) // self.segments
+        bounds = [(s, s + size) for s in range(0, size * (self.segments - 1), size)]
+        return [*bounds, (bounds[-1][1] if bounds else 0, len(self))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Checkpointed in training with gradients enabled; plain otherwise."""
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        layers = list(self)
+        bounds = self.segment_bounds()
+        for start, end in bounds[:-1]:
+            chunk = layers[start:end]
+            x = checkpoint(
+                _run_layers(chunk),
+                x,
+                use_reentrant=False,
+                context_fn=lambda chunk=chunk: (_Nothing(), _KeepRunningStats(chunk)),
+            )
+        start, end = bounds[-1]
+        return _run_layers(layers[start:end])(x)
+
+
+def _run_layers(layers: list[nn.Module]):
+    def run(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    return run
+
+
+def default_segments(num_layers: int) -> int:
+    """The usual choice: the square root of the number of layers, rounded (at least 1)."""
+    return max(1, round(math.sqrt(num_layers)))
+
+
+@register_method
+class Checkpoint(Method):
+    """Activation checkpointing of a sequential model."""
+
+    name = "checkpoint"
+    description = "activation checkpointing (non-reentrant, sqrt(layers) segments by default)"
+
+    @dataclass
+    class Options:
+        segments: int = field(
+            default=0, metadata={"help": "number of segments; 0: sqrt of the number of layers"}
+        )
+
+        def validate(self) -> None:
+            """Segments must not be negative."""
+            if self.segments < 0:
+                raise ConfigError(f"--segments must be >= 0, got {self.segments}")
+
+    def build_model(self, ctx: RunContext) -> nn.Module:
+        """The configured model, checkpointed; it must be an ``nn.Sequential``."""
+        model = super().build_model(ctx)
+        return checkpointed(model, self.options.segments)
+
+
+def checkpointed(model: nn.Module, segments: int = 0) -> CheckpointSequential:
+    """``model`` (an ``nn.Sequential``) as a :class:`CheckpointSequential` sharing its layers;
+    ``segments`` 0 picks :func:`default_segments`."""
+    if not isinstance(model, nn.Sequential):
+        raise ConfigError(
+            f"checkpoint needs an nn.Sequential model; {type(model).__name__} is not one. "
+            "Pick a baseline model (mlp, cnn4, vgg*, resnet*)"
+        )
+    return CheckpointSequential(model, segments or default_segments(len(model)))
+
+
+class Offloaded:
+    """Forward hooks that run a module's training forward inside
+    ``torch.autograd.graph.save_on_cpu``: tensors saved for backward are copied to CPU memory
+    and copied back in backward."""
+
+    def __init__(self, model: nn.Module):
+        self.contexts: list[Any] = []
+        self.pin = torch.cuda.is_available()
+        model.register_forward_pre_hook(self._enter)
+        model.register_forward_hook(self._exit, always_call=True)
+
+    def _enter(self, module, args):
+        context = None
+        if module.training and torch.is_grad_enabled():
+            context = torch.autograd.graph.save_on_cpu(pin_memory=self.pin)
+            context.__enter__()
+        self.contexts.append(context)
+
+    def _exit(self, module, args, output):
+        context = self.contexts.pop()
+        if context is not None:
+            context.__exit__(None, None, None)
+
+
+OFFLOAD_CPU_NOTE = (
+    "offload copies saved tensors to CPU memory; the model runs on the CPU, so it saves "
+    "nothing here (the copies are charged as saved activations)"
+)
+
+
+@register_method
+class Offload(Method):
+    """Saved tensors moved to host memory during the forward pass."""
+
+    name = "offload"
+    description = "saved activations moved to CPU memory (save_on_cpu); saves nothing on a CPU"
+
+    def build_model(self, ctx: RunContext) -> nn.Module:
+        """The configured model with its forward wrapped in ``save_on_cpu``."""
+        model = super().build_model(ctx)
+        Offloaded(model)
+        return model
+
+    def measure_memory(self, ctx: RunContext, trainer) -> dict[str, Any]:
+        """The meter's report, with a note when the device is the CPU."""
+        report = super().measure_memory(ctx, trainer)
+        if not str(ctx.device).startswith("cuda"):
+            report["note"] = OFFLOAD_CPU_NOTE
+        return report

@@ -1,0 +1,113 @@
+"""Peers registered as methods: activation checkpointing and CPU offloading."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from smallfoot.config import RunConfig
+from smallfoot.errors import ConfigError
+from smallfoot.memory import measure
+from smallfoot.methods import get_method
+from smallfoot.peers import OFFLOAD_CPU_NOTE, CheckpointSequential, Offloaded, checkpointed
+from smallfoot.train.run import run_training
+
+
+def net():
+    return nn.Sequential(
+        nn.Linear(6, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    ).double()
+
+
+def grads_after_step(model, x):
+    """Input and parameter gradients of one training step, with a fixed dropout seed."""
+    torch.manual_seed(7)
+    x = x.clone().requires_grad_(True)
+    model(x).pow(2).sum().backward()
+    return [x.grad] + [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("segments", [1, 2, 3, 9])
+def test_checkpoint_matches_autograd_and_updates_running_stats_once(segments):
+    torch.manual_seed(0)
+    plain = net()
+    wrapped = checkpointed(net(), segments)
+    wrapped.load_state_dict(plain.state_dict())
+    x = torch.randn(8, 6, dtype=torch.float64)
+    for a, b in zip(grads_after_step(plain, x), grads_after_step(wrapped, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for (name, a), b in zip(plain.state_dict().items(), wrapped.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # running mean/var and num_batches_tracked
+
+
+def test_checkpoint_segments_and_errors():
+    model = checkpointed(net())
+    assert isinstance(model, CheckpointSequential) and model.segments == 3  # round(sqrt(9))
+    assert model.segment_bounds() == [(0, 3), (3, 6), (6, 9)]
+    assert checkpointed(net(), 2).segment_bounds() == [(0, 4), (4, 9)]
+    with pytest.raises(ConfigError, match="segments must lie"):
+        checkpointed(net(), 10)
+    with pytest.raises(ConfigError, match="nn.Sequential"):
+        checkpointed(nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="segments"):
+        get_method("checkpoint", {"segments": -1})
+
+
+def test_checkpoint_keeps_only_segment_inputs():
+    torch.manual_seed(0)
+    layers = [nn.Linear(32, 32) if i % 2 == 0 else nn.ReLU() for i in range(16)]
+    model = nn.Sequential(*layers)
+    x = torch.randn(4, 32)
+    loss = lambda out, y: out.sum()  # noqa: E731
+    base = measure(model, x, loss_fn=loss)
+    ckpt = measure(checkpointed(model, 4), x, loss_fn=loss)
+    # baseline: 8 ReLU outputs; checkpointed: the inputs of segments 2-4 plus the last
+    # segment's 2 ReLU outputs (its first Linear saves a segment input already counted)
+    row = 4 * 32 * 4
+    assert base.saved_activations == 8 * row
+    assert ckpt.saved_activations == (3 + 2) * row
+
+
+def test_offload_gradients_and_cpu_note(tmp_path):
+    torch.manual_seed(0)
+    plain = net()
+    offloaded = net()
+    offloaded.load_state_dict(plain.state_dict())
+    Offloaded(offloaded)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    for a, b in zip(grads_after_step(plain, x), grads_after_step(offloaded, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    base = measure(plain, x, loss_fn=lambda out, y: out.sum())
+    moved = measure(offloaded, x, loss_fn=lambda out, y: out.sum())
+    # on the CPU the copies cost what the originals did
+    assert moved.saved_activations >= base.saved_activations
+
+
+@pytest.mark.parametrize("method", ["checkpoint", "offload"])
+def test_methods_train_and_record_memory(tmp_path, method):
+    config = RunConfig(
+        dataset="digits",
+        model="mlp",
+        method=method,
+        epochs=1,
+        batch_size=32,
+        train_limit=128,
+        test_limit=64,
+        out_dir=str(tmp_path),
+        progress=False,
+    )
+    summary = run_training(config)
+    run_dir = next(tmp_path.iterdir())
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["memory"]["saved_activations"] > 0 and saved["memory"]["peak"] > 0
+    if method == "offload":
+        assert summary["memory"]["note"] == OFFLOAD_CPU_NOTE
