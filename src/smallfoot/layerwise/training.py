@@ -218,6 +218,7 @@ class LayerwiseTrainer:
         progress: bool = False,
         measure_memory: bool = True,
         run_dir: str | Path | None = None,
+        decisions: list[dict[str, Any]] | None = None,
     ):
         self.options = options or LayerwiseOptions()
         self.options.validate()
@@ -240,6 +241,12 @@ class LayerwiseTrainer:
             train_set, self.options.val_fraction, config.seed
         )
         self.test_set = test_set
+        if decisions is not None and len(decisions) != len(self.plan):
+            raise ConfigError(
+                f"{len(decisions)} decision blocks given for {len(self.plan)} segments; reuse "
+                "the records of a run with the same model, --unit-size and --overlap"
+            )
+        self.decisions = decisions
         self.need_memory = measure_memory or self.options.budget > 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.reference: dict[str, Any] | None = None
@@ -294,6 +301,15 @@ class LayerwiseTrainer:
             record: dict[str, Any] = {"convs": None, "width": None, "head": "model"}
         elif saved is not None:
             record = dict(saved["record"])
+            decision = decision_block(
+                out_shape,
+                self.num_classes,
+                record["convs"] or 0,
+                record["width"],
+                options.decision_pool,
+            )
+        elif self.decisions is not None:
+            record = {key: self.decisions[index]["decision"][key] for key in ("convs", "width")}
             decision = decision_block(
                 out_shape,
                 self.num_classes,
@@ -597,6 +613,7 @@ def train_layerwise(
     measure_memory: bool = True,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    decisions: list[dict[str, Any]] | None = None,
 ) -> LayerwiseResult:
     """Train ``model`` (an ``nn.Sequential``, modified in place) segment by segment.
 
@@ -607,7 +624,8 @@ def train_layerwise(
     by ``smallfoot.memory`` against full backprop of the whole model at the same batch size.
     With a ``run_dir``: one JSON line per epoch in ``metrics.jsonl``, ``checkpoint.pt`` after
     every epoch (bottom-up) or round (robins), disk feature checkpoints under ``features/``;
-    ``resume=True`` continues from that checkpoint.
+    ``resume=True`` continues from that checkpoint. ``decisions`` (the ``units`` records of an
+    earlier result with the same segments) reuses its decision blocks instead of searching.
     """
     trainer = LayerwiseTrainer(
         model,
@@ -620,6 +638,7 @@ def train_layerwise(
         progress,
         measure_memory,
         run_dir,
+        decisions,
     )
     return trainer.fit(resume=resume)
 
