@@ -1,0 +1,294 @@
+"""``smallfoot train --method subspace --sample-epochs 3 --samples 30 --dim 15 --subspace-optimizer pbfgs``.
+
+Stage 1 trains with the run's optimizer and schedule for ``sample_epochs`` epochs while a
+:class:`TrajectorySampler` stores the parameters; DLDR turns the samples into a basis
+(``run_dir/basis.pt``); stage 2 continues from the last weights for the remaining epochs with
+P-SGD or P-BFGS inside the basis' span. Each stage keeps its checkpoint in
+``run_dir/sampling`` and ``run_dir/subspace``, so ``--resume`` continues the stage it stopped in;
+``run_dir/metrics.jsonl`` holds both stages' epochs with a ``stage`` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from smallfoot._io import atomic_write_text
+from smallfoot.errors import ConfigError
+from smallfoot.methods import (
+    Method,
+    RunContext,
+    TrainOutcome,
+    example_batch,
+    load_initial_weights,
+    register_method,
+)
+from smallfoot.subspace.basis import Basis, dldr
+from smallfoot.subspace.optim import PBFGS, PSGD
+from smallfoot.subspace.trajectory import TrajectorySampler, TrajectoryStore, parameter_layout
+from smallfoot.train.trainer import Trainer, make_optimizer
+
+# Above this many bytes of samples, "auto" storage writes them to a disk memmap.
+RAM_LIMIT = 1 << 30
+
+
+@dataclass
+class SubspaceOptions:
+    """Options of ``--method subspace``."""
+
+    sample_epochs: int = 2
+    """epochs of ordinary training whose trajectory is sampled (the rest train in the subspace)"""
+    samples: int = 20
+    """parameter vectors sampled, evenly over the sampling epochs (rounded to a multiple of them)"""
+    dim: int = 15
+    """subspace dimension d (at most samples - 1)"""
+    subspace_optimizer: Literal["psgd", "pbfgs"] = "pbfgs"
+    """optimizer inside the subspace: psgd or pbfgs (--optimizer picks the sampling stage's)"""
+    subspace_lr: float = 1.0
+    """P-SGD learning rate, or P-BFGS first trial step of the line search"""
+    storage: Literal["auto", "ram", "disk"] = "auto"
+    """where samples live: ram, disk (memmap in the run directory) or auto (disk above 1 GiB)"""
+    basis: str | None = field(default=None)
+    """reuse a saved basis file instead of sampling (stage 1 is skipped)"""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for values out of range."""
+        if self.sample_epochs < 1 and self.basis is None:
+            raise ConfigError(f"--sample-epochs must be at least 1, got {self.sample_epochs}")
+        if self.dim < 1 or self.samples < 2:
+            raise ConfigError(
+                f"--dim must be >= 1 and --samples >= 2, got {self.dim} and {self.samples}"
+            )
+        if self.basis is None and self.dim > self.samples - 1:
+            raise ConfigError(
+                f"--dim {self.dim} needs at least {self.dim + 1} --samples (got {self.samples})"
+            )
+        if not self.subspace_lr > 0:
+            raise ConfigError(f"--subspace-lr must be positive, got {self.subspace_lr}")
+
+
+def make_subspace_optimizer(
+    model: nn.Module, basis: Basis, name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """P-SGD (momentum and weight decay as given) or P-BFGS over ``model``'s trainable parameters."""
+    basis.check(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    if name == "psgd":
+        return PSGD(params, basis.to(device), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "pbfgs":
+        return PBFGS(params, basis.to(device), lr=lr)
+    raise ConfigError(f"unknown subspace optimizer {name!r}; choose psgd or pbfgs")
+
+
+def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
+    """The meter's report of one training step; P-BFGS's line search runs inside its step."""
+    from smallfoot.memory import measure
+
+    if getattr(optimizer, "needs_closure", False):
+        x, y = batch
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            return loss
+
+        step = optimizer.step
+        optimizer.step = lambda: step(closure)  # the meter calls step() without arguments
+        try:
+            return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
+        finally:
+            del optimizer.step
+    return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
+
+
+def pbfgs_statistics(optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """P-BFGS's step count and skipped curvature updates (empty for other optimizers)."""
+    if not isinstance(optimizer, PBFGS):
+        return {}
+    state = optimizer.state[optimizer.param_groups[0]["params"][0]]
+    return {
+        "pbfgs_steps": state.get("steps", 0),
+        "skipped_updates": state.get("skipped_updates", 0),
+    }
+
+
+@register_method
+class Subspace(Method):
+    """DLDR + P-SGD / P-BFGS: sample ordinary training, then train in a d-dimensional subspace."""
+
+    name = "subspace"
+    description = (
+        "sample the SGD trajectory, extract a d-dim basis (DLDR), continue with P-SGD or "
+        "P-BFGS in it (dldr-tiny-subspaces.txt)"
+    )
+    Options = SubspaceOptions
+    changes_optimizer = True
+    staged = True
+
+    def train(self, ctx: RunContext) -> TrainOutcome:
+        """Sample, extract the basis, train in the subspace; the memory report is the larger stage's."""
+        options: SubspaceOptions = self.options
+        config = ctx.train_config()
+        sample_epochs = 0 if options.basis is not None else options.sample_epochs
+        if ctx.config.epochs <= sample_epochs:
+            raise ConfigError(
+                f"--epochs {ctx.config.epochs} leaves no epoch for the subspace after "
+                f"--sample-epochs {sample_epochs}; raise --epochs"
+            )
+        model = self.build_model(ctx)
+        if ctx.config.init:
+            load_initial_weights(model, ctx.config.init)
+        loss_fn, predict_fn = self.make_loss(ctx)
+        run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
+        stage_dir = (lambda name: run_dir / name) if run_dir is not None else (lambda name: None)
+
+        def trainer(stage_config, optimizer=None, callbacks=(), name=None) -> Trainer:
+            return Trainer(
+                model,
+                ctx.train_set,
+                ctx.test_set,
+                stage_config,
+                loss_fn,
+                optimizer=optimizer,
+                callbacks=callbacks,
+                run_dir=stage_dir(name),
+                progress=ctx.config.progress,
+                predict_fn=predict_fn,
+            )
+
+        def resumable(t: Trainer) -> Trainer:
+            if ctx.resume and t.run_dir is not None and t.checkpoint_path().exists():
+                t.load_checkpoint()
+            if t.run_dir is not None:
+                t.run_dir.mkdir(parents=True, exist_ok=True)
+            return t
+
+        basis_path = run_dir / "basis.pt" if run_dir is not None else None
+        sampling_history: list[dict[str, Any]] = []
+        if options.basis is not None:
+            basis = Basis.load(options.basis).truncate(options.dim)
+        elif ctx.resume and basis_path is not None and basis_path.exists():
+            basis = Basis.load(basis_path)
+            # stage 1 finished: its last weights and epochs are in its checkpoint
+            state = torch.load(
+                stage_dir("sampling") / "checkpoint.pt", map_location=ctx.device, weights_only=False
+            )
+            model.load_state_dict(state["model"])
+            sampling_history = state["history"]
+        else:
+            sampling_history, basis = self._sample(model, config, trainer, resumable, run_dir)
+            if basis_path is not None:
+                basis.save(basis_path)
+        basis.check(model)
+
+        subspace_config = dataclasses.replace(
+            config,
+            epochs=ctx.config.epochs - sample_epochs,
+            seed=config.seed + 1,
+            # the line search chooses P-BFGS's step; a decaying trial step would only shorten it
+            schedule="constant" if options.subspace_optimizer == "pbfgs" else config.schedule,
+        )
+        optimizer = make_subspace_optimizer(
+            model,
+            basis,
+            options.subspace_optimizer,
+            options.subspace_lr,
+            config.momentum,
+            config.weight_decay,
+        )
+        subspace = resumable(trainer(subspace_config, optimizer, name="subspace"))
+        subspace.fit()
+
+        history = [{**m, "stage": "sampling"} for m in sampling_history]
+        history += [
+            {**m, "epoch": m["epoch"] + sample_epochs, "stage": "subspace"}
+            for m in subspace.history
+        ]
+        if run_dir is not None:
+            atomic_write_text(
+                run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history)
+            )
+        memory = None
+        if ctx.config.measure_memory:
+            sgd = make_optimizer(model.parameters(), config) if sample_epochs else None
+            memory = self._memory(ctx, model, loss_fn, sgd, subspace.optimizer, basis)
+        extra = {
+            "subspace": {
+                "optimizer": options.subspace_optimizer,
+                "dim": basis.dim,
+                "samples": len(basis.explained_variance_ratio),
+                "sample_epochs": sample_epochs,
+                "explained_variance": float(basis.explained_variance_ratio[: basis.dim].sum()),
+                "explained_variance_ratio": [
+                    float(r) for r in basis.explained_variance_ratio[: basis.dim]
+                ],
+                **pbfgs_statistics(subspace.optimizer),
+            }
+        }
+        return TrainOutcome(model, history[-1], history, memory, extra)
+
+    def _sample(self, model, config, trainer, resumable, run_dir):
+        """Stage 1: ordinary training with a trajectory sampler; returns (history, basis)."""
+        options: SubspaceOptions = self.options
+        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        per_epoch = max(1, round(options.samples / options.sample_epochs))
+        capacity = per_epoch * options.sample_epochs
+        storage = options.storage
+        if storage == "auto":
+            storage = "disk" if capacity * size * 4 > RAM_LIMIT else "ram"
+        path = None
+        scratch = None
+        if storage == "disk":
+            if run_dir is not None:
+                path = run_dir / "trajectory.f32"
+            else:
+                scratch = tempfile.TemporaryDirectory(prefix="smallfoot-trajectory-")
+                path = Path(scratch.name) / "trajectory.f32"
+        try:
+            store = TrajectoryStore(size, capacity, path)
+            sampler = TrajectorySampler(store, per_epoch=per_epoch)
+            sampling = resumable(
+                trainer(
+                    dataclasses.replace(config, epochs=options.sample_epochs),
+                    callbacks=[sampler],
+                    name="sampling",
+                )
+            )
+            sampling.fit()
+            basis = dldr(store, min(options.dim, len(store) - 1), parameter_layout(model))
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+        if basis.dim < options.dim:
+            raise ConfigError(
+                f"only {len(store)} samples were taken, too few for --dim {options.dim}; "
+                "raise --samples or --sample-epochs"
+            )
+        return sampling.history, basis
+
+    def _memory(self, ctx, model, loss_fn, sgd, optimizer, basis) -> dict[str, Any]:
+        """The meter's step report of the larger stage (by peak) plus ``stage``, both stages'
+        peaks and optimizer states, and the basis' bytes (``sgd`` None: no sampling stage)."""
+        from smallfoot.memory import unique_storage_bytes
+
+        batch = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
+        reports = {"subspace": step_memory(model, batch, loss_fn, optimizer)}
+        if sgd is not None:
+            reports["sampling"] = step_memory(model, batch, loss_fn, sgd)
+        stage = max(reports, key=lambda name: reports[name]["peak"])
+        return {
+            **reports[stage],
+            "stage": stage,
+            "stage_peaks": {name: r["peak"] for name, r in reports.items()},
+            "stage_optimizer_state": {name: r["optimizer_state"] for name, r in reports.items()},
+            "basis_bytes": unique_storage_bytes([basis.P, basis.mean]),
+        }

@@ -1,0 +1,115 @@
+"""``--method subspace``: options, the two stages in the run directory, resume, basis reuse, memory."""
+
+import json
+
+import pytest
+import torch
+
+from smallfoot.config import RunConfig
+from smallfoot.errors import ConfigError
+from smallfoot.methods import get_method
+from smallfoot.subspace import Basis
+from smallfoot.train import run_training
+
+
+def subspace_config(tmp_path, name="run", measure=False, epochs=3, **method_options):
+    return RunConfig(
+        dataset="synthetic",
+        model="mlp",
+        method="subspace",
+        epochs=epochs,
+        batch_size=16,
+        lr=0.1,
+        out_dir=str(tmp_path),
+        run_name=name,
+        progress=False,
+        measure_memory=measure,
+        model_options={"widths": [16]},
+        data_options={"shape": [8], "num_classes": 3, "size": 64},
+        method_options={"sample_epochs": 2, "samples": 8, "dim": 3, **method_options},
+    )
+
+
+def test_options_from_cli_strings_and_their_checks():
+    options = get_method(
+        "subspace",
+        {"sample-epochs": "3", "samples": "30", "dim": "15", "subspace-optimizer": "psgd"},
+    ).options
+    assert (options.sample_epochs, options.samples, options.dim, options.subspace_optimizer) == (
+        3,
+        30,
+        15,
+        "psgd",
+    )
+    with pytest.raises(ConfigError, match="psgd"):
+        get_method("subspace", {"subspace-optimizer": "adam"})
+    with pytest.raises(ConfigError, match="needs at least 16 --samples"):
+        get_method("subspace", {"dim": "15", "samples": "10"})
+    with pytest.raises(ConfigError, match="sample-epochs"):
+        get_method("subspace", {"sample-epochs": "0"})
+
+
+@pytest.mark.parametrize("optimizer", ["psgd", "pbfgs"])
+def test_run_samples_then_trains_in_the_subspace(tmp_path, optimizer):
+    summary = run_training(subspace_config(tmp_path, subspace_optimizer=optimizer, measure=True))
+    run = tmp_path / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["epoch"], m["stage"]) for m in lines] == [
+        (1, "sampling"),
+        (2, "sampling"),
+        (3, "subspace"),
+    ]
+    basis = Basis.load(run / "basis.pt")
+    assert basis.dim == 3 and len(basis.explained_variance_ratio) == 8
+    info = summary["subspace"]
+    assert info["optimizer"] == optimizer and info["dim"] == 3
+    assert 0 < info["explained_variance"] <= 1
+    # the weights moved only inside span(P) during stage 2
+    start = torch.load(run / "sampling" / "checkpoint.pt", weights_only=False)["model"]
+    end = torch.load(run / "subspace" / "checkpoint.pt", weights_only=False)["model"]
+    delta = torch.cat([(end[k] - start[k]).reshape(-1) for k, _ in basis.layout])
+    assert delta.norm() > 0
+    assert (delta - basis.P @ (basis.P.T @ delta)).norm() < 1e-4 * delta.norm()
+    memory = summary["memory"]
+    assert memory["stage"] in ("sampling", "subspace")
+    n = sum(p.numel() for p in start.values())
+    assert memory["basis_bytes"] == 4 * (n * 3 + n)
+    # SGD keeps n momentum values; the subspace optimizer keeps P (n x d) and d-sized state
+    assert memory["stage_optimizer_state"]["sampling"] == 4 * n
+    assert memory["stage_optimizer_state"]["subspace"] >= 4 * n * 3
+    if optimizer == "pbfgs":
+        assert info["pbfgs_steps"] == 4
+
+
+def test_disk_storage_and_resume_of_the_subspace_stage(tmp_path):
+    config = subspace_config(tmp_path, epochs=4, storage="disk", subspace_optimizer="psgd")
+    config.schedule = "constant"  # so a 3-epoch run is the 4-epoch run stopped after epoch 3
+    run_training(config)
+    assert (tmp_path / "run" / "trajectory.f32").exists()
+    config.epochs, config.run_name = 3, "cut"
+    run_training(config)
+    cut = tmp_path / "cut"
+    text = (cut / "config.toml").read_text().replace("epochs = 3", "epochs = 4")
+    (cut / "config.toml").write_text(text)
+    run_training(RunConfig(), resume_dir=cut)
+    full = torch.load(tmp_path / "run" / "subspace" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(cut / "subspace" / "checkpoint.pt", weights_only=False)
+    for key, value in full["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0)
+    lines = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in lines] == ["sampling", "sampling", "subspace", "subspace"]
+
+
+def test_a_saved_basis_is_reused_and_checked(tmp_path):
+    run_training(subspace_config(tmp_path))
+    basis_file = str(tmp_path / "run" / "basis.pt")
+    summary = run_training(
+        subspace_config(tmp_path, name="reuse", epochs=1, basis=basis_file, dim=2)
+    )
+    assert summary["subspace"]["dim"] == 2 and summary["subspace"]["sample_epochs"] == 0
+    other = subspace_config(tmp_path, name="other", epochs=1, basis=basis_file)
+    other.model_options = {"widths": [8]}
+    with pytest.raises(ConfigError, match="different model"):
+        run_training(other)
+    with pytest.raises(ConfigError, match="leaves no epoch"):
+        run_training(subspace_config(tmp_path, name="short", epochs=2))
