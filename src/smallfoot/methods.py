@@ -187,6 +187,8 @@ _BUILTIN_MODULES: list[str] = [
     "smallfoot.lowrank.method",
     "smallfoot.layerwise.method",
     "smallfoot.manifold.method",
+    "smallfoot.closedform.method",
+    "smallfoot.subspace.method",
     "smallfoot.peers",
 ]
 
