@@ -13,6 +13,7 @@ from smallfoot.memory.meter import (
     measure,
     unique_storage_bytes,
 )
+from smallfoot.memory.timeline import plot_timeline, save_timeline
 
 __all__ = [
     "CATEGORIES",
@@ -21,5 +22,7 @@ __all__ = [
     "default_loss",
     "estimate",
     "measure",
+    "plot_timeline",
+    "save_timeline",
     "unique_storage_bytes",
 ]
