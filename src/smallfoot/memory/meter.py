@@ -112,9 +112,10 @@ class MemoryReport:
         }
 
     def timeline_dict(self) -> dict[str, Any]:
-        """The timeline: ``live`` (bytes after each event, per category and ``total``),
-        ``phase`` of each event, ``phases`` (name, first, last event index) and ``modules``
-        (forward module boundaries: name, first, last event index)."""
+        """The timeline: ``live`` (bytes per category and ``total``; point 0 is the start of
+        the step, point i the state after its i-th allocation/release/resize), ``phase`` of
+        each point, ``phases`` and ``modules`` (forward leaf modules) as ``[name, first,
+        end]`` point ranges (end exclusive), and ``peak_index``."""
         return self.timeline
 
 
@@ -410,12 +411,17 @@ def _run(model, batch, loss_fn, optimizer, steps: int, estimated: bool) -> Memor
 
 
 def _report(tracker: _Tracker, model, x, optimizer, estimated: bool) -> MemoryReport:
+    # the registrations (what exists when the step starts) form point 0 of the timeline
+    first = tracker.phase_starts[0][1] if tracker.phase_starts else len(tracker.events)
     live = dict.fromkeys(CATEGORIES, 0)
-    series: dict[str, list[int]] = {c: [] for c in (*CATEGORIES, "total")}
-    phases: list[str] = []
-    peak, peak_index, peak_phase = 0, 0, "forward"
+    for info, delta, _ in tracker.events[:first]:
+        live[info.kind] += delta
+    series: dict[str, list[int]] = {c: [live[c]] for c in CATEGORIES}
+    series["total"] = [sum(live.values())]
+    phases: list[str] = ["start"]
+    peak, peak_index, peak_phase = series["total"][0], 0, "forward"
     max_temp = max_backward_temp = 0
-    for index, (info, delta, phase) in enumerate(tracker.events):
+    for index, (info, delta, phase) in enumerate(tracker.events[first:], start=1):
         live[info.kind] += delta
         total = sum(live.values())
         for c in CATEGORIES:
@@ -446,10 +452,13 @@ def _report(tracker: _Tracker, model, x, optimizer, estimated: bool) -> MemoryRe
             return sum(i.nbytes for i in infos)
         return sum(d for i, d, _ in tracker.events if i.kind == kind and d > 0)
 
+    # event i of the step is timeline point i - first + 1; a span covers points [start, end)
     spans = []
     for i, (name, start) in enumerate(tracker.phase_starts):
         end = tracker.phase_starts[i + 1][1] if i + 1 < len(tracker.phase_starts) else None
-        spans.append([name, start, len(tracker.events) if end is None else end])
+        end = len(tracker.events) if end is None else end
+        spans.append([name, start - first + 1, end - first + 1])
+    modules = [[name, a - first + 1, b - first + 1] for name, a, b in tracker.module_spans]
     pixels = _pixels(x)
     return MemoryReport(
         parameters=unique_storage_bytes(model.parameters()),
@@ -477,7 +486,7 @@ def _report(tracker: _Tracker, model, x, optimizer, estimated: bool) -> MemoryRe
             "live": series,
             "phase": phases,
             "phases": spans,
-            "modules": tracker.module_spans,
+            "modules": modules,
             "peak_index": peak_index,
         },
     )

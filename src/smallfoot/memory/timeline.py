@@ -79,7 +79,7 @@ def plot_timeline(report: MemoryReport, path: str | os.PathLike, title: str | No
         f"{'x'.join(map(str, report.input_shape))} ({kind})",
         pad=16,
     )
-    ax.legend(loc="upper left", fontsize=7, ncol=2)
+    ax.legend(loc="upper right", fontsize=7, ncol=2, framealpha=0.9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
