@@ -27,11 +27,15 @@ PHASES = ("fwd1", "fwd2", "bwd2", "bwd1", "optimizer")
 
 
 def _timeline_length() -> int | None:
-    # The meter is the active dispatch mode during the measured step; its event list is the
-    # timeline. Outside a measured step (the warm-up step) there is nothing to mark.
+    """The timeline point the meter's next event will get, or ``None`` outside a measured step."""
+    # The meter is the active dispatch mode during the measured step. Its raw events before the
+    # first phase start are the registrations (timeline point 0); event i of the step is point
+    # i - first + 1, as in the meter's own phase ranges. The warm-up step has no meter active.
     mode = _get_current_dispatch_mode()
-    events = getattr(mode, "events", None)
-    return len(events) if events is not None else None
+    events, starts = getattr(mode, "events", None), getattr(mode, "phase_starts", None)
+    if events is None or not starts:
+        return None
+    return len(events) - starts[0][1] + 1
 
 
 class _Boundary(torch.autograd.Function):
@@ -117,6 +121,9 @@ def profile_phases(
         ("bwd1", net.marks["bwd1"]),
         ("optimizer", starts.get("optimizer", len(live))),
     ]
+    points = [start for _, start in bounds]
+    if points != sorted(points) or points[-1] > len(live):
+        raise RuntimeError(f"phase boundaries {bounds} do not fit the meter's timeline")
     phases = []
     for i, (name, start) in enumerate(bounds):
         end = bounds[i + 1][1] if i + 1 < len(bounds) else len(live)
