@@ -228,7 +228,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("wall time", f"{summary['seconds']:.1f} s"),
         ("parameters", f"{summary['parameters']:,}"),
     ]
-    if memory:
+    if memory.get("peak") is not None:
         rows += [
             (
                 "peak memory (one step)",
@@ -458,6 +458,172 @@ def filter_command(
         table.add_row(key, f"{100 * row['redundancy']:.1f}%", str(row["kept"]), str(row["removed"]))
     console.print(table)
     console.print(f"one k-NN search for all k: {seconds:.1f} s")
+
+
+@app.command()
+def fit(
+    dataset: str = typer.Option(..., help="Dataset name (see `smallfoot datasets`)."),
+    widths: str = typer.Option("784,392", help="Hidden layer widths, e.g. 784,392."),
+    targets: str = typer.Option(
+        "deterministic",
+        help="random, platonic-pca, sorted-pca, deterministic, elm, or one per layer: a,b.",
+    ),
+    activation: str = typer.Option("relu", help="relu, tanh, celu, sigmoid or identity."),
+    alpha: float = typer.Option(1.0, help="Target scale alpha in T = alpha [Z | beta Y] P."),
+    beta: float = typer.Option(1e4, help="Weight beta of the labels."),
+    tries: int = typer.Option(1, help="Random projections per layer (lowest LSD kept)."),
+    solver: str = typer.Option("ridge", help="ridge, pinv or lstsq."),
+    ridge: float = typer.Option(1e3, help="L2 penalty of the ridge solver."),
+    tol: float | None = typer.Option(None, help="Absolute tolerance of pinv."),
+    ema: float | None = typer.Option(None, help="lambda_EMA of sample re-weighting, e.g. 0.2."),
+    chunk: int | None = typer.Option(10000, help="Rows per normal-equation step (ridge)."),
+    dtype: str = typer.Option("float32", help="float32 or float64."),
+    seed: int = typer.Option(0, help="Seed of random projections and subsets."),
+    train_limit: int | None = typer.Option(None, "--train-limit", help="Fit on this many."),
+    test_limit: int | None = typer.Option(None, "--test-limit", help="Test on this many."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
+    data_opt: list[str] = typer.Option([], "--data-opt", help="Dataset option KEY=VALUE."),
+    out_dir: str = typer.Option("runs", "--out-dir", help="Parent of run directories."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Run directory name."),
+):
+    """Fit an MLP in closed form (Platonic projections, no gradients); writes a run directory
+    whose model.pt initialises `smallfoot train --model mlp --init`."""
+    from smallfoot.config import RunConfig
+    from smallfoot.train import run_training
+
+    layer_widths = parse_value(widths)
+    layer_widths = layer_widths if isinstance(layer_widths, list) else [layer_widths]
+    names = targets.split(",")
+    method_options = {
+        "targets": names[0] if len(names) == 1 else "deterministic",
+        "layers": names if len(names) > 1 else [],
+        "activation": activation,
+        "alpha": alpha,
+        "beta": beta,
+        "tries": tries,
+        "solver": solver,
+        "ridge": ridge,
+        "tol": tol,
+        "ema": ema,
+        "chunk": chunk,
+        "dtype": dtype,
+    }
+    config = RunConfig(
+        dataset=dataset,
+        model="mlp",
+        method="closedform",
+        seed=seed,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        data_root=data_root,
+        data_options=parse_key_values(data_opt, "--data-opt"),
+        out_dir=out_dir,
+        run_name=run_name,
+        model_options={"widths": layer_widths},
+        method_options={k: v for k, v in method_options.items() if v is not None},
+        progress=False,
+    )
+    summary = run_training(config)
+    table = Table(title=f"closed-form fit of {dataset} (per layer)")
+    for column in ("layer", "width", "weights from", "LSD", "train error", "seconds"):
+        table.add_column(column, justify="right")
+    for layer in summary["fit"]["layers"]:
+        table.add_row(
+            str(layer["index"]),
+            str(layer["width"]),
+            layer["projection"],
+            f"{layer['lsd']:.4g}",
+            f"{layer['train_error']:.4g}",
+            f"{layer['seconds']:.2f}",
+        )
+    console.print(table)
+    print_summary(summary)
+    memory = summary["memory"]
+    console.print(f"process peak memory: {_mib(memory['process_peak'])} ({memory['source']})")
+    console.print(f"fitted weights: {summary['model_file']}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def memory(
+    ctx: typer.Context,
+    model: str = typer.Option(..., "--model", help="Model name (see `smallfoot models`)."),
+    input_shape: str = typer.Option("3x32x32", "--input", help="Input shape CxHxW or D."),
+    batch: int = typer.Option(32, "--batch", help="Batch size."),
+    method: str = typer.Option("baseline", "--method", help="Method; its options as flags."),
+    estimate: bool = typer.Option(False, "--estimate", help="Fake tensors: allocate nothing."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    classes: int = typer.Option(10, "--classes", help="Number of classes."),
+    model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plot: Path | None = typer.Option(None, "--plot", help="Save the timeline plot (PNG)."),
+    timeline: Path | None = typer.Option(None, "--timeline", help="Save the timeline JSON."),
+):
+    """Measure (or --estimate) the memory of one training step, by category."""
+    import time
+
+    from smallfoot.memory import plot_timeline, save_timeline
+    from smallfoot.memory.configured import configured_step
+
+    start = time.perf_counter()
+    report = configured_step(
+        model,
+        parse_input_shape(input_shape),
+        batch,
+        method=method,
+        method_options=parse_extra_flags(ctx.args),
+        model_options=parse_key_values(model_opt, "--model-opt"),
+        optimizer=optimizer,
+        classes=classes,
+        fake=estimate,
+    )
+    seconds = time.perf_counter() - start
+    if plot is not None:
+        plot_timeline(report, plot, title=f"{model} / {method}, batch {batch}, {input_shape}")
+    if timeline is not None:
+        save_timeline(report, timeline)
+    data = {"model": model, "method": method, **report.to_dict(), "seconds": round(seconds, 2)}
+    if as_json:
+        print_json(data)
+        return
+    kind = "estimated on fake tensors" if estimate else "measured"
+    table = Table(title=f"{model} / {method}: one training step, batch {batch}, {kind}")
+    for column, justify in (("category", "left"), ("bytes", "right"), ("MiB", "right")):
+        table.add_column(column, justify=justify)
+    for key in (
+        "parameters", "buffers", "inputs", "gradients", "optimizer_state",
+        "saved_activations", "temporaries", "peak",
+    ):  # fmt: skip
+        label = f"peak ({data['peak_phase']})" if key == "peak" else key.replace("_", " ")
+        table.add_row(label, f"{data[key]:,}", f"{data[key] / 2**20:.2f}")
+    console.print(table)
+    pixel = data["per_pixel"]
+    console.print(
+        f"per input pixel: saved activations {pixel['saved_activations']:.1f} B, "
+        f"activation gradients {pixel['activation_gradients']:.1f} B "
+        f"({pixel['pixels']:,} pixels = batch x H x W); {seconds:.2f} s"
+    )
+
+
+@app.command()
+def bench(
+    name: str | None = typer.Argument(None, help="Benchmark name; omit to list them."),
+    quick: bool = typer.Option(False, "--quick", help="The minutes-long version."),
+    results: Path = typer.Option(Path("results"), "--results", help="Results directory."),
+):
+    """Run a benchmark: writes results/NAME.json, NAME.md and plots (quick: NAME-quick.*)."""
+    from smallfoot.bench import list_benchmarks, run_benchmark
+
+    if name is None:
+        table = Table(title="benchmarks")
+        table.add_column("name")
+        table.add_column("description")
+        for info in list_benchmarks():
+            table.add_row(info.name, info.description)
+        console.print(table)
+        return
+    document = run_benchmark(name, quick=quick, results_dir=results)
+    stem = f"{name}-quick" if quick else name
+    console.print(f"{len(document['rows'])} rows in {document['seconds']} s: {results / stem}.md")
 
 
 def main() -> None:

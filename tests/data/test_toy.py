@@ -32,7 +32,7 @@ def test_two_spirals_classes_are_point_reflections():
     ds = load_dataset("two-spirals", "train", size=400)
     assert ds.num_classes == 2 and ds.y.bincount().tolist() == [200, 200]
     radius = ds.x.norm(dim=1)
-    t = radius * 2 * math.pi * 3.0  # the spiral parameter of each point
+    t = radius * 2 * math.pi * 780 / 360  # the spiral parameter of each point
     sign = torch.where(ds.y == 0, 1.0, -1.0)[:, None]
     expected = sign * torch.stack([radius * torch.cos(t), radius * torch.sin(t)], 1)
     torch.testing.assert_close(ds.x, expected, atol=1e-5, rtol=0)

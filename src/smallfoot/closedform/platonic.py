@@ -390,13 +390,13 @@ def fit_mlp(
         )  # fmt: skip
         tries_lsd, best = [], None
         for w in candidates:
-            lsd, _ = _lsd_and_readout(_gram(stack, targets_y, extra=w), width + 1, m)
-            tries_lsd.append(lsd)
-            if best is None or lsd < tries_lsd[best]:
-                best = len(tries_lsd) - 1
-        stack.weights.append(candidates[best])
-        gram = _gram(stack, targets_y)
-        lsd, readout = _lsd_and_readout(gram, width + 1, m)
+            candidate_gram = _gram(stack, targets_y, extra=w)  # of [1 | Z_i | Y]
+            candidate_lsd, candidate_readout = _lsd_and_readout(candidate_gram, width + 1, m)
+            tries_lsd.append(candidate_lsd)
+            if best is None or candidate_lsd < best[0]:
+                best = (candidate_lsd, w, candidate_readout, candidate_gram)
+        lsd, w, readout, gram = best
+        stack.weights.append(w)
         error, weights_d = _readout_pass(stack, targets_y, readout, num_classes, weights_d, ema)
         reports.append(
             LayerReport(

@@ -47,10 +47,10 @@ def sine(split, root, size=5000, noise=0.0, limit=None, seed=0, **_image_options
     "two interleaved spirals (Wieland), 2 classes, 5,000 points in [-1, 1]^2 (thesis 7.6)",
     locate=lambda root: "generated in memory",
 )
-def two_spirals(split, root, size=5000, turns=3.0, noise=0.0, limit=None, seed=0, **_options):
+def two_spirals(split, root, size=5000, turns=780 / 360, noise=0.0, limit=None, seed=0, **_options):
     """Class 0 at ``r (cos t, sin t)``, class 1 at the point reflection, ``t ~ sqrt(U)`` times
-    ``turns`` revolutions (uniform along the arc), ``r = t / t_max``; ``(N, 2)``, labels
-    ``(N,)``."""
+    ``turns`` revolutions (780 degrees as in the classic generator), ``r = t / t_max``;
+    inputs ``(N, 2)``, labels ``(N,)``."""
     size = _check_size("two-spirals", size)
     gen = _generator(split)
     labels = torch.arange(size) % 2

@@ -1,0 +1,165 @@
+"""The ``closedform`` method: fit the run's ``mlp`` with Platonic projections instead of SGD."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smallfoot._io import atomic_torch_save
+from smallfoot.closedform.platonic import FitResult, fit_mlp
+from smallfoot.errors import ConfigError
+from smallfoot.methods import Method, RunContext, TrainOutcome, register_method
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MODEL_FILE = "model.pt"
+"""The fitted state dict in a run directory; ``smallfoot train --init`` accepts it."""
+
+
+def reset_process_peak() -> bool:
+    """Reset the process' resident-set high-water mark (Linux ``/proc/self/clear_refs``, 5).
+
+    Returns False where that is not possible; :func:`process_peak_bytes` then reports the
+    lifetime peak (``resource.getrusage``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def process_peak_bytes() -> tuple[int, str]:
+    """``(bytes, source)``: the process' peak resident memory since the last reset (``VmHWM``
+    of ``/proc/self/status``), else the lifetime peak ``resource.getrusage(...).ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "VmHWM (/proc/self/status)"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss (lifetime)"
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    """``{"accuracy", "loss"}`` of ``model`` on ``(x, y)``: classification accuracy (0-1) and
+    one-hot mean squared error ``||Y - Yhat||_F^2 / m``, or, for regression (``num_classes``
+    0), accuracy None and the mean squared error."""
+    dtype = next(model.parameters()).dtype
+    out = torch.cat([model(x[i : i + 8192].to(dtype)) for i in range(0, len(x), 8192)])
+    if num_classes == 0:
+        target = y.reshape(len(y), -1).to(dtype)
+        return {"accuracy": None, "loss": float((out - target).pow(2).sum() / len(y))}
+    target = torch.nn.functional.one_hot(y, num_classes).to(dtype)
+    return {
+        "accuracy": float((out.argmax(1) == y).double().mean()),
+        "loss": float((out - target).pow(2).sum() / len(y)),
+    }
+
+
+@register_method
+class ClosedForm(Method):
+    """Closed-form fit of an ``mlp`` (thesis ch. 7): one least-squares solve per layer."""
+
+    name = "closedform"
+    description = "closed-form MLP fit with Platonic projections (no gradients; model mlp)"
+    staged = True
+
+    @dataclass
+    class Options:
+        targets: str = "deterministic"
+        """random, platonic-pca, sorted-pca, deterministic or elm"""
+        activation: str = "relu"
+        """relu, tanh, celu, sigmoid or identity (the mlp model itself uses relu)"""
+        alpha: float = 1.0
+        """target scale alpha in T = alpha [Z | beta Y] P"""
+        beta: float = 1e4
+        """weight beta of the labels in the augmented matrix"""
+        tries: int = 1
+        """random projections drawn per layer; the lowest-LSD one is kept"""
+        solver: str = "ridge"
+        """ridge (mini-batch normal equations), pinv or lstsq (whole matrix in memory)"""
+        ridge: float = 1e3
+        """L2 penalty lambda of the ridge solver"""
+        tol: float | None = None
+        """absolute singular-value tolerance of pinv"""
+        ema: float | None = None
+        """lambda_EMA of per-sample error re-weighting for platonic-pca (e.g. 0.2)"""
+        chunk: int | None = 10000
+        """rows per normal-equation accumulation step (ridge); none = all at once"""
+        dtype: str = "float32"
+        """float32 or float64"""
+        layers: list[str] = field(default_factory=list)
+        """one projection per hidden layer (overrides targets)"""
+
+        def validate(self) -> None:
+            """Reject an unknown dtype (the other options are checked by fit_mlp)."""
+            if self.dtype not in DTYPES:
+                raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+    def fit(self, ctx: RunContext) -> FitResult:
+        """Run :func:`fit_mlp` on the training set with the run's widths and these options."""
+        if ctx.config.model != "mlp":
+            raise ConfigError(
+                f"method closedform fits the 'mlp' model, not {ctx.config.model!r}; "
+                "use --model mlp --model-opt widths=784,392"
+            )
+        unknown = set(ctx.config.model_options) - {"widths"}
+        if unknown:
+            raise ConfigError(
+                f"closedform takes only the mlp option 'widths', not {', '.join(sorted(unknown))}"
+            )
+        widths = ctx.config.model_options.get("widths", (256, 128))
+        widths = (widths,) if isinstance(widths, int) else tuple(widths)
+        o = self.options
+        return fit_mlp(
+            ctx.train_set.x,
+            ctx.train_set.y,
+            widths,
+            num_classes=ctx.num_classes,
+            activation=o.activation,
+            targets=list(o.layers) if o.layers else o.targets,
+            alpha=o.alpha,
+            beta=o.beta,
+            tries=o.tries,
+            solver=o.solver,
+            ridge=o.ridge,
+            tol=o.tol,
+            ema=o.ema,
+            batch_size=o.chunk if o.solver == "ridge" else None,
+            dtype=DTYPES[o.dtype],
+            seed=ctx.config.seed,
+        )
+
+    def train(self, ctx: RunContext) -> TrainOutcome:
+        """Fit, evaluate, save ``model.pt`` (float32 state dict of the ``mlp`` layout) and
+        report the process' peak resident memory during the fit."""
+        reset = reset_process_peak()
+        result = self.fit(ctx)
+        peak, source = process_peak_bytes()
+        train = evaluate(result.model, ctx.train_set.x, ctx.train_set.y, ctx.num_classes)
+        test = evaluate(result.model, ctx.test_set.x, ctx.test_set.y, ctx.num_classes)
+        if ctx.run_dir is not None:
+            state = {k: v.float() for k, v in result.model.state_dict().items()}
+            atomic_torch_save(state, Path(ctx.run_dir) / MODEL_FILE)
+        metrics: dict[str, Any] = {
+            "train_accuracy": train["accuracy"],
+            "test_accuracy": test["accuracy"],
+            "train_loss": train["loss"],
+            "test_loss": test["loss"],
+        }
+        memory = {
+            "process_peak": peak,
+            "source": source if reset else "ru_maxrss (lifetime of the process)",
+            "stage": "closed-form fit",
+        }
+        extra = {
+            "epochs": 0,  # no pass of gradient descent
+            "fit": result.to_dict(),
+            "loss_kind": "mse",
+            **({"model_file": str(Path(ctx.run_dir) / MODEL_FILE)} if ctx.run_dir else {}),
+        }
+        return TrainOutcome(result.model, metrics, [], memory, extra)
