@@ -8,6 +8,7 @@ from smallfoot.lowrank import (
     FactoLinear,
     MaskMaxPool2d,
     MaskReLU,
+    OffsetMaxPool2d,
     PooledScale,
     convert,
     factorized_layers,
@@ -91,7 +92,8 @@ def test_fixup_scaling_layers_and_overlapping_pool():
     rows = convert(model, kernel=2, apply_ratio=1.0).layers
     assert sum(isinstance(m, PooledScale) for m in model.modules()) == 8
     pool = next(r for r in rows if r.kind == "maxpool")
-    assert not pool.converted and "overlapping" in pool.detail
+    assert pool.converted and "offsets" in pool.detail
+    assert isinstance(model.maxpool, OffsetMaxPool2d)
 
 
 def test_batch_norm_is_reported_as_kept():

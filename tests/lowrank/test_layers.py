@@ -11,6 +11,7 @@ from smallfoot.lowrank import (
     FactoLinear,
     MaskMaxPool2d,
     MaskReLU,
+    OffsetMaxPool2d,
     PooledScale,
     draw_direction,
 )
@@ -251,3 +252,25 @@ def test_mean_pool_then_upsample_averages_clipped_cells():
     torch.testing.assert_close(
         upsample(mean_pool(z, 2), 2, (1, 5)), torch.tensor([[[[0.5, 0.5, 2.5, 2.5, 4.0]]]])
     )
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        nn.MaxPool2d(3, 2, 1),
+        nn.MaxPool2d(2, 1),
+        nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        nn.MaxPool2d((3, 2), (2, 1), (1, 0), dilation=(2, 1)),
+    ],
+)
+def test_offset_max_pool_gives_exactly_max_pool_gradients(pool):
+    x = torch.randint(0, 3, (2, 3, 11, 12), dtype=torch.float64).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    offset = OffsetMaxPool2d.from_pool(pool)
+    y, y_ref = offset(x), pool(x_ref)
+    grad = torch.randint(-4, 5, y.shape, dtype=torch.float64)  # integer sums are exact
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
+    nbytes, _ = saved_activation_bytes(lambda: offset(x))
+    assert nbytes == y.numel()  # one uint8 per output element

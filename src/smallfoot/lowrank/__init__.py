@@ -24,6 +24,7 @@ from smallfoot.lowrank.layers import (
     FactoLinearFunction,
     MaskMaxPool2d,
     MaskReLU,
+    OffsetMaxPool2d,
     PooledScale,
     draw_direction,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "LayerChange",
     "MaskMaxPool2d",
     "MaskReLU",
+    "OffsetMaxPool2d",
     "PooledScale",
     "convert",
     "direct_decay",

@@ -13,6 +13,7 @@ from smallfoot.lowrank.layers import (
     FactoLinear,
     MaskMaxPool2d,
     MaskReLU,
+    OffsetMaxPool2d,
     PooledScale,
     _check_kernel,
     _Factorized,
@@ -20,7 +21,7 @@ from smallfoot.lowrank.layers import (
 )
 from smallfoot.models.fixup import Scale
 
-_CONVERTED = (FactoConv2d, FactoLinear, MaskReLU, MaskMaxPool2d, PooledScale)
+_CONVERTED = (FactoConv2d, FactoLinear, MaskReLU, MaskMaxPool2d, OffsetMaxPool2d, PooledScale)
 
 
 @dataclass
@@ -35,7 +36,8 @@ class LayerChange:
         saved_ratio: expected fraction of this layer's saved bytes removed (Table 2 of the
             paper: ``1 - C_R / (C_I k k)`` for a conv with compression kernel k, ``1 - R/I``
             for a linear layer, ``1 - 1/k^2`` for a scaling layer, ``1 - 1/32`` for ReLU,
-            ``1 - (1/8) / (4 + 8 / (k_h k_w))`` for max pool), 0 when kept.
+            ``1 - (1/8) / (4 + 8 / (k_h k_w))`` for a max pool with a bit mask,
+            ``1 - (1/(s_h s_w)) / (4 + 8/(s_h s_w))`` with uint8 offsets), 0 when kept.
         trainable_before: trainable parameter elements before.
         trainable_after: trainable parameter elements during low-rank training.
     """
@@ -96,6 +98,24 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _convert_pool(pool: nn.MaxPool2d) -> tuple[nn.Module | None, float, str]:
+    """(new pool or None, expected saved ratio, detail) for a max pool."""
+    try:
+        new = MaskMaxPool2d.from_pool(pool)
+    except ConfigError:
+        pass
+    else:
+        kh, kw = new._window
+        return new, 1 - (1 / 8) / (4 + 8 / (kh * kw)), "1-bit mask"
+    try:
+        new = OffsetMaxPool2d.from_pool(pool)
+    except ConfigError as exc:
+        return None, 0.0, str(exc)
+    sh, sw = nn.modules.utils._pair(new.stride)
+    ratio = 1 - (1 / (sh * sw)) / (4 + 8 / (sh * sw))
+    return new, ratio, "uint8 window offsets (windows overlap or are padded)"
+
+
 def convert(
     model: nn.Module,
     inr: float = 0.3,
@@ -112,7 +132,7 @@ def convert(
     become :class:`FactoConv2d` / :class:`FactoLinear` (``inr`` = R/I, feature maps pooled
     with ``kernel``) and :class:`PooledScale`. ReLU and non-overlapping max-pool layers
     between the first layer and the last converted one become :class:`MaskReLU` /
-    :class:`MaskMaxPool2d`. The converted model computes exactly what ``model`` computed
+    :class:`MaskMaxPool2d` (overlapping or padded pools: :class:`OffsetMaxPool2d`). The converted model computes exactly what ``model`` computed
     (M = 0). ``low_rank=False`` converts in full-rank mode (W trains; for the FRT epochs).
     Directions D are drawn from a generator seeded with ``seed``.
 
@@ -167,13 +187,7 @@ def convert(
         elif kind == "relu":
             new, ratio, detail = MaskReLU(), 1 - 1 / 32, "1-bit mask"
         elif kind == "maxpool":
-            try:
-                new = MaskMaxPool2d.from_pool(module)
-            except ConfigError:
-                detail = "overlapping or padded windows: kept with its indices"
-            else:
-                kh, kw = new._window
-                ratio, detail = 1 - (1 / 8) / (4 + 8 / (kh * kw)), "1-bit mask"
+            new, ratio, detail = _convert_pool(module)
         else:
             detail = "keeps its input for backward: the conv before it saves nothing"
         if new is not None:

@@ -176,6 +176,50 @@ class MaskMaxPool2dFunction(torch.autograd.Function):
         return torch.where(unpack_bits(packed, shape), up, 0.0), None
 
 
+def _window_origins(out_size, stride, padding, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top rows (H', 1) and left columns (1, W') of every pooling window in input coordinates."""
+    top = torch.arange(out_size[0], device=device) * stride[0] - padding[0]
+    left = torch.arange(out_size[1], device=device) * stride[1] - padding[1]
+    return top.view(-1, 1), left.view(1, -1)
+
+
+class OffsetMaxPool2dFunction(torch.autograd.Function):
+    """Max pooling with any windows (overlapping, padded) saving, per output element, the
+    position of the maximum inside its window as one ``uint8`` (windows of up to 256
+    elements) instead of the input plus int64 indices.
+
+    Backward rebuilds PyTorch's own indices from the offsets and scatter-adds the output
+    gradient, as the standard op does.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):
+        y, indices = F.max_pool2d(
+            x, kernel, stride, padding, dilation, ceil_mode, return_indices=True
+        )
+        width = x.shape[-1]
+        top, left = _window_origins(y.shape[-2:], stride, padding, x.device)
+        rows = (indices // width - top) // dilation[0]
+        cols = (indices % width - left) // dilation[1]
+        ctx.save_for_backward((rows * kernel[1] + cols).to(torch.uint8))
+        ctx.geometry = (x.shape, kernel, stride, padding, dilation)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (offsets,) = ctx.saved_tensors
+        shape, kernel, stride, padding, dilation = ctx.geometry
+        b, c, h, w = shape
+        offsets = offsets.long()
+        top, left = _window_origins(grad_y.shape[-2:], stride, padding, grad_y.device)
+        rows = top + offsets // kernel[1] * dilation[0]
+        cols = left + offsets % kernel[1] * dilation[1]
+        indices = (rows * w + cols).view(b * c, -1)
+        grad_x = grad_y.new_zeros(b * c, h * w)
+        grad_x.scatter_add_(1, indices, grad_y.reshape(b * c, -1))
+        return grad_x.view(shape), None, None, None, None, None
+
+
 class PooledScaleFunction(torch.autograd.Function):
     """``y = x * s`` (s a 1-element tensor) saving ``x`` mean-pooled with ``kernel``.
 
@@ -469,6 +513,39 @@ class MaskMaxPool2d(nn.MaxPool2d):
         if x.dim() != 4:
             raise ShapeError(f"MaskMaxPool2d takes (B, C, H, W) inputs, got shape {tuple(x.shape)}")
         return MaskMaxPool2dFunction.apply(x, self._window)
+
+
+class OffsetMaxPool2d(nn.MaxPool2d):
+    """Max pooling for windows a 1-bit mask cannot serve (overlapping or padded, e.g. the
+    3x3 / 2 pool of ResNet stems): keeps one ``uint8`` window offset per output element."""
+
+    @classmethod
+    def from_pool(cls, pool: nn.MaxPool2d) -> OffsetMaxPool2d:
+        """The offset version of ``pool``; ``ConfigError`` for windows over 256 elements."""
+        kernel = nn.modules.utils._pair(pool.kernel_size)
+        if kernel[0] * kernel[1] > 256 or pool.return_indices:
+            raise ConfigError(
+                f"an offset max pool needs windows of at most 256 elements and no "
+                f"return_indices, got {pool}"
+            )
+        return cls(kernel, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H', W')."""
+        if x.dim() != 4:
+            raise ShapeError(
+                f"OffsetMaxPool2d takes (B, C, H, W) inputs, got shape {tuple(x.shape)}"
+            )
+        pair = nn.modules.utils._pair
+        stride = pair(self.stride if self.stride is not None else self.kernel_size)
+        return OffsetMaxPool2dFunction.apply(
+            x,
+            pair(self.kernel_size),
+            stride,
+            pair(self.padding),
+            pair(self.dilation),
+            self.ceil_mode,
+        )
 
 
 class PooledScale(Scale):
