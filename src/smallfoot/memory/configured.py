@@ -1,0 +1,69 @@
+"""The meter on a named configuration (model, input shape, batch, method, optimizer), as
+``smallfoot memory`` and the benchmarks use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from smallfoot.errors import ConfigError, ShapeError
+from smallfoot.memory.meter import MemoryReport, estimate, measure
+
+
+def configured_step(
+    model: str,
+    input_shape: tuple[int, ...],
+    batch: int,
+    *,
+    method: str = "baseline",
+    method_options: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None,
+    optimizer: str = "sgd",
+    classes: int = 10,
+    fake: bool = False,
+    seed: int = 0,
+) -> MemoryReport:
+    """Memory of one training step of ``model`` built by ``method`` (its model, loss and
+    optimizer, as ``smallfoot train`` would build them) on a random batch of ``batch`` inputs
+    of ``input_shape`` (C, H, W) or (D,) with ``classes`` classes. ``fake`` builds everything
+    under a ``FakeTensorMode`` and estimates (nothing is allocated, any size works);
+    otherwise the step is measured for real."""
+    from smallfoot.config import RunConfig
+    from smallfoot.data import ArrayDataset
+    from smallfoot.methods import RunContext, get_method
+
+    if batch < 1:
+        raise ConfigError(f"--batch must be a positive integer, got {batch}")
+    if classes < 2:
+        raise ConfigError(f"--classes must be at least 2, got {classes}")
+    if not input_shape or any(s < 1 for s in input_shape):
+        raise ShapeError(f"input shape {input_shape} must be CxHxW or D with positive sizes")
+    config = RunConfig(
+        model=model,
+        method=method,
+        batch_size=batch,
+        optimizer=optimizer,
+        seed=seed,
+        model_options=dict(model_options or {}),
+        method_options=dict(method_options or {}),
+    ).validate()
+    runner = get_method(method, config.method_options)
+    sample = ArrayDataset(
+        torch.zeros(1, *input_shape), torch.zeros(1, dtype=torch.long), classes, "synthetic"
+    )
+    ctx = RunContext(config, runner.options, sample, sample)
+    loss_fn, _ = runner.make_loss(ctx)
+    torch.manual_seed(seed)
+    if fake:
+        with FakeTensorMode():
+            net = runner.build_model(ctx)
+            opt = runner.make_optimizer(ctx, net)
+            x = torch.randn(batch, *input_shape)
+            y = torch.randint(classes, (batch,))
+        return estimate(net, (x, y), loss_fn=loss_fn, optimizer=opt)
+    net = runner.build_model(ctx)
+    opt = runner.make_optimizer(ctx, net)
+    x, y = torch.randn(batch, *input_shape), torch.randint(classes, (batch,))
+    return measure(net, (x, y), loss_fn=loss_fn, optimizer=opt)
