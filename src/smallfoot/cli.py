@@ -228,7 +228,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("wall time", f"{summary['seconds']:.1f} s"),
         ("parameters", f"{summary['parameters']:,}"),
     ]
-    if memory:
+    if memory.get("peak") is not None:
         rows += [
             (
                 "peak memory (one step)",
@@ -458,6 +458,89 @@ def filter_command(
         table.add_row(key, f"{100 * row['redundancy']:.1f}%", str(row["kept"]), str(row["removed"]))
     console.print(table)
     console.print(f"one k-NN search for all k: {seconds:.1f} s")
+
+
+@app.command()
+def fit(
+    dataset: str = typer.Option(..., help="Dataset name (see `smallfoot datasets`)."),
+    widths: str = typer.Option("784,392", help="Hidden layer widths, e.g. 784,392."),
+    targets: str = typer.Option(
+        "deterministic",
+        help="random, platonic-pca, sorted-pca, deterministic, elm, or one per layer: a,b.",
+    ),
+    activation: str = typer.Option("relu", help="relu, tanh, celu, sigmoid or identity."),
+    alpha: float = typer.Option(1.0, help="Target scale alpha in T = alpha [Z | beta Y] P."),
+    beta: float = typer.Option(1e4, help="Weight beta of the labels."),
+    tries: int = typer.Option(1, help="Random projections per layer (lowest LSD kept)."),
+    solver: str = typer.Option("ridge", help="ridge, pinv or lstsq."),
+    ridge: float = typer.Option(1e3, help="L2 penalty of the ridge solver."),
+    tol: float | None = typer.Option(None, help="Absolute tolerance of pinv."),
+    ema: float | None = typer.Option(None, help="lambda_EMA of sample re-weighting, e.g. 0.2."),
+    chunk: int | None = typer.Option(10000, help="Rows per normal-equation step (ridge)."),
+    dtype: str = typer.Option("float32", help="float32 or float64."),
+    seed: int = typer.Option(0, help="Seed of random projections and subsets."),
+    train_limit: int | None = typer.Option(None, "--train-limit", help="Fit on this many."),
+    test_limit: int | None = typer.Option(None, "--test-limit", help="Test on this many."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
+    data_opt: list[str] = typer.Option([], "--data-opt", help="Dataset option KEY=VALUE."),
+    out_dir: str = typer.Option("runs", "--out-dir", help="Parent of run directories."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Run directory name."),
+):
+    """Fit an MLP in closed form (Platonic projections, no gradients); writes a run directory
+    whose model.pt initialises `smallfoot train --model mlp --init`."""
+    from smallfoot.config import RunConfig
+    from smallfoot.train import run_training
+
+    layer_widths = parse_value(widths)
+    layer_widths = layer_widths if isinstance(layer_widths, list) else [layer_widths]
+    names = targets.split(",")
+    method_options = {
+        "targets": names[0] if len(names) == 1 else "deterministic",
+        "layers": names if len(names) > 1 else [],
+        "activation": activation,
+        "alpha": alpha,
+        "beta": beta,
+        "tries": tries,
+        "solver": solver,
+        "ridge": ridge,
+        "tol": tol,
+        "ema": ema,
+        "chunk": chunk,
+        "dtype": dtype,
+    }
+    config = RunConfig(
+        dataset=dataset,
+        model="mlp",
+        method="closedform",
+        seed=seed,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        data_root=data_root,
+        data_options=parse_key_values(data_opt, "--data-opt"),
+        out_dir=out_dir,
+        run_name=run_name,
+        model_options={"widths": layer_widths},
+        method_options={k: v for k, v in method_options.items() if v is not None},
+        progress=False,
+    )
+    summary = run_training(config)
+    table = Table(title=f"closed-form fit of {dataset} (per layer)")
+    for column in ("layer", "width", "weights from", "LSD", "train error", "seconds"):
+        table.add_column(column, justify="right")
+    for layer in summary["fit"]["layers"]:
+        table.add_row(
+            str(layer["index"]),
+            str(layer["width"]),
+            layer["projection"],
+            f"{layer['lsd']:.4g}",
+            f"{layer['train_error']:.4g}",
+            f"{layer['seconds']:.2f}",
+        )
+    console.print(table)
+    print_summary(summary)
+    memory = summary["memory"]
+    console.print(f"process peak memory: {_mib(memory['process_peak'])} ({memory['source']})")
+    console.print(f"fitted weights: {summary['model_file']}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
