@@ -110,7 +110,7 @@ def test_run_training_writes_manifold_metrics(tmp_path):
         out_dir=str(tmp_path),
         run_name="m",
         progress=False,
-        measure_memory=False,
+        measure_memory=True,
         model_options={"widths": [4, 4, 4, 4]},
         method_options={"bottleneck_width": 4, "head_width": 16, "lambda": 1e-4},
         data_options=DATA,
@@ -119,3 +119,5 @@ def test_run_training_writes_manifold_metrics(tmp_path):
     lines = (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()
     assert "train_manifold_loss" in json.loads(lines[-1])
     assert summary["method"] == "manifold"
+    memory = json.loads((tmp_path / "m" / "summary.json").read_text())["memory"]
+    assert memory["peak"] > memory["parameters"] > 0

@@ -12,6 +12,7 @@ from smallfoot.models.bottleneck import (
     attach_head,
     bottleneck_widths,
     feature_extractor,
+    relu_linear,
 )
 
 
@@ -78,3 +79,10 @@ def test_bad_inputs_raise_clear_errors():
         feature_extractor(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ConfigError, match="nn.Sequential"):
         feature_extractor(nn.Linear(2, 2))
+
+
+def test_relu_layers_are_he_initialised():
+    torch.manual_seed(0)
+    layer = relu_linear(400, 300)
+    assert not layer.bias.any()
+    assert float(layer.weight.detach().std()) == pytest.approx((2 / 400) ** 0.5, rel=0.05)

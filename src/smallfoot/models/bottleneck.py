@@ -34,6 +34,15 @@ def bottleneck_widths(head_width: int, bottleneck_width: int) -> list[int]:
     return widths
 
 
+def relu_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A Linear layer feeding a ReLU, He-initialised (normal, fan-in) with zero bias: PyTorch's
+    default init shrinks the signal by about 3x per layer, which starves a deep narrow cascade."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class BottleneckHead(nn.Module):
     """``in_features -> K -> K/2 -> ... -> W -> num_classes``: each bottleneck layer is Linear + ReLU,
     the classifier a plain Linear.
@@ -50,7 +59,7 @@ class BottleneckHead(nn.Module):
         self.widths = [int(w) for w in widths]
         layers, previous = [], int(in_features)
         for width in self.widths:
-            layers.append(nn.Sequential(nn.Linear(previous, width), nn.ReLU()))
+            layers.append(nn.Sequential(relu_linear(previous, width), nn.ReLU()))
             previous = width
         self.layers = nn.ModuleList(layers)
         self.classifier = nn.Linear(previous, num_classes)
@@ -74,10 +83,10 @@ def wide_head(
 ) -> nn.Sequential:
     """The vanilla VGG classifier: ``Linear(F, H)-ReLU-Dropout-Linear(H, H)-ReLU-Dropout-Linear(H, C)``."""
     return nn.Sequential(
-        nn.Linear(in_features, hidden),
+        relu_linear(in_features, hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
-        nn.Linear(hidden, hidden),
+        relu_linear(hidden, hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
         nn.Linear(hidden, num_classes),
