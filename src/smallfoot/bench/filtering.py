@@ -328,7 +328,7 @@ def filtering_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         knn_set, sklearn_subset, diag = 4000, 2000, (1000, 500, 1)
         board_epochs, board_seeds = 5, [0]
     else:
-        n_fashion, fashion_epochs, digits_epochs, seeds = 15000, 4, 15, [0, 1, 2]
+        n_fashion, fashion_epochs, digits_epochs, seeds = 10000, 3, 15, [0, 1, 2]
         knn_set, sklearn_subset, diag = None, 20000, (5000, 2000, 3)
         board_epochs, board_seeds = 40, [0, 1, 2]
     fashion = load_dataset("fashion-mnist", "train", limit=knn_set, seed=0)
