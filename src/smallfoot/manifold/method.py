@@ -110,7 +110,7 @@ class Manifold(Method):
             default=256, metadata={"help": "widest layer K; widths halve from K down to W"}
         )
         alpha: float = field(
-            default=1e-3,
+            default=1e-2,
             metadata={"help": "weight of the terms in the second half of the bottleneck"},
         )
         alpha_ratio: float = field(
