@@ -54,6 +54,8 @@ def test_checkpoint_segments_and_errors():
     assert isinstance(model, CheckpointSequential) and model.segments == 3  # round(sqrt(9))
     assert model.segment_bounds() == [(0, 3), (3, 6), (6, 9)]
     assert checkpointed(net(), 2).segment_bounds() == [(0, 4), (4, 9)]
+    inplace = nn.Sequential(nn.Linear(2, 2), nn.ReLU(inplace=True), nn.Linear(2, 2), nn.ReLU())
+    assert checkpointed(inplace, 2).segment_bounds() == [(0, 2), (2, 4)]
     with pytest.raises(ConfigError, match="segments must lie"):
         checkpointed(net(), 10)
     with pytest.raises(ConfigError, match="nn.Sequential"):
@@ -111,3 +113,17 @@ def test_methods_train_and_record_memory(tmp_path, method):
     assert saved["memory"]["saved_activations"] > 0 and saved["memory"]["peak"] > 0
     if method == "offload":
         assert summary["memory"]["note"] == OFFLOAD_CPU_NOTE
+
+
+def test_checkpoint_with_inplace_relu_at_a_boundary():
+    def block():
+        return [nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(inplace=True)]
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(*block(), *block(), *block()).double()
+    wrapped = checkpointed(nn.Sequential(*block(), *block(), *block()).double(), 4)
+    wrapped.load_state_dict(plain.state_dict())
+    assert all(not getattr(wrapped[a], "inplace", False) for a, _ in wrapped.segment_bounds())
+    x = torch.randn(8, 4, dtype=torch.float64)
+    for a, b in zip(grads_after_step(plain, x), grads_after_step(wrapped, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -66,10 +66,20 @@ class CheckpointSequential(nn.Sequential):
         self.segments = segments
 
     def segment_bounds(self) -> list[tuple[int, int]]:
-        """``(start, end)`` (end exclusive) of each segment, as ``checkpoint_sequential`` splits."""
+        """``(start, end)`` (end exclusive) of each segment, as ``checkpoint_sequential``
+        splits, except that a segment never starts with an in-place layer (``inplace=True``,
+        e.g. ``ReLU(inplace=True)``): it would overwrite the segment input the checkpoint
+        keeps, so the boundary moves past it."""
         size = len(self) // self.segments
-        bounds = [(s, s + size) for s in range(0, size * (self.segments - 1), size)]
-        return [*bounds, (bounds[-1][1] if bounds else 0, len(self))]
+        cuts = list(range(size, size * self.segments, size))
+        layers = list(self)
+        for i, cut in enumerate(cuts):
+            cut = max(cut, cuts[i - 1] + 1) if i else cut
+            while cut < len(self) and getattr(layers[cut], "inplace", False):
+                cut += 1
+            cuts[i] = cut
+        edges = [0, *[c for c in cuts if c < len(self)], len(self)]
+        return list(zip(edges[:-1], edges[1:], strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Checkpointed in training with gradients enabled; plain otherwise."""
