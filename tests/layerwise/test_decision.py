@@ -88,6 +88,18 @@ def test_budget_that_no_decision_block_meets_says_so(tiny_cnn):
             budget=0.01,
             max_convs=1,
         )
+    block, record = fit_decision_block(
+        lambda decision: Subnet(feed, segment, decision),
+        (4, 4, 4),
+        3,
+        batch,
+        reference,
+        budget=0.01,
+        max_convs=1,
+        strict=False,
+    )
+    assert not record["within_budget"]
+    assert record["peak"] == min(t["peak"] for t in record["tried"])
 
 
 def test_layerwise_run_reports_the_largest_unit_against_full_backprop(tiny_cnn, data):

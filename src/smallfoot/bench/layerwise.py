@@ -23,10 +23,11 @@ from smallfoot.losses import SoftmaxCrossEntropy
 from smallfoot.models import build_model
 from smallfoot.train import TrainConfig, Trainer, make_optimizer
 
-MODELS: dict[str, tuple[str, dict[str, Any], int | None]] = {
-    # label -> (registered model, options, pad_to)
-    "cnn4": ("cnn4", {"widths": [16, 32, 64, 64]}, None),
-    "vgg13/4": ("vgg13", {"width": 0.25}, 32),
+MODELS: dict[str, tuple[str, dict[str, Any], int | None, int]] = {
+    # label -> (registered model, options, pad_to, most down-convs searched per decision
+    # block: each candidate is one measured training step, so the 10-unit VGG searches none)
+    "cnn4": ("cnn4", {"widths": [16, 32, 64, 64]}, None, 1),
+    "vgg13/4": ("vgg13", {"width": 0.25}, 32, 0),
 }
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "full backprop": None,
@@ -56,10 +57,10 @@ def full_backprop(model, train, test, config) -> dict[str, Any]:
 def run_layerwise_bench(
     quick: bool,
     out_dir: Path,
-    train_limit: int = 4000,
-    test_limit: int = 2000,
-    epochs: int = 4,
-    epochs_per_unit: int = 3,
+    train_limit: int = 2000,
+    test_limit: int = 1000,
+    epochs: int = 3,
+    epochs_per_unit: int = 2,
     batch_size: int = 128,
     budget: float = 0.35,
     seed: int = 0,
@@ -72,7 +73,7 @@ def run_layerwise_bench(
     if quick:
         epochs = epochs_per_unit = 1
     rows: list[dict[str, Any]] = []
-    for label, (name, model_options, pad_to) in MODELS.items():
+    for label, (name, model_options, pad_to, max_convs) in MODELS.items():
         limit = {} if quick else {"limit": train_limit}
         train = load_dataset(dataset, "train", seed=seed, pad_to=pad_to, **limit)
         limit = {} if quick else {"limit": test_limit}
@@ -105,7 +106,11 @@ def run_layerwise_bench(
                 }
             else:
                 options = LayerwiseOptions(
-                    budget=budget, epochs_per_unit=epochs_per_unit, **overrides
+                    budget=budget,
+                    strict_budget=False,
+                    max_convs=max_convs,
+                    epochs_per_unit=epochs_per_unit,
+                    **overrides,
                 )
                 result = train_layerwise(
                     model, train, test, config, options, decisions=searched.get(options.unit_size)
@@ -146,8 +151,10 @@ def run_layerwise_bench(
         f"test samples. Full backprop: {epochs} epochs; layer-wise: {epochs_per_unit} epochs "
         f"per unit. SGD momentum 0.9, lr 0.05 (x 0.8^i at unit i), weight decay 5e-4 "
         f"(x 1.15^i), cosine schedule (per unit), batch {batch_size}, seed {seed}. Decision "
-        f"blocks sized by the measured budget search ({budget:.0%} of full backprop; found once "
-        "per model and unit size, reused by the other variants, each re-measured); the last "
+        f"blocks sized by the measured budget search ({budget:.0%} of full backprop; at most "
+        "1 down-conv for cnn4, none for the VGG; found once "
+        "per model and unit size, reused by the other variants, each re-measured; a unit that no "
+        "decision block brings under the budget gets the cheapest one); the last "
         "unit is trained with the model's own head. Memory: smallfoot.memory.measure of one "
         "training step at the same batch size (feednet, unit, decision block, optimizer); "
         "memory_pct is the largest unit's peak over full backprop's. 'meets_target': the "

@@ -76,6 +76,7 @@ def fit_decision_block(
     max_convs: int = 4,
     widths: Sequence[int] | None = None,
     pool: int = 2,
+    strict: bool = True,
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """The largest decision block whose *measured* training peak stays within the budget.
 
@@ -88,8 +89,9 @@ def fit_decision_block(
     candidates of a conv count are skipped once one exceeds the budget.
 
     Returns ``(block, record)`` where ``record`` has ``convs``, ``width``, ``peak`` (bytes),
-    ``fraction`` (of ``reference_peak``), ``memory`` (the meter's report) and ``tried``.
-    Raises :class:`BudgetError` when no candidate fits.
+    ``fraction`` (of ``reference_peak``), ``within_budget``, ``memory`` (the meter's report)
+    and ``tried``. When no candidate fits, raises :class:`BudgetError` (``strict``) or returns
+    the cheapest candidate measured, with ``within_budget`` False.
     """
     from smallfoot.memory import measure
 
@@ -98,6 +100,7 @@ def fit_decision_block(
     limit = budget * reference_peak
     tried: list[dict[str, Any]] = []
     best: tuple[nn.Sequential, dict[str, Any]] | None = None
+    cheapest: tuple[nn.Sequential, dict[str, Any]] | None = None
     skip_convs: set[int] = set()
     for convs, width in candidate_configs(input_shape, max_convs, widths):
         if convs in skip_convs:
@@ -115,25 +118,31 @@ def fit_decision_block(
         report = measure(subnet, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
         peak = int(report["peak"])
         tried.append({"convs": convs, "width": width, "peak": peak})
+        record = {
+            "convs": convs,
+            "width": width,
+            "peak": peak,
+            "fraction": peak / reference_peak,
+            "within_budget": peak <= limit,
+            "memory": report,
+        }
+        if cheapest is None or peak < cheapest[1]["peak"]:
+            cheapest = (block, record)
         if peak > limit:
             skip_convs.add(convs)
             continue
         if best is None or peak > best[1]["peak"]:
-            record = {
-                "convs": convs,
-                "width": width,
-                "peak": peak,
-                "fraction": peak / reference_peak,
-                "memory": report,
-            }
             best = (block, record)
+    if best is None and not strict:
+        best = cheapest
     if best is None:
         smallest = min(t["peak"] for t in tried)
         raise BudgetError(
             f"no decision block fits a budget of {budget:.0%} of full backprop "
             f"({limit / 2**20:.1f} MiB): the smallest measured needs {smallest / 2**20:.1f} MiB "
             f"({smallest / reference_peak:.0%}) for a unit with output {tuple(input_shape)}. "
-            "Raise --budget, lower --unit-size, or lower the batch size"
+            "Raise --budget, lower --unit-size, lower the batch size, or pass "
+            "--no-strict-budget to train with the cheapest block anyway"
         )
     block, record = best
     record["tried"] = tried

@@ -50,6 +50,13 @@ class LayerwiseOptions:
             "backprop; sizes the decision blocks (0: global pool + linear, no search)"
         },
     )
+    strict_budget: bool = field(
+        default=True,
+        metadata={
+            "help": "fail when no decision block meets the budget (off: use the cheapest and "
+            "report its measured fraction)"
+        },
+    )
     max_convs: int = field(default=4, metadata={"help": "most down-convs in a decision block"})
     decision_pool: int = field(
         default=2, metadata={"help": "decision blocks average-pool to this side before the linear"}
@@ -329,6 +336,7 @@ class LayerwiseTrainer:
                 optimizer_for,
                 options.max_convs,
                 pool=options.decision_pool,
+                strict=options.strict_budget,
             )
         else:
             decision = decision_block(out_shape, self.num_classes, 0, None, options.decision_pool)
