@@ -62,7 +62,7 @@ def test_tries_keep_the_lowest_lsd():
     hidden = result.layers[0]
     assert len(hidden.tries_lsd) == 6
     assert len(set(hidden.tries_lsd)) > 1  # the candidates really differ
-    assert hidden.lsd == pytest.approx(min(hidden.tries_lsd), rel=1e-9)
+    assert hidden.lsd == pytest.approx(min(hidden.tries_lsd), rel=1e-7)
     with torch.no_grad():
         z = result.model[:3](x)
     assert lsd_of(z, y_onehot) == pytest.approx(hidden.lsd, rel=1e-7)
@@ -72,8 +72,9 @@ def test_more_tries_never_raise_the_first_layer_lsd():
     x, y = blobs(m=150, n=3)
     one = fit_mlp(x, y, [2], targets="random", tries=1, beta=0.5, seed=2)
     five = fit_mlp(x, y, [2], targets="random", tries=5, beta=0.5, seed=2)
-    assert five.layers[0].tries_lsd[0] == one.layers[0].lsd  # same first draw
-    assert five.layers[0].lsd <= one.layers[0].lsd
+    assert five.layers[0].tries_lsd[0] == one.layers[0].tries_lsd[0]  # same first draw
+    assert min(five.layers[0].tries_lsd) <= one.layers[0].tries_lsd[0]
+    assert five.layers[0].lsd <= one.layers[0].lsd * (1 + 1e-9)
 
 
 def test_solvers_agree_on_a_well_conditioned_problem():
@@ -126,12 +127,13 @@ def test_ema_weights_follow_the_update_rule():
     stack = _Stack(x, y1, torch.nn.ReLU(), batch_size=9)
     readout = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     d = torch.rand(40, 1, dtype=torch.float64)
-    error, new_d = _readout_pass(stack, y1, readout, 2, d, ema=0.2)
+    error, residual, new_d = _readout_pass(stack, y1, readout, 2, d, ema=0.2)
     predicted = torch.cat([torch.ones(40, 1, dtype=torch.float64), x], 1) @ readout
     squared = (y1 - predicted).pow(2).sum(1, keepdim=True)
     torch.testing.assert_close(new_d, 0.2 * d + 0.8 * squared)
     assert error == pytest.approx(float((predicted.argmax(1) != y).double().mean()))
-    _, unchanged = _readout_pass(stack, y1, readout, 2, d, ema=None)
+    assert residual == pytest.approx(float(squared.sum() / 40))
+    _, _, unchanged = _readout_pass(stack, y1, readout, 2, d, ema=None)
     assert torch.equal(unchanged, d)
 
 

@@ -48,12 +48,14 @@ class LayerReport:
         projection: how the weights were chosen (``random``, ``platonic-pca``, ``sorted-pca``,
             ``elm`` or ``output``).
         lsd: least squares distance of eq. 5.3, ``||Y - Z Z^+ Y||_F^2 / m``, of this layer's
-            representation (with its bias column) to the one-hot or regression targets; for
-            the output layer, the mean squared error of the fitted outputs.
+            representation (with its bias column) to the one-hot or regression targets, as
+            the residual of the least-squares read-out over the data; for the output layer,
+            the mean squared error of the fitted outputs.
         train_error: error of the best linear read-out of this layer on the training set:
             classification error rate (fraction, 0-1) or mean squared error (regression).
         seconds: wall time of fitting this layer, including its data passes.
-        tries_lsd: the LSD of every candidate projection tried (the lowest one was kept).
+        tries_lsd: the LSD of every candidate projection tried, from its Gram matrix (the
+            lowest one was kept).
     """
 
     index: int
@@ -224,10 +226,12 @@ class _Solver:
 
 def _lsd_and_readout(gram: torch.Tensor, c: int, m: int) -> tuple[float, torch.Tensor]:
     """LSD (eq. 5.3) of ``[1 | Z]`` to ``Y`` and the least-squares read-out ``Q = Z1^+ Y``,
-    both from the Gram matrix of ``[1 | Z | Y]`` (computed in float64 for accuracy)."""
+    both from the Gram matrix of ``[1 | Z | Y]`` (solved in float64; eigenvalues below the
+    precision the Gram matrix was summed in are cut off, as pinv does)."""
+    rtol = c * torch.finfo(gram.dtype).eps
     g = gram.double()
     zz, zy, yy = g[:c, :c], g[:c, c:], g[c:, c:]
-    q = torch.linalg.pinv(zz, hermitian=True) @ zy
+    q = torch.linalg.pinv(zz, rtol=rtol, hermitian=True) @ zy
     # ||Y - Z Q||^2 = tr(Y^T Y) - tr(Q^T Z^T Y) for the least-squares Q.
     residual = (yy.trace() - (q * zy).sum()).clamp_min(0.0)
     return float(residual / m), q
@@ -397,7 +401,11 @@ def fit_mlp(
                 best = (candidate_lsd, w, candidate_readout, candidate_gram)
         lsd, w, readout, gram = best
         stack.weights.append(w)
-        error, weights_d = _readout_pass(stack, targets_y, readout, num_classes, weights_d, ema)
+        # The reported LSD is the residual of the read-out summed over the data: the Gram
+        # formula used to rank the tries cancels catastrophically when the fit is close.
+        error, lsd, weights_d = _readout_pass(
+            stack, targets_y, readout, num_classes, weights_d, ema
+        )
         reports.append(
             LayerReport(
                 index, width, projection, lsd, error, time.perf_counter() - layer_started, tries_lsd
@@ -477,16 +485,17 @@ def _errors(y: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch
 def _readout_pass(stack, y, readout, num_classes, weights_d, ema):
     """Training error of the read-out ``[1 | Z] Q`` and the EMA update of the sample weights
     ``d_j <- ema d_j + (1 - ema) ||y_j - yhat_j||^2`` (section 7.9.3; unchanged if ``ema`` is
-    None). Returns ``(error, d)``."""
+    None). Returns ``(error, ||Y - [1 | Z] Q||_F^2 / m, d)``."""
     q = readout.to(y.dtype)
-    wrong, new_d = 0.0, weights_d.clone()
+    wrong, residual, new_d = 0.0, 0.0, weights_d.clone()
     for rows, z1 in stack.inputs():
         predicted = z1 @ q
         wrong += float(_errors(y[rows], predicted, num_classes).sum())
+        squared = (y[rows] - predicted).pow(2).sum(dim=1, keepdim=True)
+        residual += float(squared.sum())
         if ema is not None:
-            squared = (y[rows] - predicted).pow(2).sum(dim=1, keepdim=True)
             new_d[rows] = ema * weights_d[rows] + (1.0 - ema) * squared
-    return wrong / len(y), new_d
+    return wrong / len(y), residual / len(y), new_d
 
 
 def _output_error(stack, y, w_out, num_classes) -> tuple[float, float]:
