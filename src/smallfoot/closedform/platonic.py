@@ -274,8 +274,8 @@ def sorted_pca_indices(x: torch.Tensor, count: int) -> torch.Tensor:
     m = len(x)
     if count > m:
         raise ConfigError(f"sorted-pca picks {count} samples but the data has only {m}")
-    centred = x - x.mean(dim=0)
-    first = _principal_components(centred.T @ centred / m, 1)
+    mean = x.mean(dim=0)
+    first = _principal_components(x.T @ x / m - torch.outer(mean, mean), 1)
     order = torch.argsort((x @ first)[:, 0], stable=True)
     return order[(torch.arange(count, dtype=torch.float64) * m / count).long()]
 
@@ -399,7 +399,7 @@ def fit_mlp(
             tries_lsd.append(candidate_lsd)
             if best is None or candidate_lsd < best[0]:
                 best = (candidate_lsd, w, candidate_readout, candidate_gram)
-        lsd, w, readout, gram = best
+        _, w, readout, gram = best
         stack.weights.append(w)
         # The reported LSD is the residual of the read-out summed over the data: the Gram
         # formula used to rank the tries cancels catastrophically when the fit is close.
