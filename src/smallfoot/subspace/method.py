@@ -51,8 +51,8 @@ class SubspaceOptions:
     """subspace dimension d (at most samples - 1)"""
     subspace_optimizer: Literal["psgd", "pbfgs"] = "pbfgs"
     """optimizer inside the subspace: psgd or pbfgs (--optimizer picks the sampling stage's)"""
-    subspace_lr: float = 1.0
-    """P-SGD learning rate, or P-BFGS first trial step of the line search"""
+    subspace_lr: float | None = None
+    """P-SGD learning rate (default: the run's --lr) or P-BFGS first trial step (default: 1)"""
     storage: Literal["auto", "ram", "disk"] = "auto"
     """where samples live: ram, disk (memmap in the run directory) or auto (disk above 1 GiB)"""
     basis: str | None = field(default=None)
@@ -70,7 +70,7 @@ class SubspaceOptions:
             raise ConfigError(
                 f"--dim {self.dim} needs at least {self.dim + 1} --samples (got {self.samples})"
             )
-        if not self.subspace_lr > 0:
+        if self.subspace_lr is not None and not self.subspace_lr > 0:
             raise ConfigError(f"--subspace-lr must be positive, got {self.subspace_lr}")
 
 
@@ -201,7 +201,7 @@ class Subspace(Method):
             model,
             basis,
             options.subspace_optimizer,
-            options.subspace_lr,
+            options.subspace_lr or (1.0 if options.subspace_optimizer == "pbfgs" else config.lr),
             config.momentum,
             config.weight_decay,
         )
