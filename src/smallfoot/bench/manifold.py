@@ -106,14 +106,15 @@ def run_cell(
     batch_size: int,
     regularised: bool,
     epochs: int,
+    alpha: float = ALPHA,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
-    """Train one cell; returns its row and the trained model."""
+    """Train one cell (regulariser weight ``alpha``); returns its row and the trained model."""
     model = build(setup, train.input_shape, train.num_classes, head, width)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9, weight_decay=5e-4, seed=0
     )
     regulariser = (
-        make_regulariser(model.head, None, ALPHA, ALPHA_RATIO, LAMBDA) if regularised else None
+        make_regulariser(model.head, None, alpha, ALPHA_RATIO, LAMBDA) if regularised else None
     )
     if head == "wide":
         trainer = Trainer(model, train, None, config, progress=False)
@@ -185,6 +186,15 @@ def bench_manifold(quick: bool, out_dir: Path) -> BenchResult:
                 print(f"manifold {name}: {row}", flush=True)
                 if head == "bottleneck" and width == 16 and batch == 5:
                     kept["with regulariser" if reg else "without regulariser"] = model
+        # Ablation: eq. 4 sums over the N(N-1) ordered pairs, so a fixed alpha regularises a
+        # batch of 9 (72 pairs) 3.6x harder than a batch of 5 (20 pairs). Rescale alpha to
+        # keep the batch-5 strength at batch 9.
+        scaled = ALPHA * (5 * 4) / (9 * 8)
+        for width in widths:
+            row, _ = run_cell(setup, train, test, "bottleneck", width, 9, True, epochs, scaled)
+            row = {"section": f"{name} ablation: alpha x 20/72 at batch 9", "alpha": scaled, **row}
+            rows.append(row)
+            print(f"manifold {name}: {row}", flush=True)
         for extra_rows, figure in (
             profile_figure(name, setup, train, out_dir),
             analysis_figures(name, setup, test, kept, out_dir, quick),
