@@ -30,3 +30,12 @@ def tiny_cnn():
         return build_model("cnn4", (1, 8, 8), 3, widths=(4, 4, 8, 8), batch_norm=batch_norm)
 
     return build
+
+
+@pytest.fixture
+def tiny_mlp():
+    def build(seed: int = 0):
+        torch.manual_seed(seed)
+        return build_model("mlp", (1, 8, 8), 3, widths=(8, 8, 8))
+
+    return build

@@ -104,7 +104,7 @@ def test_budget_that_no_decision_block_meets_says_so(tiny_cnn):
 
 def test_layerwise_run_reports_the_largest_unit_against_full_backprop(tiny_cnn, data):
     config = TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="constant")
-    options = LayerwiseOptions(budget=1.0, max_convs=1, val_fraction=0)
+    options = LayerwiseOptions(budget=1.0, max_convs=0, val_fraction=0)
     result = train_layerwise(tiny_cnn(), *data, config, options)
     fractions = [u["fraction"] for u in result.units]
     assert all(0 < f <= 1.0 for f in fractions[:-1])

@@ -8,10 +8,11 @@ from smallfoot.methods import get_method
 from smallfoot.train import Trainer, run_training
 
 
-def layerwise_config(tmp_path, **method_options):
+def layerwise_config(tmp_path, model="cnn4", **method_options):
+    model_options = {"widths": [4, 4, 8, 8]} if model == "cnn4" else {"widths": [8, 8]}
     return RunConfig(
         dataset="synthetic",
-        model="cnn4",
+        model=model,
         method="layerwise",
         epochs=1,
         batch_size=16,
@@ -19,7 +20,7 @@ def layerwise_config(tmp_path, **method_options):
         run_name="run",
         progress=False,
         measure_memory=False,
-        model_options={"widths": [4, 4, 8, 8]},
+        model_options=model_options,
         data_options={"shape": [1, 8, 8], "num_classes": 3, "size": 48},
         method_options={"budget": 0, **method_options},
     )
@@ -63,18 +64,18 @@ def test_train_run_writes_units_and_per_unit_metrics(tmp_path):
 @pytest.mark.parametrize("schedule", ["bottom-up", "random-robin"])
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, schedule):
     options = {"schedule": schedule, "epochs_per_unit": 2, "truncate": True}
-    straight = run_training(layerwise_config(tmp_path, **options))
+    straight = run_training(layerwise_config(tmp_path, "mlp", **options))
     calls = {"n": 0}
     original = Trainer.run_epoch
 
     def interrupted(self, epoch):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == 3:
             raise KeyboardInterrupt
         return original(self, epoch)
 
     monkeypatch.setattr(Trainer, "run_epoch", interrupted)
-    config = layerwise_config(tmp_path, **options)
+    config = layerwise_config(tmp_path, "mlp", **options)
     config.run_name = "resumed"
     with pytest.raises(TrainingInterrupted, match="--resume"):
         run_training(config)
@@ -83,4 +84,4 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, schedule):
     assert resumed["layerwise"] == straight["layerwise"]
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 * 4
+    assert len(lines) == 2 * 2

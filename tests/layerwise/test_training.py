@@ -47,27 +47,22 @@ def test_segments_of_two_overlap_by_one(tiny_cnn, data):
 
 
 @pytest.mark.parametrize("schedule", ["random-robin", "round-robin"])
-def test_robin_visits_every_unit_every_round_and_resumes_its_optimizer(tiny_cnn, data, schedule):
-    config = TrainConfig(epochs=3, batch_size=32, optimizer="adamw", lr=1e-3, schedule="constant")
-    result = run(tiny_cnn(), data, config, schedule=schedule, val_fraction=0)
+def test_robin_visits_every_unit_every_round_and_resumes_its_optimizer(tiny_mlp, data, schedule):
+    config = TrainConfig(epochs=3, batch_size=48, optimizer="adamw", lr=1e-3, schedule="constant")
+    result = run(tiny_mlp(), data, config, schedule=schedule, val_fraction=0)
     assert [r for r, _ in result.visits] == [0, 1, 2]
-    for _, order in result.visits:
-        assert sorted(order) == [0, 1, 2, 3]
+    orders = [order for _, order in result.visits]
+    assert all(sorted(order) == [0, 1, 2] for order in orders)
     if schedule == "round-robin":
-        assert all(order == [0, 1, 2, 3] for _, order in result.visits)
-    steps_per_epoch = -(-len(data[0]) // 32)
+        assert all(order == [0, 1, 2] for order in orders)
+    else:
+        assert len({tuple(order) for order in orders}) > 1
+    steps_per_epoch = -(-len(data[0]) // 48)
     for state in result.states:
         assert state.trainer.epoch == 3
         steps = {int(s["step"]) for s in state.trainer.optimizer.state.values()}
         # AdamW counts every step of every visit: its state survived between rounds
         assert steps == {3 * steps_per_epoch}
-
-
-def test_random_robin_order_changes_between_rounds(tiny_cnn, data):
-    config = TrainConfig(epochs=4, batch_size=48, lr=0.01, schedule="constant")
-    result = run(tiny_cnn(), data, config, schedule="random-robin", val_fraction=0)
-    orders = [tuple(order) for _, order in result.visits]
-    assert len(set(orders)) > 1
 
 
 def test_early_stopping_per_unit_on_the_validation_split(tiny_cnn, data):
