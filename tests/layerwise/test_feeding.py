@@ -75,4 +75,4 @@ def test_checkpoint_feed_refuses_augmentation_and_robin_schedules(tiny_cnn, data
             measure_memory=False,
         )
     with pytest.raises(ConfigError, match="bottom-up"):
-        LayerwiseOptions(feed="checkpoint", schedule="random-robin").validate()
+        LayerwiseOptions(feed="checkpoint", order="random-robin").validate()

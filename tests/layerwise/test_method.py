@@ -31,23 +31,23 @@ def test_options_come_from_cli_strings():
         "layerwise",
         {
             "unit-size": "2",
-            "schedule": "random-robin",
+            "order": "random-robin",
             "feed": "feednet",
             "backward-dropout": "0.6",
             "epochs-per-unit": "3",
         },
     )
     options = method.options
-    assert (options.unit_size, options.schedule, options.backward_dropout) == (
+    assert (options.unit_size, options.order, options.backward_dropout) == (
         2,
         "random-robin",
         0.6,
     )
     assert options.epochs_per_unit == 3
-    with pytest.raises(ConfigError, match="schedule"):
-        get_method("layerwise", {"schedule": "sideways"})
+    with pytest.raises(ConfigError, match="order"):
+        get_method("layerwise", {"order": "sideways"})
     with pytest.raises(ConfigError, match="bottom-up"):
-        get_method("layerwise", {"feed": "checkpoint", "schedule": "random-robin"})
+        get_method("layerwise", {"feed": "checkpoint", "order": "random-robin"})
 
 
 def test_train_run_writes_units_and_per_unit_metrics(tmp_path):
@@ -61,9 +61,9 @@ def test_train_run_writes_units_and_per_unit_metrics(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["method"] == "layerwise"
 
 
-@pytest.mark.parametrize("schedule", ["bottom-up", "random-robin"])
-def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, schedule):
-    options = {"schedule": schedule, "epochs_per_unit": 2, "truncate": True}
+@pytest.mark.parametrize("order", ["bottom-up", "random-robin"])
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, order):
+    options = {"order": order, "epochs_per_unit": 2, "truncate": True}
     straight = run_training(layerwise_config(tmp_path, "mlp", **options))
     calls = {"n": 0}
     original = Trainer.run_epoch

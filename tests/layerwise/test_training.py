@@ -46,14 +46,14 @@ def test_segments_of_two_overlap_by_one(tiny_cnn, data):
     assert [r["units"] for r in result.units] == [[1, 2], [2, 3], [3, 4]]
 
 
-@pytest.mark.parametrize("schedule", ["random-robin", "round-robin"])
-def test_robin_visits_every_unit_every_round_and_resumes_its_optimizer(tiny_mlp, data, schedule):
+@pytest.mark.parametrize("order", ["random-robin", "round-robin"])
+def test_robin_visits_every_unit_every_round_and_resumes_its_optimizer(tiny_mlp, data, order):
     config = TrainConfig(epochs=3, batch_size=48, optimizer="adamw", lr=1e-3, schedule="constant")
-    result = run(tiny_mlp(), data, config, schedule=schedule, val_fraction=0)
+    result = run(tiny_mlp(), data, config, order=order, val_fraction=0)
     assert [r for r, _ in result.visits] == [0, 1, 2]
     orders = [order for _, order in result.visits]
     assert all(sorted(order) == [0, 1, 2] for order in orders)
-    if schedule == "round-robin":
+    if order == "round-robin":
         assert all(order == [0, 1, 2] for order in orders)
     else:
         assert len({tuple(order) for order in orders}) > 1

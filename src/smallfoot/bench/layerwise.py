@@ -32,7 +32,7 @@ MODELS: dict[str, tuple[str, dict[str, Any], int | None, int]] = {
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "full backprop": None,
     "bottom-up": {},
-    "random robin": {"schedule": "random-robin"},
+    "random robin": {"order": "random-robin"},
     "bottom-up + fwd/bwd dropout": {"forward_dropout": 0.2, "backward_dropout": 0.6},
     "segments of 2": {"unit_size": 2, "overlap": 1},
 }

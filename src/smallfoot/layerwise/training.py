@@ -29,7 +29,7 @@ from smallfoot.layerwise.units import assemble, chain, segments, split_units
 from smallfoot.losses import SoftmaxCrossEntropy
 from smallfoot.train.trainer import TrainConfig, Trainer, make_optimizer
 
-Schedule = Literal["bottom-up", "random-robin", "round-robin"]
+Order = Literal["bottom-up", "random-robin", "round-robin"]
 
 
 @dataclass
@@ -61,8 +61,9 @@ class LayerwiseOptions:
     decision_pool: int = field(
         default=2, metadata={"help": "decision blocks average-pool to this side before the linear"}
     )
-    schedule: Schedule = field(
-        default="bottom-up", metadata={"help": "bottom-up, random-robin or round-robin"}
+    order: Order = field(
+        default="bottom-up",
+        metadata={"help": "order of unit training: bottom-up, random-robin or round-robin"},
     )
     robin_epochs: int = field(
         default=1, metadata={"help": "epochs per segment per round (random/round robin)"}
@@ -121,10 +122,10 @@ class LayerwiseOptions:
             raise ConfigError(
                 "early stopping (--patience) needs a validation split (--val-fraction)"
             )
-        if self.feed == "checkpoint" and self.schedule != "bottom-up":
+        if self.feed == "checkpoint" and self.order != "bottom-up":
             raise ConfigError(
                 "feature checkpoints hold the outputs of finished units, so --feed checkpoint "
-                "needs --schedule bottom-up; use --feed feednet with robin schedules"
+                "needs --order bottom-up; use --feed feednet with robin orders"
             )
 
 
@@ -435,7 +436,7 @@ class LayerwiseTrainer:
                 self.loss_fn,
                 make_optimizer(self.model.parameters(), self.config),
             )
-        if self.options.schedule == "bottom-up":
+        if self.options.order == "bottom-up":
             self._bottom_up()
         else:
             self._robin()
@@ -491,7 +492,7 @@ class LayerwiseTrainer:
         self.save_checkpoint()
         while not all(state.done for state in self.states):
             order = list(range(len(self.states)))
-            if self.options.schedule == "random-robin":
+            if self.options.order == "random-robin":
                 order = torch.randperm(len(self.states), generator=self.generator).tolist()
             order = [i for i in order if not self.states[i].done]
             self.visits.append((self.round, order))
@@ -601,7 +602,7 @@ class LayerwiseTrainer:
         self.visits, self.round = saved["visits"], saved["round"]
         self.generator.set_state(saved["generator"])
         self._saved = saved
-        if self.options.schedule == "bottom-up":
+        if self.options.order == "bottom-up":
             # units after the last saved one are built fresh
             saved["units"] += [None] * (len(self.plan) - len(saved["units"]))
         self._snapshot_weights = saved["snapshot"]
