@@ -163,12 +163,12 @@ def plot_grad_rms(rms: dict[str, list[dict[str, float]]], title: str, path: Path
 
     layers = list(next(epochs[0] for epochs in rms.values() if epochs))
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 3), sharex=True)
-    titles = ["output"] + [f"hidden layer {2 * i}" for i in range(1, len(layers))]
-    for ax, layer, title in zip(axes, layers, titles, strict=True):
+    panels = ["output"] + [f"hidden layer {2 * i}" for i in range(1, len(layers))]
+    for ax, layer, panel in zip(axes, layers, panels, strict=True):
         for loss, per_epoch in rms.items():
             ax.plot(range(1, len(per_epoch) + 1), [e.get(layer) for e in per_epoch], label=loss)
         ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(panel, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("RMS of dL/dz (per sample)")
