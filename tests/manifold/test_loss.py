@@ -169,7 +169,7 @@ def test_batch_of_one_has_an_exact_zero_distance_term():
     _, acts = head.forward_activations(torch.randn(1, 6))
     assert float(DistancePreservingLoss(head.layers, [1.0], lam=0.0)(acts).detach()) == 0.0
     with_penalty = DistancePreservingLoss(head.layers, [1.0], lam=0.5)(acts)
-    expected = 0.5 * sum(float(p.pow(2).sum()) for p in head.layers.parameters())
+    expected = 0.5 * sum(float(p.detach().pow(2).sum()) for p in head.layers.parameters())
     assert float(with_penalty.detach()) == pytest.approx(expected, rel=1e-6)
 
 
