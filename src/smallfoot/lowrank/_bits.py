@@ -9,7 +9,6 @@ import torch
 # Multiplying a word whose 8 bytes are 0 or 1 by this constant gathers byte i into bit 56 + i
 # (little-endian words: byte i of the word is element 8 j + i of the mask).
 _GATHER = 0x0102040810204080
-_BYTE_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()  # (256, 8)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -27,5 +26,9 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """The boolean tensor of ``shape`` that :func:`pack_bits` turned into ``packed``."""
-    bits = _BYTE_BITS.to(packed.device)[packed.long()]  # (bytes, 8)
+    # row v of the table holds the 8 bits of byte value v; built per call (2 KiB) so that it
+    # lives where ``packed`` lives, fake tensors included
+    values = torch.arange(256, device=packed.device).unsqueeze(1)
+    table = ((values >> torch.arange(8, device=packed.device)) & 1).bool()  # (256, 8)
+    bits = table[packed.long()]  # (bytes, 8)
     return bits.view(-1)[: math.prod(shape)].view(shape)

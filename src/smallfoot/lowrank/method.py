@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank.convert import Conversion, convert
+from smallfoot.lowrank.convert import Conversion, convert, set_low_rank
 from smallfoot.lowrank.schedule import FactoSchedule
 from smallfoot.methods import Method, RunContext, TrainOutcome, register_method
 
 
 @register_method
 class Facto(Method):
-    """Converts the model at build time (full-rank mode), trains ``frt_epochs`` epochs
-    full-rank, then low-rank with merge/redraw (:class:`FactoSchedule`)."""
+    """Converts the model at build time, trains ``frt_epochs`` epochs full-rank, then
+    low-rank with merge/redraw (:class:`FactoSchedule`)."""
 
     name = "facto"
     description = "Facto-CNN: train only M of W + M D, keep D X, 1-bit ReLU/max-pool masks"
@@ -57,13 +58,22 @@ class Facto(Method):
     conversion: Conversion | None = None
 
     def build_model(self, ctx: RunContext) -> nn.Module:
-        """The configured model, converted in full-rank mode (identical function)."""
+        """The configured model, converted (identical function) in low-rank mode, the steady
+        state that ``smallfoot memory --method facto`` measures; the schedule switches it to
+        full rank for the first ``frt_epochs``."""
         model = super().build_model(ctx)
         o = self.options
-        self.conversion = convert(
-            model, o.inr, o.kernel, o.apply_ratio, low_rank=False, seed=ctx.config.seed
-        )
+        self.conversion = convert(model, o.inr, o.kernel, o.apply_ratio, seed=ctx.config.seed)
         return model
+
+    def make_optimizer(self, ctx: RunContext, model: nn.Module) -> torch.optim.Optimizer:
+        """The configured optimizer over every parameter the run trains in either phase: the
+        frozen W join (full-rank epochs train them; in low-rank ones they get no gradient and
+        no optimizer state)."""
+        set_low_rank(model, False)
+        optimizer = super().make_optimizer(ctx, model)
+        set_low_rank(model, True)
+        return optimizer
 
     def callbacks(self, ctx: RunContext, model: nn.Module) -> list:
         """The FRT -> LRT schedule."""
