@@ -1,0 +1,105 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from smallfoot.errors import InvertibilityError, ShapeError
+from smallfoot.reversible import InvertibleDownsample, RevSequence, basic_rev_block, revnet18
+from smallfoot.testing import check_grad_parity, check_invertible
+
+
+def chain(blocks=3, channels=4, dropout=0.0, memory_free=True):
+    torch.manual_seed(0)
+    seq = RevSequence([basic_rev_block(channels, dropout) for _ in range(blocks)], memory_free)
+    return seq.double()
+
+
+def test_grad_parity_float64():
+    fast = chain()
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    worst = check_grad_parity(fast, plain, x, atol=1e-10)
+    assert worst < 1e-10
+
+
+def test_bn_running_stats_updated_once():
+    fast = chain()
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    check_grad_parity(fast, plain, x)  # compares buffers too
+    bn = fast.blocks[0].f[0]
+    assert bn.num_batches_tracked.item() == 1
+    assert plain.blocks[0].f[0].num_batches_tracked.item() == 1
+
+
+def test_dropout_replay_and_global_rng_untouched():
+    fast = chain(dropout=0.3)
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    torch.manual_seed(7)
+    xa = x.clone().requires_grad_()
+    fast(xa).sum().backward()
+    after_fast = torch.get_rng_state()
+    torch.manual_seed(7)
+    xb = x.clone().requires_grad_()
+    plain(xb).sum().backward()
+    assert torch.equal(after_fast, torch.get_rng_state())
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-10, rtol=0)
+    for pa, pb in zip(fast.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-10, rtol=0)
+
+
+def test_double_backward_raises():
+    fast = chain()
+    out = fast(torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(InvertibilityError, match="twice"):
+        out.backward()
+
+
+def test_non_invertible_module_in_chain_raises():
+    with pytest.raises(InvertibilityError, match="no exact inverse"):
+        RevSequence([basic_rev_block(4), nn.Conv2d(4, 4, 3, padding=1)])
+
+
+def test_inverse_exact():
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    assert check_invertible(chain(), x) < 1e-10
+    assert check_invertible(InvertibleDownsample(2), x) == 0.0
+    with pytest.raises(InvertibilityError):
+        check_invertible(nn.ReLU(), x)
+
+
+def test_odd_shapes_raise():
+    with pytest.raises(ShapeError):
+        basic_rev_block(3)
+    with pytest.raises(ShapeError, match="divisible"):
+        InvertibleDownsample(2)(torch.randn(1, 1, 5, 5))
+
+
+def test_revnet18_parity_with_plain_autograd():
+    torch.manual_seed(0)
+    fast = revnet18((1, 8, 8), 3, width=4).double()
+    plain = copy.deepcopy(fast)
+    for module in plain.modules():
+        if isinstance(module, RevSequence):
+            module.memory_free = False
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    assert check_grad_parity(fast, plain, x, atol=1e-10) < 1e-10
+
+
+def test_torch_compile_default_mode():
+    fast = chain(blocks=2).float()
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    compiled = torch.compile(fast)
+    x = torch.randn(2, 4, 4, 4)
+    xa = x.clone().requires_grad_()
+    compiled(xa).sum().backward()
+    xb = x.clone().requires_grad_()
+    plain(xb).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
