@@ -189,6 +189,7 @@ _BUILTIN_MODULES: list[str] = [
     "smallfoot.manifold.method",
     "smallfoot.closedform.method",
     "smallfoot.subspace.method",
+    "smallfoot.reversible.method",
     "smallfoot.peers",
 ]
 
