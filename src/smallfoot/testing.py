@@ -56,7 +56,7 @@ def check_invertible(module: nn.Module, x: torch.Tensor, atol: float = 1e-10) ->
     if not callable(getattr(module, "inverse", None)):
         raise InvertibilityError(
             f"{type(module).__name__} has no inverse(); only modules with an exact inverse "
-            "(RevBlock, RevSequence, InvertibleDownsample) can be checked"
+            "(RevBlock, RevSequence, ChannelPool) can be checked"
         )
     was_training = module.training
     module.eval()

@@ -5,7 +5,16 @@ import torch
 from torch import nn
 
 from smallfoot.errors import InvertibilityError, ShapeError
-from smallfoot.reversible import InvertibleDownsample, RevSequence, basic_rev_block, revnet18
+from smallfoot.reversible import (
+    ChannelPool,
+    InvertibleBatchNorm2d,
+    InvertibleSequential,
+    RevBlock,
+    RevSequence,
+    basic_rev_block,
+    hybrid_block,
+    revnet18,
+)
 from smallfoot.testing import check_grad_parity, check_invertible
 
 
@@ -64,12 +73,14 @@ def test_double_backward_raises():
 def test_non_invertible_module_in_chain_raises():
     with pytest.raises(InvertibilityError, match="no exact inverse"):
         RevSequence([basic_rev_block(4), nn.Conv2d(4, 4, 3, padding=1)])
+    with pytest.raises(InvertibilityError, match="needs invertible F and G"):
+        RevBlock(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1), layerwise=True)
 
 
 def test_inverse_exact():
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
     assert check_invertible(chain(), x) < 1e-10
-    assert check_invertible(InvertibleDownsample(2), x) == 0.0
+    assert check_invertible(ChannelPool(2), x) == 0.0
     with pytest.raises(InvertibilityError):
         check_invertible(nn.ReLU(), x)
 
@@ -78,7 +89,7 @@ def test_odd_shapes_raise():
     with pytest.raises(ShapeError):
         basic_rev_block(3)
     with pytest.raises(ShapeError, match="divisible"):
-        InvertibleDownsample(2)(torch.randn(1, 1, 5, 5))
+        ChannelPool(2)(torch.randn(1, 1, 5, 5))
 
 
 def test_revnet18_parity_with_plain_autograd():
@@ -103,3 +114,66 @@ def test_torch_compile_default_mode():
     xb = x.clone().requires_grad_()
     plain(xb).sum().backward()
     assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+
+
+def test_torch_compile_fullgraph():
+    fast = chain(blocks=2).float()
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    assert not fast.replay_rng  # no dropout: nothing to replay, nothing breaking the graph
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        compiled = torch.compile(fast, fullgraph=True)
+        x = torch.randn(2, 4, 4, 4)
+        xa = x.clone().requires_grad_()
+        compiled(xa).sum().backward()
+    xb = x.clone().requires_grad_()
+    plain(xb).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+    for pa, pb in zip(fast.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5)
+    assert fast.blocks[0].f[0].num_batches_tracked.item() == 1
+
+
+def hybrid_chain(blocks=2, channels=8):
+    torch.manual_seed(0)
+    return RevSequence([hybrid_block(channels) for _ in range(blocks)]).double()
+
+
+def test_hybrid_parity_float64_and_bn_once():
+    fast = hybrid_chain()
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    assert check_grad_parity(fast, plain, x, atol=1e-10) < 1e-10
+    bns = [m for m in fast.modules() if isinstance(m, InvertibleBatchNorm2d)]
+    assert bns and all(bn.num_batches_tracked.item() == 1 for bn in bns)
+
+
+def test_hybrid_float32_drift():
+    fast = hybrid_chain(blocks=4).float()
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    x = torch.randn(3, 8, 5, 5)
+    assert check_grad_parity(fast, plain, x, atol=1e-3) < 1e-3
+
+
+def test_hybrid_backward_never_recomputes_a_whole_branch_with_autograd(monkeypatch):
+    """Block-wise backward recomputes F and G with autograd (all their hidden activations
+    live at once: the local bottleneck); the hybrid backward runs F and G only without
+    gradients (for the block inverse) and back-propagates through them one layer at a time."""
+    grad_modes = []
+    original = InvertibleSequential.forward
+
+    def recording_forward(self, x):
+        grad_modes.append(torch.is_grad_enabled())
+        return original(self, x)
+
+    monkeypatch.setattr(InvertibleSequential, "forward", recording_forward)
+    fast = hybrid_chain(blocks=1)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    out = fast(x)
+    forward_calls = len(grad_modes)
+    out.sum().backward()
+    assert forward_calls == 2  # F and G once each in the forward pass
+    assert grad_modes[forward_calls:] == [False, False]  # the block inverse only
+    assert x.grad is not None

@@ -36,7 +36,9 @@ def register_model(name: str, description: str):
 def _load_all() -> None:
     # Technique packages register their own models (revnet18, fixup_resnet18, ...); they are
     # all imported by smallfoot.methods, the one module that knows every technique.
-    import smallfoot.methods  # noqa: F401
+    from smallfoot.methods import _load_builtin
+
+    _load_builtin()
 
 
 def list_models(pattern: str = "*") -> list[ModelInfo]:

@@ -1,11 +1,20 @@
-"""Reversible residual blocks and the memory-free backward engine (RevNet, Gomez et al. 2017).
+"""Reversible blocks and the memory-free backward engine (RevNet, i-RevNet, layer-wise, hybrid).
 
 A :class:`RevBlock` splits its input channel-wise into ``(x1, x2)`` and computes the additive
 coupling ``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``, which inverts exactly as
-``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``. :class:`RevSequence` runs a chain of such blocks
-through :class:`_RevSequenceFunction`, a ``torch.autograd.Function`` that keeps only the
-chain's output: the backward pass reconstructs every block input from its output and
-recomputes the block locally, so saved activations do not grow with depth.
+``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``. :class:`RevSequence` runs a chain of invertible
+modules (RevBlocks, the layer-wise invertible layers of :mod:`smallfoot.reversible.layers`)
+through :class:`_InvertibleChainFunction`, a ``torch.autograd.Function`` that keeps only the
+chain's output. Its backward walks the chain in reverse; for each module it reconstructs the
+module's input from its output and back-propagates through a local recomputation:
+
+- block-wise (RevNet, ``RevBlock(layerwise=False)``): reconstruct the block input, then
+  recompute the whole block with autograd, so its hidden activations are live together for
+  the length of that block's backward (the paper's local bottleneck);
+- layer-wise (a layer of the chain, or ``RevBlock(layerwise=True)``, the paper's hybrid):
+  F and G are chains of invertible layers; after the block inverse, their hidden activations
+  are reconstructed one layer at a time by the layers' own inverses while the gradient flows,
+  so at most one layer's input is live at once.
 """
 
 from __future__ import annotations
@@ -17,20 +26,36 @@ from torch import nn
 
 from smallfoot.errors import InvertibilityError, ShapeError
 
+RngState = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _is_invertible(module: nn.Module) -> bool:
+    return bool(getattr(module, "invertible", False)) and callable(getattr(module, "inverse", None))
+
 
 class RevBlock(nn.Module):
     """Additive coupling ``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)`` on an ``(N, 2C, H, W)`` input.
 
     ``f`` and ``g`` map ``(N, C, H, W)`` to the same shape. Both halves keep their shape, so
-    the block is invertible by :meth:`inverse` whatever ``f`` and ``g`` are.
+    the block is invertible by :meth:`inverse` whatever ``f`` and ``g`` are. With
+    ``layerwise=True`` (the hybrid design, section 4.2) ``f`` and ``g`` must themselves be
+    invertible (e.g. an :class:`~smallfoot.reversible.InvertibleSequential`), and the backward
+    pass reconstructs their hidden activations layer by layer instead of recomputing them.
     """
 
     invertible = True
 
-    def __init__(self, f: nn.Module, g: nn.Module):
+    def __init__(self, f: nn.Module, g: nn.Module, layerwise: bool = False):
         super().__init__()
+        if layerwise and not (_is_invertible(f) and _is_invertible(g)):
+            raise InvertibilityError(
+                "RevBlock(layerwise=True) needs invertible F and G (InvertibleSequential of "
+                f"invertible layers), got {type(f).__name__} and {type(g).__name__}; use "
+                "layerwise=False for arbitrary F and G"
+            )
         self.f = f
         self.g = g
+        self.layerwise = layerwise
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() < 2 or x.shape[1] % 2:
@@ -44,8 +69,7 @@ class RevBlock(nn.Module):
         """``(N, 2C, ...) -> (N, 2C, ...)``."""
         x1, x2 = self._split(x)
         y1 = x1 + self.f(x2)
-        y2 = x2 + self.g(y1)
-        return torch.cat([y1, y2], dim=1)
+        return torch.cat([y1, x2 + self.g(y1)], dim=1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """The input that :meth:`forward` maps to ``y`` (same shape)."""
@@ -53,6 +77,75 @@ class RevBlock(nn.Module):
         x2 = y2 - self.g(y1)
         x1 = y1 - self.f(x2)
         return torch.cat([x1, x2], dim=1)
+
+    def record_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[RngState, RngState]]:
+        """Forward, also returning the RNG states before F and before G (replayed in backward)."""
+        x1, x2 = self._split(x)
+        state_f = _rng_state(x.device)
+        y1 = x1 + self.f(x2)
+        state_g = _rng_state(x.device)
+        y2 = x2 + self.g(y1)
+        return torch.cat([y1, y2], dim=1), (state_f, state_g)
+
+    def backward_from_output(self, y, grad_y, state, known_input=None):
+        """Reconstruct the input from ``y`` and back-propagate ``grad_y`` through the block.
+
+        Returns ``(x, grad_x, [(parameter, gradient), ...])``; buffers (BN running statistics)
+        are left as they were and the RNG states of ``state`` are replayed.
+        """
+        state_f, state_g = state if state is not None else (None, None)
+        device = y.device
+        with _buffers_restored(self):
+            y1, y2 = self._split(y)
+            with torch.no_grad():
+                if known_input is not None:
+                    x1, x2 = self._split(known_input)
+                    f_out, g_out = y1 - x1, y2 - x2
+                else:
+                    _set_rng_state(state_g, device)
+                    g_out = self.g(y1)
+                    x2 = y2 - g_out
+                    _set_rng_state(state_f, device)
+                    f_out = self.f(x2)
+                    x1 = y1 - f_out
+            if self.layerwise:
+                grad_y1, grad_y2 = self._split(grad_y)
+                grad_y1_from_g, grads_g = _layerwise_backward(self.g, g_out, grad_y2, y1)
+                grad_y1 = grad_y1 + grad_y1_from_g
+                grad_x2_from_f, grads_f = _layerwise_backward(self.f, f_out, grad_y1, x2)
+                grad_x = torch.cat([grad_y1, grad_y2 + grad_x2_from_f], dim=1)
+                return torch.cat([x1, x2], dim=1), grad_x, grads_f + grads_g
+            x1 = x1.detach().requires_grad_()
+            x2 = x2.detach().requires_grad_()
+            params = [p for p in self.parameters() if p.requires_grad]
+            with torch.enable_grad():
+                _set_rng_state(state_f, device)
+                z1 = x1 + self.f(x2)
+                _set_rng_state(state_g, device)
+                z2 = x2 + self.g(z1)
+                grads = torch.autograd.grad(
+                    torch.cat([z1, z2], dim=1), [x1, x2, *params], grad_y, allow_unused=True
+                )
+        grad_x = torch.cat([grads[0], grads[1]], dim=1)
+        x = torch.cat([x1.detach(), x2.detach()], dim=1)
+        return x, grad_x, list(zip(params, grads[2:], strict=True))
+
+    def extra_repr(self) -> str:
+        return "layerwise=True" if self.layerwise else ""
+
+
+class InvertibleConv2d(RevBlock):
+    """Invertible convolution (section 4.1.3): a minimal coupling block whose F and G are one
+    ``k x k`` convolution each on half the channels. ``(N, C, H, W) -> (N, C, H, W)``, C even."""
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        if channels % 2:
+            raise ShapeError(f"InvertibleConv2d needs an even channel count, got {channels}")
+        half, pad = channels // 2, kernel_size // 2
+        super().__init__(
+            nn.Conv2d(half, half, kernel_size, padding=pad, bias=False),
+            nn.Conv2d(half, half, kernel_size, padding=pad, bias=False),
+        )
 
 
 def basic_rev_block(channels: int, dropout: float = 0.0) -> RevBlock:
@@ -70,6 +163,10 @@ def basic_rev_block(channels: int, dropout: float = 0.0) -> RevBlock:
     return RevBlock(branch(), branch())
 
 
+def _is_stochastic(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
+
+
 @contextlib.contextmanager
 def _buffers_restored(module: nn.Module):
     """Run the body and put every buffer of ``module`` back as it was (BN running stats are
@@ -83,38 +180,76 @@ def _buffers_restored(module: nn.Module):
                 buffer.copy_(value)
 
 
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _rng_state(device: torch.device) -> RngState:
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return torch.get_rng_state(), cuda
 
 
-def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device):
+def _set_rng_state(state: RngState | None, device: torch.device) -> None:
+    if state is None:
+        return
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-class _RevSequenceFunction(torch.autograd.Function):
-    """Forward through ``blocks`` without a graph; backward by inversion and local recompute.
+def _record_forward(module: nn.Module, x: torch.Tensor, replay_rng: bool):
+    """``(output, state)`` of one chain member; state is what its backward needs to replay
+    (``None`` without ``replay_rng``)."""
+    if not replay_rng:
+        return module(x), None
+    if isinstance(module, RevBlock):
+        return module.record_forward(x)
+    return module(x), _rng_state(x.device)
 
-    Inputs: ``(x, blocks, *params)``; ``params`` are all parameters of ``blocks`` (passed so
-    autograd routes their gradients here). Only the chain output is saved.
+
+def _backward_from_output(module, y, grad_y, state, known_input=None):
+    """``(x, grad_x, [(param, grad)])`` for one invertible module from its output ``y``."""
+    if isinstance(module, RevBlock):
+        return module.backward_from_output(y, grad_y, state, known_input)
+    params = [p for p in module.parameters() if p.requires_grad]
+    with _buffers_restored(module):
+        with torch.no_grad():
+            x = known_input if known_input is not None else module.inverse(y)
+        x = x.detach().requires_grad_()
+        with torch.enable_grad():
+            _set_rng_state(state, y.device)
+            out = module(x)
+            grads = torch.autograd.grad(out, [x, *params], grad_y, allow_unused=True)
+    return x.detach(), grads[0], list(zip(params, grads[1:], strict=True))
+
+
+def _layerwise_backward(chain: nn.Module, output, grad_output, known_input):
+    """Back-propagate through the layers of an invertible ``chain`` from its ``output``,
+    reconstructing each layer's input with that layer's inverse (the first layer's input is
+    ``known_input``). Returns ``(grad_input, [(param, grad)])``."""
+    layers = list(chain) if isinstance(chain, nn.Sequential) else [chain]
+    y, grad, param_grads = output, grad_output, []
+    for index in range(len(layers) - 1, -1, -1):
+        known = known_input if index == 0 else None
+        y, grad, grads = _backward_from_output(layers[index], y, grad, None, known)
+        param_grads = grads + param_grads
+    return grad, param_grads
+
+
+class _InvertibleChainFunction(torch.autograd.Function):
+    """Forward through ``modules`` without a graph; backward by inversion and local recompute.
+
+    Inputs: ``(x, modules, *params)``; ``params`` are all trainable parameters of ``modules``
+    (passed so autograd routes their gradients here). Only the chain output is saved.
     """
 
     @staticmethod
-    def forward(ctx, x, blocks, *params):
-        ctx.blocks = blocks
+    def forward(ctx, x, modules, replay_rng, *params):
+        ctx.modules = modules
+        ctx.replay_rng = replay_rng
+        ctx.params = params
         ctx.device = x.device
-        ctx.rng = []
+        ctx.states = []
         with torch.no_grad():
-            for block in blocks:
-                x1, x2 = block._split(x)
-                state_f = _rng_state(x.device)
-                y1 = x1 + block.f(x2)
-                state_g = _rng_state(x.device)
-                y2 = x2 + block.g(y1)
-                ctx.rng.append((state_f, state_g))
-                x = torch.cat([y1, y2], dim=1)
+            for module in modules:
+                x, state = _record_forward(module, x, replay_rng)
+                ctx.states.append(state)
         ctx.save_for_backward(x)
         ctx.used = False
         return x
@@ -130,62 +265,58 @@ class _RevSequenceFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         y = y.detach()
         devices = [ctx.device] if ctx.device.type == "cuda" else []
-        param_grads: list[torch.Tensor | None] = []
-        with torch.random.fork_rng(devices=devices):
-            for block, (state_f, state_g) in zip(
-                reversed(ctx.blocks), reversed(ctx.rng), strict=True
-            ):
-                with _buffers_restored(block):
-                    y1, y2 = y.chunk(2, dim=1)
-                    with torch.no_grad():
-                        _set_rng_state(state_g, ctx.device)
-                        x2 = y2 - block.g(y1)
-                        _set_rng_state(state_f, ctx.device)
-                        x1 = y1 - block.f(x2)
-                    x1 = x1.requires_grad_()
-                    x2 = x2.requires_grad_()
-                    with torch.enable_grad():
-                        _set_rng_state(state_f, ctx.device)
-                        z1 = x1 + block.f(x2)
-                        _set_rng_state(state_g, ctx.device)
-                        z2 = x2 + block.g(z1)
-                        out = torch.cat([z1, z2], dim=1)
-                        params = [p for p in block.parameters() if p.requires_grad]
-                        grads = torch.autograd.grad(
-                            out, [x1, x2, *params], grad_y, allow_unused=True
-                        )
-                grad_y = torch.cat([grads[0], grads[1]], dim=1)
-                param_grads = list(grads[2:]) + param_grads
-                y = torch.cat([x1.detach(), x2.detach()], dim=1)
-        return (grad_y, None, *param_grads)
+        grads_by_param: dict[int, torch.Tensor] = {}
+        rng_kept = (
+            torch.random.fork_rng(devices=devices) if ctx.replay_rng else contextlib.nullcontext()
+        )
+        with rng_kept:
+            for module, state in zip(reversed(ctx.modules), reversed(ctx.states), strict=True):
+                y, grad_y, param_grads = _backward_from_output(module, y, grad_y, state)
+                for param, grad in param_grads:
+                    if grad is None:
+                        continue
+                    previous = grads_by_param.get(id(param))
+                    grads_by_param[id(param)] = grad if previous is None else previous + grad
+        return (grad_y, None, None, *(grads_by_param.get(id(p)) for p in ctx.params))
 
 
 class RevSequence(nn.Module):
-    """A chain of :class:`RevBlock` s trained with the memory-free backward.
+    """A chain of invertible modules trained with the memory-free backward.
 
-    ``(N, 2C, H, W) -> (N, 2C, H, W)``. With ``memory_free=False`` it is a plain
+    Members are :class:`RevBlock` s (block-wise or hybrid) and layer-wise invertible layers
+    (:class:`InvertibleConv2d`, :class:`~smallfoot.reversible.InvertibleBatchNorm2d`,
+    :class:`~smallfoot.reversible.InvertibleLeakyReLU`, channel/batch pooling): anything with
+    ``invertible = True`` and an exact ``inverse``. With ``memory_free=False`` it is a plain
     ``nn.Sequential`` forward (autograd keeps every activation), for parity checks.
+
+    ``replay_rng`` records the RNG state before each member in forward and replays it in the
+    backward's recomputation (inside ``torch.random.fork_rng``, so the global RNG is left
+    alone). ``None`` turns it on when the chain contains an ``nn.Dropout*`` layer; set it to
+    ``True`` for other random layers. Without it the chain compiles with
+    ``torch.compile(fullgraph=True)``.
     """
 
     invertible = True
 
-    def __init__(self, blocks, memory_free: bool = True):
+    def __init__(self, modules, memory_free: bool = True, replay_rng: bool | None = None):
         super().__init__()
-        blocks = list(blocks)
-        for index, block in enumerate(blocks):
-            if not isinstance(block, RevBlock):
+        modules = list(modules)
+        for index, module in enumerate(modules):
+            if not _is_invertible(module):
                 raise InvertibilityError(
-                    f"block {index} of the reversible chain is a {type(block).__name__}, which "
-                    "has no exact inverse; wrap it as RevBlock(f, g) or put it outside the chain"
+                    f"module {index} of the reversible chain is a {type(module).__name__}, which "
+                    "has no exact inverse; wrap it as RevBlock(f, g), use an invertible layer, "
+                    "or put it outside the chain"
                 )
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(modules)
         self.memory_free = memory_free
+        self.replay_rng = _is_stochastic(self.blocks) if replay_rng is None else replay_rng
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 2C, ...) -> (N, 2C, ...)``."""
+        """Apply the chain; the output shape depends on the pooling layers in it."""
         params = [p for p in self.blocks.parameters() if p.requires_grad]
         if self.memory_free and torch.is_grad_enabled() and (x.requires_grad or params):
-            return _RevSequenceFunction.apply(x, tuple(self.blocks), *params)
+            return _InvertibleChainFunction.apply(x, tuple(self.blocks), self.replay_rng, *params)
         for block in self.blocks:
             x = block(x)
         return x

@@ -1,4 +1,17 @@
-"""Reversible model builders: ``revnet18`` (ResNet-18 layout with reversible stages)."""
+"""Reversible model builders with the ResNet-18 layout (4 stages, ``blocks_per_stage`` each).
+
+| name | reversible pattern | between stages |
+|---|---|---|
+| ``revnet18`` | RevNet blocks (block-wise backward) | 2x2 stride-2 conv (keeps its input) |
+| ``irevnet18`` | RevNet blocks, one chain for the whole body | channel pooling (x4 channels) |
+| ``layerwise18`` | invertible conv / BN / Leaky ReLU layers | channel, batch, channel pooling |
+| ``hybrid18`` | RevBlocks of invertible layers, layer-wise backward | channel, batch, channel pooling |
+
+Every model is a stem convolution (it keeps only the image) -> body -> head: global average
+pooling, then BN-ReLU-linear on the pooled ``(N, C)`` features, so the head keeps no full
+feature map either (every F/G branch starts with its own BN, so the stem needs none).
+``memory_free=False`` keeps autograd's activations, for comparison.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +21,44 @@ from torch import nn
 
 from smallfoot.errors import ShapeError
 from smallfoot.models import register_model
-from smallfoot.reversible.core import RevSequence, basic_rev_block
-from smallfoot.reversible.layers import InvertibleDownsample
+from smallfoot.reversible.core import InvertibleConv2d, RevBlock, RevSequence, basic_rev_block
+from smallfoot.reversible.layers import (
+    BatchPool,
+    BatchUnpool,
+    ChannelPool,
+    InvertibleBatchNorm2d,
+    InvertibleLeakyReLU,
+    InvertibleSequential,
+)
+
+
+def _check_image(input_shape, name: str, stages: int = 4) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ShapeError(f"{name} needs image input (C, H, W), got {tuple(input_shape)}")
+    c, h, w = input_shape
+    size = 2 ** (stages - 1)
+    if h % size or w % size:
+        raise ShapeError(
+            f"{name} pools {stages - 1} times by 2, so H and W must be multiples of {size}; got "
+            f"{h}x{w}: pad the images (--pad-to 32)"
+        )
+    return c, h, w
+
+
+def _stem(in_channels: int, width: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+
+
+def _head(channels: int, num_classes: int, unpool: int = 0) -> nn.Sequential:
+    layers: list[nn.Module] = [BatchUnpool(2) for _ in range(unpool)]
+    layers += [
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.BatchNorm1d(channels),
+        nn.ReLU(),
+        nn.Linear(channels, num_classes),
+    ]
+    return nn.Sequential(*layers)
 
 
 def revnet(
@@ -21,58 +70,41 @@ def revnet(
     memory_free: bool = True,
 ) -> nn.Sequential:
     """Stem conv, then per stage a :class:`RevSequence` of ``blocks_per_stage[i]`` reversible
-    blocks at ``widths[i]`` channels; between stages an invertible 2x2 space-to-depth followed
-    by a 1x1 conv-BN to the next width (the only non-reversible layers, a fixed count per
-    stage); global average pooling and a linear head."""
-    if len(input_shape) != 3:
-        raise ShapeError(f"revnet needs image input (C, H, W), got {tuple(input_shape)}")
-    c, h, w = input_shape
-    if min(h, w) < 2 ** (len(widths) - 1):
-        raise ShapeError(
-            f"revnet with {len(widths)} stages needs images of at least "
-            f"{2 ** (len(widths) - 1)} px, got {h}x{w}"
-        )
+    blocks at ``widths[i]`` channels; between stages a 2x2 stride-2 convolution to the next
+    width (the same map as space-to-depth followed by a 1x1 conv, without a pooled copy). These
+    transitions are the only non-reversible layers and keep their inputs (the stage outputs:
+    the paper's global bottleneck, a fixed count per stage); then the pooled head."""
+    c, _, _ = _check_image(input_shape, "revnet", len(widths))
     if any(width % 2 for width in widths):
         raise ShapeError(f"revnet widths must be even (channels split in halves), got {widths}")
-    modules = OrderedDict(
-        stem=nn.Sequential(nn.Conv2d(c, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]))
-    )
+    modules = OrderedDict(stem=_stem(c, widths[0]))
     channels = widths[0]
     for stage, (blocks, width) in enumerate(zip(blocks_per_stage, widths, strict=True), start=1):
         if stage > 1:
-            modules[f"down{stage}"] = nn.Sequential(
-                InvertibleDownsample(2),
-                nn.Conv2d(4 * channels, width, 1, bias=False),
-                nn.BatchNorm2d(width),
-            )
+            modules[f"down{stage}"] = nn.Conv2d(channels, width, 2, stride=2, bias=False)
             channels = width
         modules[f"stage{stage}"] = RevSequence(
             [basic_rev_block(width, dropout) for _ in range(blocks)], memory_free=memory_free
         )
-    modules["head"] = nn.Sequential(
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(channels, num_classes),
-    )
+    modules["head"] = _head(channels, num_classes)
     return nn.Sequential(modules)
 
 
 @register_model(
     "revnet18",
-    "RevNet with the ResNet-18 layout: 4 stages of 2 reversible blocks, 64-512 channels",
+    "RevNet with the ResNet-18 layout: 4 stages of 2 reversible blocks, 108-864 channels",
 )
 def revnet18(
     input_shape,
     num_classes,
-    width: int = 64,
+    width: int = 108,
     blocks_per_stage: int = 2,
     dropout: float = 0.0,
     memory_free: bool = True,
 ):
     """RevNet-18 (``width`` the first stage's channels, doubled per stage; ``blocks_per_stage``
-    sets the depth; ``memory_free=False`` keeps autograd's activations, for comparison)."""
+    sets the depth; ``memory_free=False`` keeps autograd's activations, for comparison). The
+    default width gives about the parameter count of ``resnet18`` (10.9M vs 11.2M at 3x32x32)."""
     return revnet(
         input_shape,
         num_classes,
@@ -80,4 +112,137 @@ def revnet18(
         (width, 2 * width, 4 * width, 8 * width),
         dropout=dropout,
         memory_free=memory_free,
+    )
+
+
+@register_model(
+    "irevnet18",
+    "i-RevNet: RevNet blocks and channel pooling, fully invertible body, 16-1024 channels",
+)
+def irevnet18(
+    input_shape,
+    num_classes,
+    width: int = 16,
+    blocks_per_stage: int = 2,
+    dropout: float = 0.0,
+    memory_free: bool = True,
+):
+    """i-RevNet-18: stem conv to ``width`` channels, then one invertible chain of 4 stages of
+    ``blocks_per_stage`` RevNet blocks with 2x2 channel pooling between stages (channels
+    ``width``, 4x, 16x, 64x: the weights grow quadratically, section 3.5); the pooled head."""
+    c, _, _ = _check_image(input_shape, "irevnet18")
+    if width % 2:
+        raise ShapeError(f"irevnet18 width must be even, got {width}")
+    chain: list[nn.Module] = []
+    channels = width
+    for stage in range(4):
+        if stage:
+            chain.append(ChannelPool(2))
+            channels *= 4
+        chain += [basic_rev_block(channels, dropout) for _ in range(blocks_per_stage)]
+    return nn.Sequential(
+        OrderedDict(
+            stem=_stem(c, width),
+            body=RevSequence(chain, memory_free=memory_free),
+            head=_head(channels, num_classes),
+        )
+    )
+
+
+def _pooling_plan(width: int) -> list[tuple[nn.Module | None, int]]:
+    """(pooling before the stage, channels of the stage) with alternating channel/batch pooling."""
+    return [
+        (None, width),
+        (ChannelPool(2), 4 * width),
+        (BatchPool(2), 4 * width),
+        (ChannelPool(2), 16 * width),
+    ]
+
+
+@register_model(
+    "layerwise18",
+    "layer-wise invertible net: invertible conv/BN/Leaky ReLU, channel-batch-channel pooling",
+)
+def layerwise18(
+    input_shape,
+    num_classes,
+    width: int = 46,
+    blocks_per_stage: int = 2,
+    negative_slope: float = 0.5,
+    eps_i: float = 0.1,
+    memory_free: bool = True,
+):
+    """Layer-wise invertible network (section 4.1.5): stem conv, then one invertible chain of
+    4 stages, each ``2 * blocks_per_stage`` units of invertible conv -> invertible BN ->
+    invertible Leaky ReLU (``negative_slope``, ``eps_i``), pooling channel / batch / channel
+    between stages (channels ``width``, 4x, 4x, 16x); the head undoes the batch pooling."""
+    c, _, _ = _check_image(input_shape, "layerwise18")
+    if width % 2:
+        raise ShapeError(f"layerwise18 width must be even, got {width}")
+    chain: list[nn.Module] = []
+    for pool, channels in _pooling_plan(width):
+        if pool is not None:
+            chain.append(pool)
+        for _ in range(2 * blocks_per_stage):
+            chain += [
+                InvertibleConv2d(channels),
+                InvertibleBatchNorm2d(channels, eps_i=eps_i),
+                InvertibleLeakyReLU(negative_slope),
+            ]
+    return nn.Sequential(
+        OrderedDict(
+            stem=_stem(c, width),
+            body=RevSequence(chain, memory_free=memory_free),
+            head=_head(16 * width, num_classes, unpool=1),
+        )
+    )
+
+
+def hybrid_block(channels: int, negative_slope: float = 0.5, eps_i: float = 0.1) -> RevBlock:
+    """A hybrid reversible block (section 4.2): a RevBlock whose F and G are invertible
+    BN -> Leaky ReLU -> invertible conv on ``channels // 2`` maps, back-propagated layer-wise."""
+    if channels % 4:
+        raise ShapeError(f"a hybrid block needs a channel count divisible by 4, got {channels}")
+    half = channels // 2
+
+    def branch() -> InvertibleSequential:
+        return InvertibleSequential(
+            InvertibleBatchNorm2d(half, eps_i=eps_i),
+            InvertibleLeakyReLU(negative_slope),
+            InvertibleConv2d(half),
+        )
+
+    return RevBlock(branch(), branch(), layerwise=True)
+
+
+@register_model(
+    "hybrid18",
+    "hybrid: RevBlocks of invertible layers (layer-wise backward), channel-batch-channel pooling",
+)
+def hybrid18(
+    input_shape,
+    num_classes,
+    width: int = 92,
+    blocks_per_stage: int = 2,
+    negative_slope: float = 0.5,
+    eps_i: float = 0.1,
+    memory_free: bool = True,
+):
+    """Hybrid invertible network (section 4.2): stem conv, then one invertible chain of 4
+    stages of ``blocks_per_stage`` :func:`hybrid_block` s, pooling channel / batch / channel
+    between stages (channels ``width``, 4x, 4x, 16x); the head undoes the batch pooling."""
+    c, _, _ = _check_image(input_shape, "hybrid18")
+    if width % 4:
+        raise ShapeError(f"hybrid18 width must be divisible by 4, got {width}")
+    chain: list[nn.Module] = []
+    for pool, channels in _pooling_plan(width):
+        if pool is not None:
+            chain.append(pool)
+        chain += [hybrid_block(channels, negative_slope, eps_i) for _ in range(blocks_per_stage)]
+    return nn.Sequential(
+        OrderedDict(
+            stem=_stem(c, width),
+            body=RevSequence(chain, memory_free=memory_free),
+            head=_head(16 * width, num_classes, unpool=1),
+        )
     )
