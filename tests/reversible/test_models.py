@@ -6,7 +6,7 @@ import torch
 
 from smallfoot.errors import ConfigError
 from smallfoot.memory import estimate, measure
-from smallfoot.methods import get_method, parse_options
+from smallfoot.methods import get_method
 from smallfoot.models import build_model, parameter_count
 from smallfoot.reversible import RevSequence
 from smallfoot.reversible.method import VARIANT_MODELS
@@ -74,15 +74,14 @@ def test_resnet18_scale_targets():
 
 
 def test_reversible_method_variants():
-    method_cls = get_method("reversible")
-    assert method_cls.custom_backward
+    assert get_method("reversible").custom_backward
     ctx = SimpleNamespace(input_shape=(1, 16, 16), num_classes=3)
     for variant, model_name in VARIANT_MODELS.items():
-        options = parse_options(method_cls.Options, {"variant": variant, "width": "8"})
-        model = method_cls(options).build_model(ctx)
+        method = get_method("reversible", {"variant": variant, "width": "8"})
+        model = method.build_model(ctx)
         expected = build_model(model_name, (1, 16, 16), 3, width=8)
         assert parameter_count(model) == parameter_count(expected)
     with pytest.raises(ConfigError, match="dropout"):
-        parse_options(method_cls.Options, {"variant": "hybrid", "dropout": "0.1"})
+        get_method("reversible", {"variant": "hybrid", "dropout": "0.1"})
     with pytest.raises(ConfigError, match="not one of"):
-        parse_options(method_cls.Options, {"variant": "mystery"})
+        get_method("reversible", {"variant": "mystery"})
