@@ -90,45 +90,35 @@ class RevBlock(nn.Module):
     def backward_from_output(self, y, grad_y, state, known_input=None):
         """Reconstruct the input from ``y`` and back-propagate ``grad_y`` through the block.
 
+        Block-wise (RevNet): ``G(y1)`` and then ``F(x2)`` are evaluated once each with
+        autograd, which both inverts the block and builds the graphs the gradients need (one
+        extra forward pass; only one branch's hidden activations are live at a time). Hybrid:
+        the inverse runs without a graph and F and G are back-propagated layer by layer.
         Returns ``(x, grad_x, [(parameter, gradient), ...])``; buffers (BN running statistics)
         are left as they were and the RNG states of ``state`` are replayed.
         """
         state_f, state_g = state if state is not None else (None, None)
         device = y.device
+        y1, y2 = self._split(y)
+        grad_y1, grad_y2 = self._split(grad_y)
+        known = self._split(known_input) if known_input is not None else None
         with _buffers_restored(self):
-            y1, y2 = self._split(y)
-            with torch.no_grad():
-                if known_input is not None:
-                    x1, x2 = self._split(known_input)
-                    f_out, g_out = y1 - x1, y2 - x2
-                else:
-                    _set_rng_state(state_g, device)
-                    g_out = self.g(y1)
-                    x2 = y2 - g_out
-                    _set_rng_state(state_f, device)
-                    f_out = self.f(x2)
-                    x1 = y1 - f_out
             if self.layerwise:
-                grad_y1, grad_y2 = self._split(grad_y)
-                grad_y1_from_g, grads_g = _layerwise_backward(self.g, g_out, grad_y2, y1)
+                with torch.no_grad():
+                    x2 = known[1] if known else y2 - self.g(y1)
+                    x1 = known[0] if known else y1 - self.f(x2)
+                grad_y1_from_g, grads_g = _layerwise_backward(self.g, y2 - x2, grad_y2, y1)
                 grad_y1 = grad_y1 + grad_y1_from_g
-                grad_x2_from_f, grads_f = _layerwise_backward(self.f, f_out, grad_y1, x2)
+                grad_x2_from_f, grads_f = _layerwise_backward(self.f, y1 - x1, grad_y1, x2)
                 grad_x = torch.cat([grad_y1, grad_y2 + grad_x2_from_f], dim=1)
                 return torch.cat([x1, x2], dim=1), grad_x, grads_f + grads_g
-            x1 = x1.detach().requires_grad_()
-            x2 = x2.detach().requires_grad_()
-            params = [p for p in self.parameters() if p.requires_grad]
-            with torch.enable_grad():
-                _set_rng_state(state_f, device)
-                z1 = x1 + self.f(x2)
-                _set_rng_state(state_g, device)
-                z2 = x2 + self.g(z1)
-                grads = torch.autograd.grad(
-                    torch.cat([z1, z2], dim=1), [x1, x2, *params], grad_y, allow_unused=True
-                )
-        grad_x = torch.cat([grads[0], grads[1]], dim=1)
-        x = torch.cat([x1.detach(), x2.detach()], dim=1)
-        return x, grad_x, list(zip(params, grads[2:], strict=True))
+            grad_y1_from_g, grads_g, g_out = _branch_backward(self.g, y1, grad_y2, state_g, device)
+            x2 = known[1] if known else y2 - g_out
+            grad_y1 = grad_y1 + grad_y1_from_g
+            grad_x2_from_f, grads_f, f_out = _branch_backward(self.f, x2, grad_y1, state_f, device)
+            x1 = known[0] if known else y1 - f_out
+        grad_x = torch.cat([grad_y1, grad_y2 + grad_x2_from_f], dim=1)
+        return torch.cat([x1, x2], dim=1), grad_x, grads_f + grads_g
 
     def extra_repr(self) -> str:
         return "layerwise=True" if self.layerwise else ""
@@ -217,6 +207,19 @@ def _backward_from_output(module, y, grad_y, state, known_input=None):
             out = module(x)
             grads = torch.autograd.grad(out, [x, *params], grad_y, allow_unused=True)
     return x.detach(), grads[0], list(zip(params, grads[1:], strict=True))
+
+
+def _branch_backward(branch: nn.Module, x, grad_out, state, device):
+    """Evaluate ``branch(x)`` with autograd (replaying ``state``) and back-propagate
+    ``grad_out``: returns ``(grad_x, [(param, grad)], output)`` with the output detached."""
+    x = x.detach().requires_grad_()
+    params = [p for p in branch.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        _set_rng_state(state, device)
+        out = branch(x)
+        grads = torch.autograd.grad(out, [x, *params], grad_out, allow_unused=True)
+    grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
+    return grad_x, list(zip(params, grads[1:], strict=True)), out.detach()
 
 
 def _layerwise_backward(chain: nn.Module, output, grad_output, known_input):
