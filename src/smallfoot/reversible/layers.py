@@ -23,7 +23,7 @@ def _check_poolable(x: torch.Tensor, block: int, name: str) -> None:
     if x.dim() != 4 or x.shape[2] % block or x.shape[3] % block:
         raise ShapeError(
             f"{name}({block}) needs (N, C, H, W) with H and W divisible by {block}, "
-            f"got {tuple(x.shape)}; pad the input (e.g. --pad-to 32)"
+            f"got {tuple(x.shape)}; pad the input (e.g. --data-opt pad_to=32)"
         )
 
 

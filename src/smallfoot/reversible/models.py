@@ -40,7 +40,7 @@ def _check_image(input_shape, name: str, stages: int = 4) -> tuple[int, int, int
     if h % size or w % size:
         raise ShapeError(
             f"{name} pools {stages - 1} times by 2, so H and W must be multiples of {size}; got "
-            f"{h}x{w}: pad the images (--pad-to 32)"
+            f"{h}x{w}: pad the images (--data-opt pad_to=32)"
         )
     return c, h, w
 
