@@ -85,3 +85,14 @@ def test_reversible_method_variants():
         get_method("reversible", {"variant": "hybrid", "dropout": "0.1"})
     with pytest.raises(ConfigError, match="not one of"):
         get_method("reversible", {"variant": "mystery"})
+
+
+def test_meter_breakdown_shows_only_chain_outputs_and_the_head():
+    """Each reversible stage hands autograd one tensor, its output; the stride-2 transition
+    after it saves that same storage (counted once), so nothing else in the body is kept."""
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    report = estimate(build_model("revnet18", (3, 32, 32), 10, width=8), (x, y))
+    body = {k: v for k, v in report.by_module.items() if not k.startswith(("head", "(loss)"))}
+    assert set(body) == {"stage1", "stage2", "stage3", "stage4"}
+    assert all(v["tensors"] == 1 for v in body.values())
+    assert body["stage1"]["saved_activations"] == 8 * 8 * 32 * 32 * 4  # the stage-1 output
