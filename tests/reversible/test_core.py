@@ -177,3 +177,21 @@ def test_hybrid_backward_never_recomputes_a_whole_branch_with_autograd(monkeypat
     assert forward_calls == 2  # F and G once each in the forward pass
     assert grad_modes[forward_calls:] == [False, False]  # the block inverse only
     assert x.grad is not None
+
+
+def test_hybrid_block_with_a_coupling_first_in_its_branches():
+    """A branch starting with an invertible conv hands it its exactly known input."""
+    from smallfoot.reversible import InvertibleConv2d, InvertibleLeakyReLU
+
+    torch.manual_seed(0)
+
+    def branch():
+        return InvertibleSequential(
+            InvertibleConv2d(4), InvertibleBatchNorm2d(4), InvertibleLeakyReLU(0.3)
+        )
+
+    fast = RevSequence([RevBlock(branch(), branch(), layerwise=True) for _ in range(2)]).double()
+    plain = copy.deepcopy(fast)
+    plain.memory_free = False
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    assert check_grad_parity(fast, plain, x, atol=1e-10) < 1e-10
