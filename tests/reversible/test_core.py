@@ -8,6 +8,8 @@ from smallfoot.errors import InvertibilityError, ShapeError
 from smallfoot.reversible import (
     ChannelPool,
     InvertibleBatchNorm2d,
+    InvertibleConv2d,
+    InvertibleLeakyReLU,
     InvertibleSequential,
     RevBlock,
     RevSequence,
@@ -181,8 +183,6 @@ def test_hybrid_backward_never_recomputes_a_whole_branch_with_autograd(monkeypat
 
 def test_hybrid_block_with_a_coupling_first_in_its_branches():
     """A branch starting with an invertible conv hands it its exactly known input."""
-    from smallfoot.reversible import InvertibleConv2d, InvertibleLeakyReLU
-
     torch.manual_seed(0)
 
     def branch():
