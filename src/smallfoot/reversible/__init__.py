@@ -22,6 +22,15 @@ from smallfoot.reversible.models import (
     revnet,
     revnet18,
 )
+from smallfoot.reversible.snr import (
+    alpha_batchnorm,
+    alpha_batchnorm_toy,
+    alpha_leaky_relu,
+    measure_alpha,
+    snr,
+    snr_through_chain,
+    to_db,
+)
 
 __all__ = [
     "BatchPool",
@@ -33,11 +42,18 @@ __all__ = [
     "InvertibleSequential",
     "RevBlock",
     "RevSequence",
+    "alpha_batchnorm",
+    "alpha_batchnorm_toy",
+    "alpha_leaky_relu",
     "basic_rev_block",
     "hybrid18",
     "hybrid_block",
     "irevnet18",
     "layerwise18",
+    "measure_alpha",
     "revnet",
     "revnet18",
+    "snr",
+    "snr_through_chain",
+    "to_db",
 ]

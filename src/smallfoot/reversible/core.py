@@ -296,7 +296,10 @@ class RevSequence(nn.Module):
     backward's recomputation (inside ``torch.random.fork_rng``, so the global RNG is left
     alone). ``None`` turns it on when the chain contains an ``nn.Dropout*`` layer; set it to
     ``True`` for other random layers. Without it the chain compiles with
-    ``torch.compile(fullgraph=True)``.
+    ``torch.compile(fullgraph=True)`` once ``torch._dynamo.config.trace_autograd_ops = True``
+    is set (the backward calls ``torch.autograd.grad``, which Dynamo traces only with that
+    switch); reading the RNG state is never traceable, so a replaying chain compiles only
+    without ``fullgraph``.
     """
 
     invertible = True
