@@ -2,10 +2,12 @@ import torch
 
 from smallfoot.bench.reversible import (
     BASELINE,
+    CHECKPOINT,
     REVERSIBLE,
     matched_width,
     stored_copy,
     target_rows,
+    training_rows,
 )
 from smallfoot.models import build_model, parameter_count
 from smallfoot.reversible import RevSequence
@@ -57,3 +59,14 @@ def test_target_rows_judge_each_target():
     assert verdicts["irevnet18 accuracy within 1 point"]
     assert verdicts["revnet18 time per epoch <= 1.6x baseline"]
     assert not verdicts["hybrid18 step time <= 2.2x the same model with stored activations"]
+
+
+def test_training_rows_report_the_median_over_seeds():
+    rows = {r["model"]: r for r in training_rows(True, 0, 0, 1, 4, seeds=(0, 1))}
+    for row in rows.values():
+        accuracies = sorted(float(a) for a in row["accuracy_by_seed"].split(" / "))
+        assert len(accuracies) == 2
+        assert abs(row["test_accuracy"] - sum(accuracies) / 2) < 1e-4
+    # checkpointing recomputes exactly: same seed, same weights, same accuracy
+    assert rows[CHECKPOINT]["accuracy_by_seed"] == rows[BASELINE]["accuracy_by_seed"]
+    assert rows[BASELINE]["time_vs_baseline"] == 1

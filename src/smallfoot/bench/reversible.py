@@ -6,13 +6,16 @@
 2. The paper's running example: one training step on a batch of 512 images of 32x32.
 3. Training on a Fashion-MNIST subset padded to 32x32 with every model at (about) the
    baseline's parameter count: test accuracy, seconds per epoch and its ratio to the baseline,
-   and the meter's measured saved activations, peak and per-pixel cost at the batch size.
+   and the meter's measured saved activations, peak and per-pixel cost at the batch size;
+   accuracy and time are medians over seeds.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +141,11 @@ def stored_copy(model: nn.Module) -> nn.Module:
     return plain
 
 
-def training_rows(quick: bool, train_limit: int, test_limit: int, epochs: int, width: int):
-    """One row per config: accuracy, seconds per epoch (and ratio), measured memory."""
+def training_rows(
+    quick: bool, train_limit: int, test_limit: int, epochs: int, width: int, seeds=(0,)
+):
+    """One row per config: median test accuracy over ``seeds`` (each seed draws the weights
+    and the batch order), median seconds per epoch (and ratio), measured memory."""
     dataset = "digits" if quick else "fashion-mnist"
     limits = ({}, {}) if quick else ({"limit": train_limit}, {"limit": test_limit})
     pad = 16 if quick else 32
@@ -152,7 +158,6 @@ def training_rows(quick: bool, train_limit: int, test_limit: int, epochs: int, w
         momentum=0.9,
         weight_decay=5e-4,
         schedule="cosine",
-        seed=0,
     )
     shape, classes = train.input_shape, train.num_classes
     target = parameter_count(build_model(BASELINE, shape, classes, width=width))
@@ -168,20 +173,28 @@ def training_rows(quick: bool, train_limit: int, test_limit: int, epochs: int, w
         reconstruction = step_seconds(copy.deepcopy(model), x, y) / step_seconds(
             stored_copy(model), x, y
         )
-        trainer = Trainer(model, train, test, config, progress=False)
-        start = time.perf_counter()
-        trainer.fit()
-        seconds = (time.perf_counter() - start) / config.epochs
+        accuracies, epoch_seconds = [], []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = build(name, shape, classes, width=widths[name])
+            trainer = Trainer(model, train, test, replace(config, seed=seed), progress=False)
+            start = time.perf_counter()
+            trainer.fit()
+            epoch_seconds.append((time.perf_counter() - start) / config.epochs)
+            accuracies.append(trainer.history[-1]["test_accuracy"])
+        seconds = statistics.median(epoch_seconds)
         base_seconds = base_seconds or seconds
         base_saved = base_saved or report.saved_activations
         rows.append(
             {
                 "section": f"training ({dataset}, {len(train)} train / {len(test)} test, "
-                f"{config.epochs} epochs, batch {config.batch_size}, parameter-matched)",
+                f"{config.epochs} epochs, batch {config.batch_size}, parameter-matched, "
+                f"median of {len(seeds)} seeds)",
                 "model": name,
                 "width": widths[name],
                 "parameters": parameter_count(model),
-                "test_accuracy": round(trainer.history[-1]["test_accuracy"], 4),
+                "test_accuracy": round(statistics.median(accuracies), 4),
+                "accuracy_by_seed": " / ".join(f"{a:.4f}" for a in accuracies),
                 "seconds_per_epoch": round(seconds, 2),
                 "time_vs_baseline": round(seconds / base_seconds, 2),
                 "step_time_vs_stored": round(reconstruction, 2),
@@ -266,6 +279,7 @@ def run_reversible_bench(
     test_limit: int = 2000,
     epochs: int = 4,
     width: int = 8,
+    seeds: tuple[int, ...] = (0, 1, 2),
 ) -> BenchResult:
     """Memory by depth and the running example (estimates at ResNet-18 scale) and a short,
     parameter-matched training comparison."""
@@ -273,13 +287,14 @@ def run_reversible_bench(
     figure = plot(rows, out_dir)
     if not quick:
         rows += running_example_rows()
-    rows += training_rows(quick, train_limit, test_limit, epochs, width)
+    rows += training_rows(quick, train_limit, test_limit, epochs, width, (0,) if quick else seeds)
     rows += target_rows(rows)
     notes = (
         "Memory rows: smallfoot.memory.estimate of one SGD step (fake tensors) with the models' "
         "default widths, which match resnet18's 11.2M parameters within 10% (irevnet18: 10.1M). "
         "Training rows: every model at the width whose parameter count is closest to "
-        "resnet18 at the given width; saved activations, peak and per-pixel cost measured by "
+        "resnet18 at the given width, trained once per seed (weights and batch order); "
+        "test_accuracy and seconds_per_epoch are the medians over seeds; saved activations, peak and per-pixel cost measured by "
         "smallfoot.memory.measure on the first batch; wall time on a 2-core CPU machine. "
         "step_time_vs_stored: median forward+backward time of one batch against the same "
         "model with memory_free=False (autograd keeps the activations), i.e. the cost of "
