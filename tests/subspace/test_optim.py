@@ -1,5 +1,6 @@
 """P-SGD stays in span(P); P-BFGS solves a quadratic in d + 2 steps; the line search is Armijo."""
 
+import copy
 import math
 
 import pytest
@@ -171,3 +172,31 @@ def test_line_search_is_exact_on_a_quadratic_and_gives_up_without_decrease():
     assert alpha == pytest.approx(3.0) and value == pytest.approx(0.0) and evals == 2
     alpha, value, evals = armijo_line_search(lambda t: (1.0, 0.0), 0.0, -1.0, 1.0, max_evals=4)
     assert (alpha, value, evals) == (0.0, 0.0, 4)
+
+
+def test_pbfgs_updates_batch_norm_statistics_once_per_step_whatever_the_line_search_tries():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    reference = copy.deepcopy(model)
+    reference(x)  # one training-mode forward at the starting point
+    params = list(model.parameters())
+    basis = random_basis(sum(p.numel() for p in params), 3, seed=1)
+    # a first trial step far too long, so that the line search evaluates several points
+    optimizer = PBFGS(params, basis, lr=1e3, buffers=model.buffers())
+    start = flatten(params).clone()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    state = optimizer.state[params[0]]
+    assert state["last_evals"] > 1 and state["last_alpha"] > 0
+    assert not torch.equal(flatten(params), start)
+    bn, reference_bn = model[1], reference[1]
+    assert int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(bn.running_mean, reference_bn.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, reference_bn.running_var, rtol=0, atol=0)

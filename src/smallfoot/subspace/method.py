@@ -84,7 +84,7 @@ def make_subspace_optimizer(
     if name == "psgd":
         return PSGD(params, basis.to(device), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "pbfgs":
-        return PBFGS(params, basis.to(device), lr=lr)
+        return PBFGS(params, basis.to(device), lr=lr, buffers=model.buffers())
     raise ConfigError(f"unknown subspace optimizer {name!r}; choose psgd or pbfgs")
 
 

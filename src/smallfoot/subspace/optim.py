@@ -164,6 +164,10 @@ class PBFGS(torch.optim.Optimizer):
         c1: Armijo constant.
         max_evals: closure evaluations per line search at most.
         refine_tol: see :func:`armijo_line_search`; 0 makes every search exact on quadratics.
+        buffers: tensors the closure changes as a side effect (batch-norm running statistics,
+            ``num_batches_tracked``): each step keeps what its first evaluation, at the
+            current point, made of them, and restores them after every line-search trial, so
+            they are updated exactly once per step, never from rejected trial points.
     """
 
     needs_closure = True
@@ -176,6 +180,7 @@ class PBFGS(torch.optim.Optimizer):
         c1: float = 1e-4,
         max_evals: int = 10,
         refine_tol: float = 0.1,
+        buffers: Iterable[torch.Tensor] = (),
     ):
         if lr <= 0 or not 0 < c1 < 0.5 or max_evals < 1 or refine_tol < 0:
             raise ConfigError(
@@ -186,6 +191,7 @@ class PBFGS(torch.optim.Optimizer):
         defaults = {"lr": lr, "c1": c1, "max_evals": max_evals, "refine_tol": refine_tol}
         super().__init__(params, defaults)
         self.state[params[0]]["basis"] = basis.P
+        self.kept_buffers = list(buffers)
 
     def _projected_grad(self, P: torch.Tensor) -> torch.Tensor:
         return (P.T @ flat_grad(self.param_groups[0]["params"])).double()
@@ -211,6 +217,7 @@ class PBFGS(torch.optim.Optimizer):
                 skipped_updates=0,
             )
         loss = closure()
+        buffers_after_first = [b.clone() for b in self.kept_buffers]
         phi0 = float(loss)
         grad = self._projected_grad(P)  # (d,)
         B = state["inverse_hessian"]
@@ -242,6 +249,8 @@ class PBFGS(torch.optim.Optimizer):
             add_to_params(params, full_direction, alpha=alpha - position)
             position = alpha
             value = float(closure())
+            for buffer, kept in zip(self.kept_buffers, buffers_after_first, strict=True):
+                buffer.copy_(kept)
             return value, float(self._projected_grad(P) @ direction)
 
         alpha, _, evals = armijo_line_search(
