@@ -24,6 +24,7 @@ from torch import nn
 
 from smallfoot.bench import BenchResult, register_benchmark
 from smallfoot.data import BatchLoader, load_dataset
+from smallfoot.errors import TrainingError
 from smallfoot.memory import estimate, measure
 from smallfoot.models import build_model, parameter_count
 from smallfoot.peers import checkpointed
@@ -173,15 +174,22 @@ def training_rows(
         reconstruction = step_seconds(copy.deepcopy(model), x, y) / step_seconds(
             stored_copy(model), x, y
         )
-        accuracies, epoch_seconds = [], []
+        accuracies, epoch_seconds, outcomes = [], [], []
         for seed in seeds:
             torch.manual_seed(seed)
             model = build(name, shape, classes, width=widths[name])
             trainer = Trainer(model, train, test, replace(config, seed=seed), progress=False)
             start = time.perf_counter()
-            trainer.fit()
+            try:
+                trainer.fit()
+            except TrainingError:  # a non-finite loss: reported, not hidden
+                outcomes.append("diverged")
+                continue
             epoch_seconds.append((time.perf_counter() - start) / config.epochs)
             accuracies.append(trainer.history[-1]["test_accuracy"])
+            outcomes.append(f"{accuracies[-1]:.4f}")
+        if not accuracies:
+            raise TrainingError(f"{name} diverged with every seed {list(seeds)}")
         seconds = statistics.median(epoch_seconds)
         base_seconds = base_seconds or seconds
         base_saved = base_saved or report.saved_activations
@@ -194,7 +202,8 @@ def training_rows(
                 "width": widths[name],
                 "parameters": parameter_count(model),
                 "test_accuracy": round(statistics.median(accuracies), 4),
-                "accuracy_by_seed": " / ".join(f"{a:.4f}" for a in accuracies),
+                "accuracy_by_seed": " / ".join(outcomes),
+                "diverged_runs": outcomes.count("diverged"),
                 "seconds_per_epoch": round(seconds, 2),
                 "time_vs_baseline": round(seconds / base_seconds, 2),
                 "step_time_vs_stored": round(reconstruction, 2),
@@ -294,8 +303,10 @@ def run_reversible_bench(
         "default widths, which match resnet18's 11.2M parameters within 10% (irevnet18: 10.1M). "
         "Training rows: every model at the width whose parameter count is closest to "
         "resnet18 at the given width, trained once per seed (weights and batch order); "
-        "test_accuracy and seconds_per_epoch are the medians over seeds; saved activations, peak and per-pixel cost measured by "
-        "smallfoot.memory.measure on the first batch; wall time on a 2-core CPU machine. "
+        "test_accuracy and seconds_per_epoch are the medians over the seeds that did not "
+        "diverge (a non-finite loss stops a run; diverged_runs counts them); saved "
+        "activations, peak and per-pixel cost measured by smallfoot.memory.measure on the "
+        "first batch; wall time on a 2-core CPU machine. "
         "step_time_vs_stored: median forward+backward time of one batch against the same "
         "model with memory_free=False (autograd keeps the activations), i.e. the cost of "
         "the reconstruction alone; time_vs_baseline also contains the architectures' "
