@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -164,6 +165,34 @@ def test_closure_optimizer_gets_a_loss_closure():
     )
     trainer.fit()
     assert len(seen) == 2 and all(v > 0 for v in seen)
+
+
+def test_closure_re_evaluations_do_not_update_batch_norm_statistics_again():
+    train = load_dataset("synthetic", "train", shape=(4,), num_classes=2, size=20)
+
+    class ClosureTwiceSGD(torch.optim.SGD):
+        needs_closure = True
+
+        def step(self, closure=None):
+            closure(), closure()  # like a line search evaluating trial points
+            return super().step()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    reference = copy.deepcopy(model)
+    trainer = Trainer(
+        model,
+        train,
+        None,
+        TrainConfig(epochs=1, batch_size=20),
+        optimizer=ClosureTwiceSGD(model.parameters(), lr=0.1),
+        progress=False,
+    )
+    trainer.fit()
+    reference(train.x)  # one training-mode forward on the one batch (statistics ignore order)
+    assert int(model[1].num_batches_tracked) == 1
+    torch.testing.assert_close(model[1].running_mean, reference[1].running_mean)
+    torch.testing.assert_close(model[1].running_var, reference[1].running_var)
 
 
 def test_learns_a_separable_problem():

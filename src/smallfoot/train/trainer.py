@@ -279,7 +279,13 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 return self.forward_backward_step(x, y)[0]
 
+            # the forward above already updated batch-norm statistics for this step; the
+            # closure's re-evaluations must not update them again
+            buffers = list(self.model.buffers())
+            kept = [buffer.clone() for buffer in buffers]
             self.optimizer.step(closure)
+            for buffer, value in zip(buffers, kept, strict=True):
+                buffer.copy_(value)
         else:
             self.optimizer.step()
         self.scheduler.step()
