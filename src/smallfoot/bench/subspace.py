@@ -24,7 +24,7 @@ from smallfoot.losses import SoftmaxCrossEntropy
 from smallfoot.models import build_model
 from smallfoot.subspace import TrajectorySampler, TrajectoryStore, dldr, parameter_layout
 from smallfoot.subspace.method import make_subspace_optimizer, step_memory
-from smallfoot.train import TrainConfig, Trainer, make_optimizer
+from smallfoot.train import RecalibrateBatchNorm, TrainConfig, Trainer, make_optimizer
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "cnn4": ("cnn4", {"widths": [8, 16, 32, 32]}),
@@ -144,6 +144,7 @@ def one_model(label: str, noise: float, setup: Setup, train: ArrayDataset, test:
                 config(epochs, "cosine" if key == "psgd" else "constant"),
                 loss_fn,
                 optimizer=optimizer,
+                callbacks=[RecalibrateBatchNorm()],
                 progress=False,
             )
             curve = sampling_curve + train_curve(stage, setup.sample_epochs, offset)

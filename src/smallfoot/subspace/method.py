@@ -33,6 +33,7 @@ from smallfoot.methods import (
 from smallfoot.subspace.basis import Basis, dldr
 from smallfoot.subspace.optim import PBFGS, PSGD
 from smallfoot.subspace.trajectory import TrajectorySampler, TrajectoryStore, parameter_layout
+from smallfoot.train.batchnorm import RecalibrateBatchNorm
 from smallfoot.train.trainer import Trainer, make_optimizer
 
 # Above this many bytes of samples, "auto" storage writes them to a disk memmap.
@@ -53,6 +54,9 @@ class SubspaceOptions:
     """optimizer inside the subspace: psgd or pbfgs (--optimizer picks the sampling stage's)"""
     subspace_lr: float | None = None
     """P-SGD learning rate (default: the run's --lr) or P-BFGS first trial step (default: 1)"""
+    recalibrate_bn: bool = True
+    """recompute batch-norm running statistics over the training set after every subspace
+    epoch: P-BFGS's long steps leave the running averages behind the weights"""
     storage: Literal["auto", "ram", "disk"] = "auto"
     """where samples live: ram, disk (memmap in the run directory) or auto (disk above 1 GiB)"""
     basis: str | None = field(default=None)
@@ -205,7 +209,8 @@ class Subspace(Method):
             config.momentum,
             config.weight_decay,
         )
-        subspace = resumable(trainer(subspace_config, optimizer, name="subspace"))
+        callbacks = [RecalibrateBatchNorm()] if options.recalibrate_bn else []
+        subspace = resumable(trainer(subspace_config, optimizer, callbacks, name="subspace"))
         subspace.fit()
 
         history = [{**m, "stage": "sampling"} for m in sampling_history]

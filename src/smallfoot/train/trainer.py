@@ -65,6 +65,9 @@ class Callback:
     ) -> None:
         """After the optimizer step of one batch."""
 
+    def on_train_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        """After the last training step of epoch ``epoch``, before its evaluation."""
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         """After evaluation of epoch ``epoch``; keys added to ``metrics`` land in metrics.jsonl."""
 
@@ -230,6 +233,8 @@ class Trainer:
             callback.on_epoch_start(self, epoch)
         start = time.perf_counter()
         metrics: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+        for callback in self.callbacks:
+            callback.on_train_epoch_end(self, epoch)
         metrics["seconds"] = time.perf_counter() - start
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.test_set is not None:
