@@ -34,6 +34,7 @@ from torch import nn
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.errors import ConfigError, UnknownNameError
 from smallfoot.losses import build_loss
+from smallfoot.memory.meter import MemoryReport
 from smallfoot.models import build_model
 from smallfoot.train.trainer import Callback, TrainConfig, Trainer, make_optimizer
 
@@ -142,6 +143,44 @@ class Method:
         metrics = trainer.fit()
         memory = self.measure_memory(ctx, trainer) if ctx.config.measure_memory else None
         return TrainOutcome(trainer.model, metrics, trainer.history, memory)
+
+    def model_name(self, ctx: RunContext) -> str:
+        """The name of the model this method actually trains (``config.model`` unless the
+        method swaps it, e.g. for its reversible twin); the summary and ``compare`` show it."""
+        return ctx.config.model
+
+    def check_run(self, ctx: RunContext) -> None:
+        """Refuse, with one ``ConfigError`` line naming the fix, a run this method cannot honour
+        as configured (too few epochs, wrong model, wrong input shape), before any work starts."""
+
+    def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
+        """``(config, notes)``: ``config`` changed so this method can run it (another model,
+        padding, more epochs) and one note per change, for ``compare``; unchanged by default."""
+        return config, []
+
+    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """The meter's report of one training step as this method trains: its model, loss and
+        optimizer on a batch of ``config.batch_size`` random inputs of ``ctx.input_shape``
+        (estimated on fake tensors when ``fake``). Staged methods report their largest stage
+        (``report.stage`` names it); a method without a backprop step raises ``ConfigError``."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        from smallfoot.memory import estimate, measure
+
+        loss_fn, _ = self.make_loss(ctx)
+        batch, shape = ctx.config.batch_size, ctx.input_shape
+        torch.manual_seed(ctx.config.seed)
+        if fake:
+            with FakeTensorMode():
+                net = self.build_model(ctx)
+                opt = self.make_optimizer(ctx, net)
+                x = torch.randn(batch, *shape)
+                y = torch.randint(ctx.num_classes, (batch,))
+            return estimate(net, (x, y), loss_fn=loss_fn, optimizer=opt)
+        net = self.build_model(ctx)
+        opt = self.make_optimizer(ctx, net)
+        x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
+        return measure(net, (x, y), loss_fn=loss_fn, optimizer=opt)
 
     def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
         """The meter's report of one training step of ``trainer.model`` at the run's batch size."""

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from smallfoot.errors import ConfigError, ShapeError
-from smallfoot.memory.meter import MemoryReport, estimate, measure
+from smallfoot.memory.meter import MemoryReport
 
 
 def configured_step(
@@ -54,16 +53,4 @@ def configured_step(
         torch.zeros(1, *input_shape), torch.zeros(1, dtype=torch.long), classes, "synthetic"
     )
     ctx = RunContext(config, runner.options, sample, sample)
-    loss_fn, _ = runner.make_loss(ctx)
-    torch.manual_seed(seed)
-    if fake:
-        with FakeTensorMode():
-            net = runner.build_model(ctx)
-            opt = runner.make_optimizer(ctx, net)
-            x = torch.randn(batch, *input_shape)
-            y = torch.randint(classes, (batch,))
-        return estimate(net, (x, y), loss_fn=loss_fn, optimizer=opt)
-    net = runner.build_model(ctx)
-    opt = runner.make_optimizer(ctx, net)
-    x, y = torch.randn(batch, *input_shape), torch.randint(classes, (batch,))
-    return measure(net, (x, y), loss_fn=loss_fn, optimizer=opt)
+    return runner.step_memory(ctx, fake=fake)

@@ -89,6 +89,8 @@ class MemoryReport:
     by_module: dict[str, dict[str, int]]
     saved_by_hooks: int
     timeline: dict[str, Any] = field(repr=False, default_factory=dict)
+    stage: str | None = None
+    """for staged methods: the stage this step belongs to (their largest by peak)"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field except the timeline (see :meth:`timeline_dict`)."""
@@ -109,6 +111,7 @@ class MemoryReport:
             "estimated": self.estimated,
             "by_module": {k: dict(v) for k, v in self.by_module.items()},
             "saved_by_hooks": self.saved_by_hooks,
+            **({"stage": self.stage} if self.stage is not None else {}),
         }
 
     def timeline_dict(self) -> dict[str, Any]:

@@ -106,12 +106,13 @@ def run_training(config: RunConfig, resume_dir: str | Path | None = None) -> dic
     ctx = RunContext(
         config, method.options, train_set, test_set, run_dir, device, resume=resume_dir is not None
     )
+    method.check_run(ctx)
     start = time.perf_counter()
     outcome = method.train(ctx)
     seconds = time.perf_counter() - start
     summary = {
         "dataset": config.dataset,
-        "model": config.model,
+        "model": method.model_name(ctx),
         "method": config.method,
         "train_samples": len(train_set),
         "test_samples": len(test_set),
