@@ -1,4 +1,7 @@
+import dataclasses
 import json
+
+import pytest
 
 from smallfoot.compare import compare_methods, plot_comparison
 from smallfoot.config import RunConfig
@@ -16,14 +19,109 @@ class AlwaysFails(Method):
         raise ShapeError("this method needs 32x32 inputs")
 
 
-def test_rows_ratios_and_errors(tmp_path):
-    base = RunConfig(
-        dataset="digits", model="mlp", epochs=1, progress=False, model_options={"widths": [16]}
+@register_method
+class RaisesBug(Method):
+    name = "test-raises-bug"
+    description = "test only: a bug (not a smallfoot error) while building"
+
+    def build_model(self, ctx):
+        raise RuntimeError("an internal bug")
+
+
+@register_method
+class NeedsTwoEpochs(Method):
+    name = "test-needs-two-epochs"
+    description = "test only: adapts the run to two epochs"
+
+    def check_run(self, ctx):
+        from smallfoot.errors import ConfigError
+
+        if ctx.config.epochs < 2:
+            raise ConfigError("needs --epochs 2")
+
+    def adapt(self, config, input_shape):
+        if config.epochs >= 2:
+            return config, []
+        return dataclasses.replace(config, epochs=2), ["epochs 1 -> 2 (needs two)"]
+
+
+@register_method
+class Interrupted(Method):
+    name = "test-interrupted"
+    description = "test only: the user presses Ctrl-C"
+
+    def build_model(self, ctx):
+        raise KeyboardInterrupt
+
+
+def tiny_base(**kw) -> RunConfig:
+    return RunConfig(
+        dataset="digits",
+        model="mlp",
+        epochs=1,
+        progress=False,
+        train_limit=256,
+        test_limit=128,
+        model_options={"widths": [16]},
+        **kw,
     )
-    rows = compare_methods(base, ["test-fails-on-build", "baseline"], tmp_path)
-    assert [r["method"] for r in rows] == ["baseline", "test-fails-on-build"]
+
+
+def test_rows_ratios_and_errors(tmp_path):
+    rows = compare_methods(
+        tiny_base(), ["test-fails-on-build", "test-raises-bug", "baseline"], tmp_path, warm=False
+    )
+    assert [r["method"] for r in rows] == ["baseline", "test-fails-on-build", "test-raises-bug"]
     assert rows[0]["seconds_ratio"] == 1.0 and rows[0]["peak_ratio"] == 1.0
     assert rows[0]["peak"] > 0 and 0 <= rows[0]["test_accuracy"] <= 1
+    assert rows[0]["model"] == "mlp" and rows[0]["epochs"] == 1 and rows[0]["adapted"] == []
     assert "32x32" in rows[1]["error"]
+    assert rows[2]["error"].startswith("RuntimeError: an internal bug")
     assert json.loads((tmp_path / "compare.json").read_text()) == rows
     assert plot_comparison(rows, tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_adapted_method_gets_a_row_that_says_so(tmp_path):
+    started = []
+    rows = compare_methods(
+        tiny_base(),
+        ["baseline", "test-needs-two-epochs"],
+        tmp_path,
+        warm=False,
+        on_start=lambda i, n, name, config, notes: started.append((i, n, name, config.epochs)),
+    )
+    assert started == [(0, 2, "baseline", 1), (1, 2, "test-needs-two-epochs", 2)]
+    assert rows[1]["epochs"] == 2 and rows[1]["adapted"] == ["epochs 1 -> 2 (needs two)"]
+    assert "error" not in rows[1]
+
+
+def test_interrupt_stops_the_comparison_and_keeps_finished_rows(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        compare_methods(
+            tiny_base(), ["baseline", "test-interrupted", "test-fails-on-build"], tmp_path
+        )
+    rows = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["method"] for r in rows] == ["baseline"]
+
+
+def test_cli_exits_non_zero_when_a_method_failed(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from smallfoot import cli
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "smallfoot", "compare", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+            "--train-limit", "256", "--methods", "baseline,test-fails-on-build",
+            "--out-dir", str(tmp_path),
+        ],
+    )  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out = capsys.readouterr()
+    assert exit_.value.code == 1
+    assert "1 of 2 methods failed: test-fails-on-build" in out.err
+    assert "test-fails-on-build failed: this method needs 32x32 inputs" in out.out
+    assert "[2/2] test-fails-on-build" in out.out

@@ -373,29 +373,79 @@ def compare(
         "progress": False,
     }
     base = apply_overrides(base, {k: v for k, v in flags.items() if v is not None})
-    rows = compare_methods(base, methods_.split(",") if methods_ else None, out_dir)
-    table = Table(
-        title=f"{base.dataset} / {base.model}: methods compared (memory from smallfoot.memory)"
+    rows = compare_methods(
+        base,
+        methods_.split(",") if methods_ else None,
+        out_dir,
+        on_start=_compare_started,
+        on_row=_compare_finished,
     )
-    for column in (
-        "method",
-        "test acc",
-        "peak",
-        "x baseline",
-        "saved act.",
-        "x baseline",
-        "seconds",
-        "x baseline",
-    ):
-        table.add_column(column)
+    print_comparison(rows, f"{base.dataset} / {base.model}: methods compared")
+    console.print(f"rows: {Path(out_dir) / 'compare.json'}")
+    if plot is not None:
+        console.print(f"plot: {plot_comparison(rows, plot)}")
+    failed = [row["method"] for row in rows if "error" in row]
+    if failed:
+        print(
+            f"error: {len(failed)} of {len(rows)} methods failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+
+
+_compare_clock: dict[str, float] = {}
+
+
+def _compare_started(index: int, total: int, name: str, config, notes: list[str]) -> None:
+    import time
+
+    _compare_clock.setdefault("start", time.perf_counter())
+    adapted = f"; adapted: {'; '.join(notes)}" if notes else ""
+    console.print(
+        f"[bold][{index + 1}/{total}][/bold] {name}: {config.model}, {config.epochs} epochs"
+        f"{adapted}",
+        soft_wrap=True,
+    )
+
+
+def _compare_finished(index: int, total: int, row: dict[str, Any]) -> None:
+    import time
+
+    elapsed = time.perf_counter() - _compare_clock.get("start", time.perf_counter())
+    left = elapsed / (index + 1) * (total - index - 1)
+    if "error" in row:
+        outcome = f"[red]failed[/red]: {row['error']}"
+    else:
+        outcome = (
+            f"test {_pct(row['test_accuracy'])}, peak {_mib(row['peak'])}, {row['seconds']:.1f} s"
+        )
+    console.print(
+        f"      {row['method']} done: {outcome}  [dim]({index + 1}/{total} methods, "
+        f"{elapsed:.0f} s elapsed, about {left:.0f} s left)[/dim]",
+        soft_wrap=True,
+    )
+
+
+def print_comparison(rows: list[dict[str, Any]], title: str) -> None:
+    """Print ``compare`` rows as one table (what each row trained, its figures and ratios to
+    baseline), then each failed method's full error and each adaptation on a line of its own."""
+    table = Table(title=f"{title} (memory from smallfoot.memory)")
+    table.add_column("method", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    table.add_column("epochs", justify="right")
+    for column in ("test acc", "peak", "x base", "saved act.", "x base", "seconds", "x base"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         if "error" in row:
-            table.add_row(row["method"], f"[red]n/a[/red]: {row['error']}", *[""] * 6)
+            table.add_row(row["method"], "-", "-", "[red]failed[/red]", *[""] * 6)
             continue
+        stage = f" ({row['stage']})" if row.get("stage") else ""
         table.add_row(
-            row["method"],
+            row["method"] + ("*" if row.get("adapted") else ""),
+            row["model"],
+            str(row["epochs"]),
             _pct(row["test_accuracy"]),
-            _mib(row["peak"]),
+            _mib(row["peak"]) + stage,
             _ratio(row.get("peak_ratio")),
             _mib(row["saved_activations"]),
             _ratio(row.get("saved_activations_ratio")),
@@ -403,8 +453,12 @@ def compare(
             _ratio(row.get("seconds_ratio")),
         )
     console.print(table)
-    if plot is not None:
-        console.print(f"plot: {plot_comparison(rows, plot)}")
+    for row in rows:
+        for note in row.get("adapted") or []:
+            console.print(f"* {row['method']}: {note}", soft_wrap=True)
+    for row in rows:
+        if "error" in row:
+            console.print(f"[red]{row['method']} failed[/red]: {row['error']}", soft_wrap=True)
 
 
 def _ratio(value) -> str:
