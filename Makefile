@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format package-check clean
 
 install: $(STAMP)
 
@@ -41,8 +41,20 @@ format: install
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-test: lint
+# The sdist and wheel build from the checkout, the wheel installs on its own (no editable
+# path), imports and reports the version it was built with.
+package-check: install
+	@rm -rf .package-check && mkdir -p .package-check
+	$(BIN)/python -m build --sdist --wheel --outdir .package-check/dist . >.package-check/build.log 2>&1 \
+		|| (cat .package-check/build.log; exit 1)
+	$(BIN)/pip install --quiet --no-deps --no-compile --target .package-check/site .package-check/dist/*.whl
+	cd .package-check && PYTHONPATH=site $(abspath $(BIN))/python -c \
+		"import smallfoot, importlib.metadata as m; assert smallfoot.__file__.startswith('$(abspath .package-check)/site'), smallfoot.__file__; assert m.version('smallfoot') == smallfoot.__version__"
+	PYTHONPATH=.package-check/site .package-check/site/bin/smallfoot --version
+	@rm -rf .package-check
+
+test: lint package-check
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .package-check
