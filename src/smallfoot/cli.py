@@ -159,13 +159,6 @@ def train(
     from smallfoot.config import RunConfig, apply_overrides, load_config
     from smallfoot.train import run_training
 
-    if resume is not None:
-        if config is not None or ctx.args:
-            raise ConfigError("--resume takes the run's own config.toml; drop the other options")
-        summary = run_training(RunConfig(), resume_dir=resume)
-        print_summary(summary)
-        return
-    base = load_config(config) if config is not None else RunConfig()
     flags = {
         "dataset": dataset,
         "model": model,
@@ -193,6 +186,19 @@ def train(
         "measure_memory": measure_memory,
     }
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if resume is not None:
+        if config is not None:
+            overrides["config"] = config
+        for key, items in (("model_options", model_opt), ("data_options", data_opt)):
+            if items:
+                overrides[key] = items
+        if target_values or ga_alpha is not None or ga_beta is not None:
+            overrides["loss_options"] = True
+        if ctx.args:
+            overrides["method_options"] = ctx.args
+        print_summary(run_training(RunConfig(), resume_dir=resume, resume_overrides=overrides))
+        return
+    base = load_config(config) if config is not None else RunConfig()
     loss_options = {
         "target_values": parse_value(target_values) if target_values else None,
         "alpha": ga_alpha,
