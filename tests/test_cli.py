@@ -92,3 +92,181 @@ def test_listing_commands(monkeypatch, capsys):
     ):
         code, out, _ = run_cli(monkeypatch, capsys, command)
         assert code == 0 and expected in out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A one-epoch run directory (synthetic data, tiny mlp) written through the CLI."""
+    root = tmp_path_factory.mktemp("runs")
+    args = [
+        "train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1",
+        "--data-opt", "shape=4", "--data-opt", "size=32", "--model-opt", "widths=8",
+        "--no-progress", "--no-memory", "--out-dir", str(root), "--run-name", "run",
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["smallfoot", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    assert not exit_.value.code
+    return root / "run"
+
+
+def copy_run(run, tmp_path, damage=None):
+    """A copy of ``run`` whose checkpoint.pt bytes are replaced by ``damage(bytes)``."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    if damage is not None:
+        path = copy / "checkpoint.pt"
+        path.write_bytes(damage(path.read_bytes()))
+    return copy
+
+
+def flip_1000_bytes(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return (
+        data[:middle]
+        + bytes(b ^ 0x5A for b in data[middle : middle + 1000])
+        + data[middle + 1000 :]
+    )
+
+
+def mismatched_mnist(root):
+    import numpy as np
+
+    from smallfoot.data.idx import write_idx
+
+    rng = np.random.default_rng(0)
+    for prefix, n, side in (("train", 20, 28), ("t10k", 10, 20)):
+        write_idx(
+            root / f"{prefix}-images-idx3-ubyte",
+            rng.integers(0, 255, (n, side, side), dtype=np.uint8),
+        )
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
+    return root
+
+
+TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--no-progress", "--no-memory"]
+
+
+def bad_input_cases():
+    """(id, args(tmp_path, run) -> argv, message) for every bad input of issue 16, section 4."""
+    return [
+        ("config-is-dir", lambda t, r: ["train", "--config", str(t)], "is a directory"),
+        (
+            "resume-truncated",
+            lambda t, r: ["train", "--resume", str(copy_run(r, t, lambda d: d[: len(d) // 2]))],
+            "does not match its checksum",
+        ),
+        (
+            "resume-empty",
+            lambda t, r: ["train", "--resume", str(copy_run(r, t, lambda d: b""))],
+            "is empty",
+        ),
+        (
+            "resume-flipped-bytes",
+            lambda t, r: ["train", "--resume", str(copy_run(r, t, flip_1000_bytes))],
+            "does not match its checksum",
+        ),
+        (
+            "resume-a-file",
+            lambda t, r: ["train", "--resume", str(r / "config.toml")],
+            "is a file; give the run directory",
+        ),
+        (
+            "out-dir-is-a-file",
+            lambda t, r: ["train", *TINY, "--out-dir", str(r / "config.toml")],
+            "choose another --out-dir",
+        ),
+        (
+            "out-dir-unwritable",
+            lambda t, r: ["train", *TINY, "--out-dir", str(r / "config.toml" / "sub")],
+            "choose another --out-dir",
+        ),
+        (
+            "memory-plot-unwritable",
+            lambda t, r: [
+                "memory",
+                "--model",
+                "mlp",
+                "--input",
+                "4",
+                "--plot",
+                str(t / "no" / "p.png"),
+            ],
+            "does not exist",
+        ),
+        (
+            "pad-to-abc",
+            lambda t, r: ["train", *TINY, "--data-opt", "pad_to=abc"],
+            "pad_to must be an integer",
+        ),
+        (
+            "unknown-data-opt",
+            lambda t, r: ["train", *TINY, "--data-opt", "bogus=1"],
+            "has no option 'bogus'",
+        ),
+        (
+            "fit-widths-empty",
+            lambda t, r: ["fit", "--dataset", "digits", "--widths", ""],
+            "--widths '' must be",
+        ),
+        (
+            "fit-widths-abc",
+            lambda t, r: ["fit", "--dataset", "digits", "--widths", "abc"],
+            "--widths 'abc' must be",
+        ),
+        (
+            "init-garbage",
+            lambda t, r: ["train", *TINY, "--init", str(r / "config.toml")],
+            "is not a readable torch file",
+        ),
+        (
+            "cnn4-zero-widths",
+            lambda t, r: ["train", *TINY[:2], "--model", "cnn4", "--model-opt", "widths=0,0,0,0"],
+            "widths must be positive",
+        ),
+        (
+            "mlp-zero-width",
+            lambda t, r: ["train", *TINY, "--model-opt", "widths=0"],
+            "widths must be positive",
+        ),
+        (
+            "shape-mismatch",
+            lambda t, r: [
+                "train",
+                *TINY[2:],
+                "--dataset",
+                "mnist",
+                "--data-root",
+                str(mismatched_mnist(t)),
+            ],
+            "both splits must come from the same dataset",
+        ),
+        (
+            "synthetic-size-0",
+            lambda t, r: ["train", "--dataset", "synthetic", "--data-opt", "size=0"],
+            "size must be an integer >= 1",
+        ),
+        ("lr-inf", lambda t, r: ["train", *TINY, "--lr", "inf"], "lr must be a finite number"),
+        (
+            "momentum-5",
+            lambda t, r: ["train", *TINY, "--momentum", "5"],
+            "momentum must lie in [0, 1)",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [case[1:] for case in bad_input_cases()],
+    ids=[case[0] for case in bad_input_cases()],
+)
+def test_bad_input_is_one_line_exit_2(
+    monkeypatch, capsys, tmp_path, finished_run, make_args, message
+):
+    code, _, err = run_cli(monkeypatch, capsys, *make_args(tmp_path, finished_run))
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert message in err and "Traceback" not in err

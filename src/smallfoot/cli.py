@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,31 @@ def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = parse_value(value.strip())
     return out
+
+
+def parse_positive_ints(text: str, flag: str, example: str) -> list[int]:
+    """``"784,392"`` -> ``[784, 392]``; anything else raises a ``ConfigError`` naming ``flag``."""
+    values = parse_value(text)
+    values = values if isinstance(values, list) else [values]
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        raise ConfigError(
+            f"{flag} {text!r} must be positive integers separated by commas, e.g. {example}"
+        )
+    return values
+
+
+def check_writable(path: Path, flag: str) -> Path:
+    """Refuse (``ConfigError``), before any work, an output file that cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{flag} {path} is not writable; give another path")
+    return path
 
 
 def parse_extra_flags(args: list[str]) -> dict[str, Any]:
@@ -436,10 +462,7 @@ def filter_command(
     from smallfoot.data import load_dataset
     from smallfoot.data.filtering import k_redundancy
 
-    values = parse_value(k)
-    ks = values if isinstance(values, list) else [values]
-    if not ks or not all(isinstance(v, int) and v >= 1 for v in ks):
-        raise ConfigError(f"--k {k!r} must be positive integers separated by commas, e.g. 5,10,42")
+    ks = parse_positive_ints(k, "--k", "5,10,42")
     data = load_dataset(dataset, split, data_root, limit=limit, seed=seed)
     start = time.perf_counter()
     redundancy = k_redundancy(data.x, data.y, ks, batch_size=batch_size, seed=seed)
@@ -497,8 +520,7 @@ def fit(
     from smallfoot.config import RunConfig
     from smallfoot.train import run_training
 
-    layer_widths = parse_value(widths)
-    layer_widths = layer_widths if isinstance(layer_widths, list) else [layer_widths]
+    layer_widths = parse_positive_ints(widths, "--widths", "784,392")
     names = targets.split(",")
     method_options = {
         "targets": names[0] if len(names) == 1 else "deterministic",
@@ -570,6 +592,9 @@ def memory(
     from smallfoot.memory import plot_timeline, save_timeline
     from smallfoot.memory.configured import configured_step
 
+    for path, flag in ((plot, "--plot"), (timeline, "--timeline")):
+        if path is not None:
+            check_writable(path, flag)
     start = time.perf_counter()
     report = configured_step(
         model,
@@ -583,10 +608,15 @@ def memory(
         fake=estimate,
     )
     seconds = time.perf_counter() - start
-    if plot is not None:
-        plot_timeline(report, plot, title=f"{model} / {method}, batch {batch}, {input_shape}")
-    if timeline is not None:
-        save_timeline(report, timeline)
+    try:
+        if plot is not None:
+            plot_timeline(report, plot, title=f"{model} / {method}, batch {batch}, {input_shape}")
+        if timeline is not None:
+            save_timeline(report, timeline)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {exc.filename}: {exc.strerror}; give another path"
+        ) from None
     data = {"model": model, "method": method, **report.to_dict(), "seconds": round(seconds, 2)}
     if as_json:
         print_json(data)
