@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from smallfoot import cli
+from smallfoot.errors import ConfigError
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -30,7 +31,8 @@ def run_cli(monkeypatch, capsys, *args):
         (["train", "--optimizer", "adam"], "choose one of: sgd, adamw"),
         (
             ["train", "--dataset", "digits", "--bogus", "3"],
-            "method 'baseline' has no option 'bogus'",
+            "no such option --bogus (flags: `smallfoot train --help`; method options: none, see "
+            "`smallfoot methods baseline`)",
         ),
         (["train", "--model-opt", "widths"], "KEY=VALUE"),
         (["train", "--config", "missing.toml"], "not found"),
@@ -270,3 +272,102 @@ def test_bad_input_is_one_line_exit_2(
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--epoch", "1"], "no such option --epoch; did you mean --epochs?"),
+        (["train", "--batch", "16"], "no such option --batch; did you mean --batch-size?"),
+        (["train", "--out", "x"], "no such option --out; did you mean --out-dir?"),
+        (["compare", "--epoch", "1"], "no such option --epoch; did you mean --epochs?"),
+        (["memory", "--model", "mlp", "--batch", "3"], "did you mean --batch-size?"),
+        (["train", "--inr", "0.3"], "--inr is an option of method facto, not of baseline"),
+    ],
+)
+def test_flag_typos_suggest_the_flag(monkeypatch, capsys, args, message):
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_help_shows_defaults_and_no_bool_placeholder(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "train", "--help")
+    assert code == 0 and "<bool>" not in out
+    text = " ".join(out.split())
+    for expected in ("--lr <float> Peak learning rate. [default: 0.05]", "[default: cnn4]"):
+        assert expected in text
+
+
+def test_compare_takes_the_run_flags(monkeypatch, capsys):
+    import smallfoot.compare
+
+    seen = {}
+
+    def fake_compare(base, *args, **kwargs):
+        seen["base"] = base
+        raise ConfigError("stopped")  # before any training: only the config is under test
+
+    monkeypatch.setattr(smallfoot.compare, "compare_methods", fake_compare)
+    code, _, err = run_cli(
+            monkeypatch, capsys, "compare", "--dataset", "digits", "--lr", "0.01",
+            "--batch-size", "16", "--seed", "3", "--data-root", "/data",
+            "--model-opt", "widths=8,8,8,8", "--data-opt", "pad_to=16",
+            "--methods", "facto,baseline", "--inr", "0.5",
+    )  # fmt: skip
+    assert code == 2 and "stopped" in err
+    base = seen["base"]
+    assert (base.lr, base.batch_size, base.seed, base.data_root) == (0.01, 16, 3, "/data")
+    assert base.model_options == {"widths": [8, 8, 8, 8]} and base.data_options == {"pad_to": 16}
+    assert base.method_options == {"inr": "0.5"}
+
+
+def test_methods_and_models_name_list_options(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "methods", "facto")
+    assert code == 0 and "--inr" in out and "0.3" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "models", "cnn4")
+    assert code == 0 and "widths" in out and "32,64,128,128" in out
+    code, _, err = run_cli(monkeypatch, capsys, "models", "nope")
+    assert code == 2 and "unknown model 'nope'" in err
+
+
+def test_summary_never_truncates_the_run_directory(monkeypatch):
+    from rich.console import Console
+
+    record = Console(width=60, record=True)
+    monkeypatch.setattr(cli, "console", record)
+    run_dir = "/tmp/" + "/".join(["a-rather-long-directory-name"] * 4)
+    summary = dict(
+        dataset="digits", model="mlp", method="baseline", epochs=1, train_accuracy=0.5,
+        test_accuracy=0.5, test_loss=1.0, seconds=1.0, parameters=10, run_dir=run_dir,
+    )  # fmt: skip
+    cli.print_summary(summary)
+    text = record.export_text()
+    assert "…" not in text
+    assert run_dir in "".join(text.replace("│", "").split())
+
+
+def test_memory_takes_the_shape_from_a_dataset(monkeypatch, capsys):
+    code, out, err = run_cli(
+        monkeypatch, capsys, "memory", "--model", "mlp", "--dataset", "digits",
+        "--batch-size", "4", "--estimate", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["per_pixel"]["pixels"] == 4 * 8 * 8
+
+
+def test_filter_flags(monkeypatch, capsys):
+    code, out, err = run_cli(
+        monkeypatch, capsys, "filter", "--dataset", "digits", "--k", "5",
+        "--train-limit", "100", "--knn-chunk", "50", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["5"]["total"] == 100
+
+
+def test_progress_bar_shows_percent_like_the_epoch_lines():
+    from smallfoot.train.progress import EpochProgress
+
+    with EpochProgress(2, 0, 1, enabled=False) as bar:
+        bar.update(0.5, 0.9531)
+        text = bar.progress.columns[3].render(bar.progress.tasks[0])
+    assert str(text) == "loss 0.5000 acc 95.31%"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +46,26 @@ def list_models(pattern: str = "*") -> list[ModelInfo]:
     """Registered models whose name matches the glob ``pattern``, sorted by name."""
     _load_all()
     return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatch(name, pattern)]
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; raises ``UnknownNameError`` listing the choices."""
+    if name not in _REGISTRY:
+        _load_all()
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, sorted(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def model_options(name: str) -> list[tuple[str, object]]:
+    """``(option, default)`` of each keyword option model ``name``'s builder takes (the
+    ``--model-opt KEY=VALUE`` keys), in signature order."""
+    params = list(inspect.signature(get_model_info(name).builder).parameters.values())[2:]
+    return [
+        (p.name, None if p.default is p.empty else p.default)
+        for p in params
+        if not p.name.startswith("_") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
 
 
 def build_model(name: str, input_shape, num_classes: int, **opts) -> nn.Module:
