@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: switches without a <bool> placeholder
 )
 console = Console()
 
@@ -64,6 +70,31 @@ def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
     return out
 
 
+def parse_positive_ints(text: str, flag: str, example: str) -> list[int]:
+    """``"784,392"`` -> ``[784, 392]``; anything else raises a ``ConfigError`` naming ``flag``."""
+    values = parse_value(text)
+    values = values if isinstance(values, list) else [values]
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        raise ConfigError(
+            f"{flag} {text!r} must be positive integers separated by commas, e.g. {example}"
+        )
+    return values
+
+
+def check_writable(path: Path, flag: str) -> Path:
+    """Refuse (``ConfigError``), before any work, an output file that cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{flag} {path} is not writable; give another path")
+    return path
+
+
 def parse_extra_flags(args: list[str]) -> dict[str, Any]:
     """Method options given as extra flags: ``--inr 0.3 --kernel=2 --flag`` -> dict (strings kept)."""
     out: dict[str, Any] = {}
@@ -86,132 +117,261 @@ def parse_extra_flags(args: list[str]) -> dict[str, Any]:
     return out
 
 
+# -- the run flags: one definition shared by `train` and `compare` -------------------------
+@dataclass(frozen=True)
+class RunFlag:
+    """A flag that sets a :class:`~smallfoot.config.RunConfig` field (or a loss option)."""
+
+    dest: str
+    """the command parameter (a RunConfig field, a loss option, or model_opt/data_opt)"""
+    names: tuple[str, ...]
+    annotation: Any
+    help: str
+    default: Any = None
+    """the value when the flag is absent (None: keep the config file's value)"""
+
+    def parameter(self) -> inspect.Parameter:
+        """The typer parameter of this flag; help ends with the RunConfig default."""
+        from smallfoot.config import RunConfig
+
+        help_text = self.help
+        if self.dest in RunConfig.__dataclass_fields__:
+            default = getattr(RunConfig(), self.dest)
+            if isinstance(default, bool):
+                default = self.names[0].split("/")[0 if default else 1].lstrip("-")
+            help_text += f" [default: {default if default is not None else 'none'}]"
+        return inspect.Parameter(
+            self.dest,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(self.default, *self.names, help=help_text),
+            annotation=self.annotation,
+        )
+
+
+RUN_FLAGS = (
+    RunFlag("dataset", ("--dataset",), str | None, "Dataset name (see `smallfoot datasets`)."),
+    RunFlag("model", ("--model",), str | None, "Model name (see `smallfoot models`)."),
+    RunFlag("epochs", ("--epochs",), int | None, "Epochs."),
+    RunFlag("batch_size", ("--batch-size",), int | None, "Mini-batch size."),
+    RunFlag("lr", ("--lr",), float | None, "Peak learning rate."),
+    RunFlag("optimizer", ("--optimizer",), str | None, "sgd or adamw."),
+    RunFlag("schedule", ("--schedule",), str | None, "constant, cosine or multistep."),
+    RunFlag("momentum", ("--momentum",), float | None, "SGD momentum, in [0, 1)."),
+    RunFlag("weight_decay", ("--weight-decay",), float | None, "Weight decay."),
+    RunFlag("seed", ("--seed",), int | None, "Seed of every generator."),
+    RunFlag(
+        "augment", ("--augment/--no-augment",), bool | None, "Random crop (+ flip for colour)."
+    ),
+    RunFlag("data_root", ("--data-root",), str | None, "Directory with the dataset files."),
+    RunFlag("train_limit", ("--train-limit",), int | None, "Train on this many samples."),
+    RunFlag("test_limit", ("--test-limit",), int | None, "Evaluate on this many samples."),
+    RunFlag(
+        "label_noise", ("--label-noise",), float | None, "Fraction of training labels made wrong."
+    ),
+    RunFlag("filter", ("--filter",), str | None, "Filter the training set first, e.g. k=42."),
+    RunFlag("loss", ("--loss",), str | None, "softmax-ce, exp-ga, pow3-ga or linear-mse."),
+    RunFlag(
+        "target_values",
+        ("--target-values",),
+        str | None,
+        "Loss targets for (other, true) class, e.g. 0,16.",
+    ),
+    RunFlag("alpha", ("--ga-alpha",), float | None, "Gradient-amplifying loss alpha."),
+    RunFlag("beta", ("--ga-beta",), float | None, "Gradient-amplifying loss beta."),
+    RunFlag("init", ("--init",), str | None, "Initialise the model from this state-dict file."),
+    RunFlag(
+        "model_opt",
+        ("--model-opt",),
+        list[str],
+        "Model option KEY=VALUE, repeatable (see `smallfoot models NAME`).",
+        default=[],
+    ),
+    RunFlag(
+        "data_opt",
+        ("--data-opt",),
+        list[str],
+        "Dataset option KEY=VALUE, e.g. pad_to=32 (repeatable).",
+        default=[],
+    ),
+    RunFlag("device", ("--device",), str | None, "cpu, cuda or auto."),
+)
+"""Flags of every command that trains (`train`, `compare`); method options follow as --flags."""
+
+LOSS_FLAGS = ("target_values", "alpha", "beta")
+
+
+def with_run_flags(command):
+    """Decorator: add :data:`RUN_FLAGS` to ``command``'s options; the command receives their
+    values as one dict, its ``run_flags`` parameter."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "run_flags"]
+    params = own + [flag.parameter() for flag in RUN_FLAGS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        run_flags = {flag.dest: kwargs.pop(flag.dest) for flag in RUN_FLAGS}
+        return command(**kwargs, run_flags=run_flags)
+
+    wrapper.__signature__ = signature.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def method_options_from_flags(ctx: typer.Context, methods: list[str]) -> dict[str, Any]:
+    """Method options given as extra flags (``ctx.args``), each checked against the options
+    of ``methods``; an unknown one raises ``ConfigError`` suggesting the closest flag of the
+    command or method option."""
+    from smallfoot.methods import list_methods
+
+    options = parse_extra_flags(ctx.args)
+    command_flags = [
+        name
+        for param in ctx.command.params
+        for name in [*param.opts, *getattr(param, "secondary_opts", [])]
+        if name.startswith("--")
+    ]
+    known = method_flag_owners(methods)
+    for key in options:
+        flag = "--" + key.rstrip("_").replace("_", "-")
+        if flag in known:
+            continue
+        if len(methods) == 1:
+            listed = ", ".join(known) or "none"
+            where = f"{listed}, see `smallfoot methods {methods[0]}`"
+        else:
+            where = "`smallfoot methods NAME`"
+        owners = method_flag_owners([cls.name for cls in list_methods()]).get(flag)
+        if owners:
+            raise ConfigError(
+                f"{flag} is an option of method {' and '.join(owners)}, not of "
+                f"{', '.join(methods)}; add --method {owners[0]} or drop it (see {where})"
+            )
+        candidates = {name[2:]: name for name in command_flags + sorted(known)}
+        close = difflib.get_close_matches(flag[2:], list(candidates), n=1, cutoff=0.6)
+        hint = f"; did you mean {candidates[close[0]]}?" if close else ""
+        raise ConfigError(
+            f"no such option {flag}{hint} (flags: `smallfoot {ctx.info_name} --help`; "
+            f"method options: {where})"
+        )
+    return options
+
+
+def method_flag_owners(methods: list[str]) -> dict[str, list[str]]:
+    """``--flag`` -> the methods among ``methods`` that take it as an option."""
+    from smallfoot.methods import get_method_class, option_fields
+
+    owners: dict[str, list[str]] = {}
+    for name in methods:
+        for field_name, _, _, _ in option_fields(get_method_class(name).Options):
+            owners.setdefault("--" + field_name.rstrip("_").replace("_", "-"), []).append(name)
+    return owners
+
+
+def run_overrides(run_flags: dict[str, Any]) -> dict[str, Any]:
+    """The RunConfig overrides the run flags give (absent flags give none)."""
+    overrides = {
+        key: value
+        for key, value in run_flags.items()
+        if value is not None and key not in LOSS_FLAGS and key not in ("model_opt", "data_opt")
+    }
+    loss_options = {key: run_flags[key] for key in LOSS_FLAGS if run_flags[key] is not None}
+    if "target_values" in loss_options:
+        loss_options["target_values"] = parse_value(loss_options["target_values"])
+    if loss_options:
+        overrides["loss_options"] = loss_options
+    if run_flags["model_opt"]:
+        overrides["model_options"] = parse_key_values(run_flags["model_opt"], "--model-opt")
+    if run_flags["data_opt"]:
+        overrides["data_options"] = parse_key_values(run_flags["data_opt"], "--data-opt")
+    return overrides
+
+
+def build_run_config(
+    ctx: typer.Context,
+    config: Path | None,
+    overrides: dict[str, Any],
+    methods: list[str] | None = None,
+):
+    """The RunConfig of ``--config`` (or the defaults) with ``overrides`` and the method
+    options in ``ctx.args`` applied; ``methods`` (default: the config's method) are the
+    methods those options are checked against."""
+    from smallfoot.config import RunConfig, apply_overrides, load_config
+
+    base = load_config(config) if config is not None else RunConfig()
+    if "method" in overrides and overrides["method"] != base.method:
+        base.method_options = {}  # options of the file's method do not apply to another one
+    method = overrides.get("method", base.method)
+    options = method_options_from_flags(ctx, methods or [method])
+    return apply_overrides(base, {**overrides, "method_options": options})
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_run_flags
 def train(
     ctx: typer.Context,
     config: Path | None = typer.Option(
         None, "--config", help="TOML run configuration; flags override it."
     ),
     resume: Path | None = typer.Option(
-        None, "--resume", help="Continue the run in this directory from its checkpoint."
+        None,
+        "--resume",
+        help="Continue the run in this directory from its checkpoint; takes only --epochs, "
+        "--lr, --data-root, --device, --progress/--no-progress and --memory/--no-memory.",
     ),
-    dataset: str | None = typer.Option(None, help="Dataset name (see `smallfoot datasets`)."),
-    model: str | None = typer.Option(None, help="Model name (see `smallfoot models`)."),
     method: str | None = typer.Option(
-        None, help="Method name (see `smallfoot methods`); its options follow as --flags."
+        None,
+        "--method",
+        help="Method name; its options follow as --flags (see `smallfoot methods NAME`). "
+        "[default: baseline]",
     ),
-    epochs: int | None = typer.Option(None, help="Epochs."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Mini-batch size."),
-    lr: float | None = typer.Option(None, help="Peak learning rate."),
-    optimizer: str | None = typer.Option(None, help="sgd or adamw."),
-    schedule: str | None = typer.Option(None, help="constant, cosine or multistep."),
-    momentum: float | None = typer.Option(None, help="SGD momentum."),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
-    seed: int | None = typer.Option(None, help="Seed of every generator."),
-    augment: bool | None = typer.Option(
-        None, "--augment/--no-augment", help="Random crop (+ flip for colour)."
-    ),
-    data_root: str | None = typer.Option(
-        None, "--data-root", help="Directory with the dataset files."
-    ),
-    train_limit: int | None = typer.Option(
-        None, "--train-limit", help="Train on this many samples."
-    ),
-    test_limit: int | None = typer.Option(
-        None, "--test-limit", help="Evaluate on this many samples."
-    ),
-    label_noise: float | None = typer.Option(
-        None, "--label-noise", help="Fraction of training labels made wrong."
-    ),
-    filter_spec: str | None = typer.Option(
-        None, "--filter", help="Filter the training set first, e.g. k=42."
-    ),
-    loss: str | None = typer.Option(None, help="softmax-ce, exp-ga, pow3-ga or linear-mse."),
-    target_values: str | None = typer.Option(
-        None, "--target-values", help="Loss targets for (other, true) class, e.g. 0,16."
-    ),
-    ga_alpha: float | None = typer.Option(
-        None, "--ga-alpha", help="Gradient-amplifying loss alpha."
-    ),
-    ga_beta: float | None = typer.Option(None, "--ga-beta", help="Gradient-amplifying loss beta."),
-    init: str | None = typer.Option(
-        None, "--init", help="Initialise the model from this state-dict file."
-    ),
-    model_opt: list[str] = typer.Option(
-        [], "--model-opt", help="Model option KEY=VALUE (repeatable)."
-    ),
-    data_opt: list[str] = typer.Option(
-        [], "--data-opt", help="Dataset option KEY=VALUE, e.g. pad_to=32 (repeatable)."
-    ),
-    device: str | None = typer.Option(None, help="cpu, cuda or auto."),
     out_dir: str | None = typer.Option(
-        None, "--out-dir", help="Parent directory of run directories."
+        None, "--out-dir", help="Parent directory of run directories. [default: runs]"
     ),
-    run_name: str | None = typer.Option(None, "--run-name", help="Name of the run directory."),
+    run_name: str | None = typer.Option(
+        None,
+        "--run-name",
+        help="Name of the run directory. [default: <time>-<dataset>-<model>-<method>]",
+    ),
     progress: bool | None = typer.Option(
-        None, "--progress/--no-progress", help="Show a progress bar."
+        None, "--progress/--no-progress", help="Show a progress bar. [default: progress]"
     ),
     measure_memory: bool | None = typer.Option(
-        None, "--memory/--no-memory", help="Measure a training step's memory."
+        None,
+        "--memory/--no-memory",
+        help="Measure a training step's memory. [default: memory]",
     ),
+    run_flags: dict[str, Any] | None = None,
 ):
     """Train a model with a method; writes a run directory and prints a summary."""
-    from smallfoot.config import RunConfig, apply_overrides, load_config
+    from smallfoot.config import RunConfig
     from smallfoot.train import run_training
 
-    if resume is not None:
-        if config is not None or ctx.args:
-            raise ConfigError("--resume takes the run's own config.toml; drop the other options")
-        summary = run_training(RunConfig(), resume_dir=resume)
-        print_summary(summary)
-        return
-    base = load_config(config) if config is not None else RunConfig()
-    flags = {
-        "dataset": dataset,
-        "model": model,
+    own = {
         "method": method,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "seed": seed,
-        "augment": augment,
-        "data_root": data_root,
-        "train_limit": train_limit,
-        "test_limit": test_limit,
-        "label_noise": label_noise,
-        "filter": filter_spec,
-        "loss": loss,
-        "init": init,
-        "device": device,
         "out_dir": out_dir,
         "run_name": run_name,
         "progress": progress,
         "measure_memory": measure_memory,
     }
-    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    loss_options = {
-        "target_values": parse_value(target_values) if target_values else None,
-        "alpha": ga_alpha,
-        "beta": ga_beta,
-    }
-    overrides["loss_options"] = {k: v for k, v in loss_options.items() if v is not None}
-    overrides["model_options"] = parse_key_values(model_opt, "--model-opt")
-    overrides["data_options"] = parse_key_values(data_opt, "--data-opt")
-    method_flags = parse_extra_flags(ctx.args)
-    if "method" in overrides and overrides["method"] != base.method:
-        base.method_options = {}  # options of the file's method do not apply to another one
-    overrides["method_options"] = method_flags
-    run_config = apply_overrides(base, overrides)
-    print_summary(run_training(run_config))
+    overrides = {**run_overrides(run_flags), **{k: v for k, v in own.items() if v is not None}}
+    if resume is not None:
+        if config is not None:
+            overrides["config"] = config
+        if ctx.args:
+            from smallfoot.methods import list_methods
+
+            all_methods = [cls.name for cls in list_methods()]
+            overrides["method_options"] = method_options_from_flags(ctx, all_methods)
+        print_summary(run_training(RunConfig(), resume_dir=resume, resume_overrides=overrides))
+        return
+    print_summary(run_training(build_run_config(ctx, config, overrides)))
 
 
 def print_summary(summary: dict[str, Any]) -> None:
     """Print a run summary as a table."""
     table = Table(title="smallfoot run summary", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")  # the run directory is what --resume needs
     memory = summary.get("memory") or {}
     rows = [
         (
@@ -297,16 +457,29 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
 
 @app.command()
 def models(
+    name: str | None = typer.Argument(None, help="A model: list its options with defaults."),
     input_shape: str = typer.Option(
         "3x32x32", "--input", help="Input shape CxHxW for the parameter counts."
     ),
     classes: int = typer.Option(10, "--classes", help="Number of classes."),
 ):
-    """List the models with their parameter counts at the given input shape."""
+    """List the models with their parameter counts at the given input shape, or one model's
+    options (`--model-opt KEY=VALUE`) with their defaults."""
     import torch
 
-    from smallfoot.models import build_model, list_models, parameter_count
+    from smallfoot.models import build_model, get_model_info, list_models, parameter_count
+    from smallfoot.models import model_options as options_of
 
+    if name is not None:
+        info = get_model_info(name)
+        console.print(f"{name}: {info.description}")
+        table = Table(title=f"options of model {name} (--model-opt KEY=VALUE)")
+        for column in ("key", "default"):
+            table.add_column(column)
+        for key, default in options_of(name):
+            table.add_row(key, _option_text(default))
+        console.print(table)
+        return
     shape = parse_input_shape(input_shape)
     table = Table(title=f"models (parameters at input {input_shape}, {classes} classes)")
     for column in ("name", "parameters", "description"):
@@ -321,34 +494,57 @@ def models(
     console.print(table)
 
 
-@app.command()
-def methods():
-    """List the training methods, their capability flags and their options."""
-    from smallfoot.methods import list_methods, option_fields
+def _option_text(value: Any) -> str:
+    """An option default as a user types it: lists comma-separated, None as none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(_option_text(v) for v in value) or "(empty)"
+    return str(value)
 
+
+@app.command()
+def methods(
+    name: str | None = typer.Argument(None, help="A method: list its options with defaults."),
+):
+    """List the training methods, their capability flags and their options, or one method's
+    options (extra flags of `smallfoot train --method NAME`) with defaults and help."""
+    from smallfoot.methods import get_method_class, list_methods, option_fields
+
+    if name is not None:
+        cls = get_method_class(name)
+        console.print(f"{name}: {cls.description}")
+        table = Table(title=f"options of method {name} (extra flags of `smallfoot train`)")
+        for column in ("option", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for key, _, default, help_text in option_fields(cls.Options):
+            flag = "--" + key.rstrip("_").replace("_", "-")
+            table.add_row(flag, _option_text(default), help_text)
+        if not option_fields(cls.Options):
+            table.add_row("(none)", "", "")
+        console.print(table)
+        return
     table = Table(title="methods")
     for column in ("name", "description", "flags", "options (default)"):
         table.add_column(column)
     for cls in list_methods():
         flags = [f for f in ("custom_backward", "changes_optimizer", "staged") if getattr(cls, f)]
         options = ", ".join(
-            f"--{n.rstrip('_').replace('_', '-')} ({d})"
+            f"--{n.rstrip('_').replace('_', '-')} ({_option_text(d)})"
             for n, _, d, _ in option_fields(cls.Options)
         )
         table.add_row(cls.name, cls.description, " ".join(flags), options or "-")
     console.print(table)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_run_flags
 def compare(
+    ctx: typer.Context,
     config: Path | None = typer.Option(
         None, "--config", help="TOML run configuration shared by every method."
-    ),
-    dataset: str | None = typer.Option(None, help="Dataset name."),
-    model: str | None = typer.Option(None, help="Model name."),
-    epochs: int | None = typer.Option(None, help="Epochs per method."),
-    train_limit: int | None = typer.Option(
-        None, "--train-limit", help="Train on this many samples."
     ),
     methods_: str | None = typer.Option(
         None, "--methods", help="Comma-separated methods (default: all)."
@@ -359,20 +555,15 @@ def compare(
     plot: Path | None = typer.Option(
         None, "--plot", help="Save the accuracy-vs-memory plot here (PNG)."
     ),
+    run_flags: dict[str, Any] | None = None,
 ):
-    """Train one dataset/model with the baseline and every method; print one table, save one plot."""
+    """Train one dataset/model with the baseline and every method; print one table, save one
+    plot. Takes the run flags of `train`; method options follow as --flags."""
     from smallfoot.compare import compare_methods, plot_comparison
-    from smallfoot.config import RunConfig, apply_overrides, load_config
+    from smallfoot.methods import list_methods
 
-    base = load_config(config) if config is not None else RunConfig()
-    flags = {
-        "dataset": dataset,
-        "model": model,
-        "epochs": epochs,
-        "train_limit": train_limit,
-        "progress": False,
-    }
-    base = apply_overrides(base, {k: v for k, v in flags.items() if v is not None})
+    chosen = methods_.split(",") if methods_ else [cls.name for cls in list_methods()]
+    base = build_run_config(ctx, config, run_overrides(run_flags), chosen)
     rows = compare_methods(
         base,
         methods_.split(",") if methods_ else None,
@@ -469,12 +660,17 @@ def _ratio(value) -> str:
 def filter_command(
     dataset: str = typer.Option(..., help="Dataset name (see `smallfoot datasets`)."),
     k: str = typer.Option("5,10,20,42", "--k", help="Neighbourhood sizes, e.g. 5,10,42."),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="k-NN within random mini-batches of this size (default: exact)."
+    knn_chunk: int | None = typer.Option(
+        None,
+        "--knn-chunk",
+        help="Search neighbours only within random chunks of this many samples "
+        "(approximate, faster; default: exact over the whole set).",
     ),
     split: str = typer.Option("train", help="Dataset split."),
-    limit: int | None = typer.Option(None, "--limit", help="Use this many samples (seeded)."),
-    seed: int = typer.Option(0, help="Seed of the subset and of the mini-batch split."),
+    train_limit: int | None = typer.Option(
+        None, "--train-limit", help="Use this many samples of the split (seeded)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the subset and of the k-NN chunks."),
     data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by k."),
 ):
@@ -484,13 +680,10 @@ def filter_command(
     from smallfoot.data import load_dataset
     from smallfoot.data.filtering import k_redundancy
 
-    values = parse_value(k)
-    ks = values if isinstance(values, list) else [values]
-    if not ks or not all(isinstance(v, int) and v >= 1 for v in ks):
-        raise ConfigError(f"--k {k!r} must be positive integers separated by commas, e.g. 5,10,42")
-    data = load_dataset(dataset, split, data_root, limit=limit, seed=seed)
+    ks = parse_positive_ints(k, "--k", "5,10,42")
+    data = load_dataset(dataset, split, data_root, limit=train_limit, seed=seed)
     start = time.perf_counter()
-    redundancy = k_redundancy(data.x, data.y, ks, batch_size=batch_size, seed=seed)
+    redundancy = k_redundancy(data.x, data.y, ks, batch_size=knn_chunk, seed=seed)
     seconds = time.perf_counter() - start
     report = {
         str(key): {
@@ -504,7 +697,7 @@ def filter_command(
     if as_json:
         print_json(report)
         return
-    search = f"mini-batches of {batch_size}" if batch_size else "exact"
+    search = f"chunks of {knn_chunk}" if knn_chunk else "exact"
     table = Table(title=f"k-redundancy of {dataset} ({split}, {len(data)} samples, {search} k-NN)")
     for column in ("k", "redundancy", "kept", "removed"):
         table.add_column(column, justify="right")
@@ -545,8 +738,7 @@ def fit(
     from smallfoot.config import RunConfig
     from smallfoot.train import run_training
 
-    layer_widths = parse_value(widths)
-    layer_widths = layer_widths if isinstance(layer_widths, list) else [layer_widths]
+    layer_widths = parse_positive_ints(widths, "--widths", "784,392")
     names = targets.split(",")
     method_options = {
         "targets": names[0] if len(names) == 1 else "deterministic",
@@ -601,12 +793,23 @@ def fit(
 def memory(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Model name (see `smallfoot models`)."),
-    input_shape: str = typer.Option("3x32x32", "--input", help="Input shape CxHxW or D."),
-    batch: int = typer.Option(32, "--batch", help="Batch size."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Take the input shape and classes from this dataset."
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input", help="Input shape CxHxW or D (without --dataset). [default: 3x32x32]"
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Batch size."),
     method: str = typer.Option("baseline", "--method", help="Method; its options as flags."),
     estimate: bool = typer.Option(False, "--estimate", help="Fake tensors: allocate nothing."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
-    classes: int = typer.Option(10, "--classes", help="Number of classes."),
+    classes: int | None = typer.Option(
+        None, "--classes", help="Number of classes (without --dataset). [default: 10]"
+    ),
+    data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
+    data_opt: list[str] = typer.Option(
+        [], "--data-opt", help="Dataset option KEY=VALUE, e.g. pad_to=32."
+    ),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     plot: Path | None = typer.Option(None, "--plot", help="Save the timeline plot (PNG)."),
@@ -616,31 +819,50 @@ def memory(
     import time
 
     from smallfoot.memory import plot_timeline, save_timeline
-    from smallfoot.memory.configured import configured_step
+    from smallfoot.memory.configured import configured_step, dataset_input
 
+    if dataset is not None:
+        if input_shape is not None or classes is not None:
+            raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
+        shape, classes = dataset_input(dataset, data_root, parse_key_values(data_opt, "--data-opt"))
+        input_shape = "x".join(map(str, shape))
+    elif data_root is not None or data_opt:
+        raise ConfigError("--data-root and --data-opt need --dataset NAME")
+    input_shape = input_shape or "3x32x32"
+    classes = 10 if classes is None else classes
+    for path, flag in ((plot, "--plot"), (timeline, "--timeline")):
+        if path is not None:
+            check_writable(path, flag)
     start = time.perf_counter()
     report = configured_step(
         model,
         parse_input_shape(input_shape),
-        batch,
+        batch_size,
         method=method,
-        method_options=parse_extra_flags(ctx.args),
+        method_options=method_options_from_flags(ctx, [method]),
         model_options=parse_key_values(model_opt, "--model-opt"),
         optimizer=optimizer,
         classes=classes,
         fake=estimate,
     )
     seconds = time.perf_counter() - start
-    if plot is not None:
-        plot_timeline(report, plot, title=f"{model} / {method}, batch {batch}, {input_shape}")
-    if timeline is not None:
-        save_timeline(report, timeline)
+    try:
+        if plot is not None:
+            plot_timeline(
+                report, plot, title=f"{model} / {method}, batch {batch_size}, {input_shape}"
+            )
+        if timeline is not None:
+            save_timeline(report, timeline)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {exc.filename}: {exc.strerror}; give another path"
+        ) from None
     data = {"model": model, "method": method, **report.to_dict(), "seconds": round(seconds, 2)}
     if as_json:
         print_json(data)
         return
     kind = "estimated on fake tensors" if estimate else "measured"
-    table = Table(title=f"{model} / {method}: one training step, batch {batch}, {kind}")
+    table = Table(title=f"{model} / {method}: one training step, batch {batch_size}, {kind}")
     for column, justify in (("category", "left"), ("bytes", "right"), ("MiB", "right")):
         table.add_column(column, justify=justify)
     for key in (

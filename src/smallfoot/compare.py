@@ -20,7 +20,7 @@ from smallfoot._io import atomic_write_json
 from smallfoot.config import RunConfig, apply_overrides
 from smallfoot.data import load_dataset
 from smallfoot.errors import SmallfootError, TrainingInterrupted
-from smallfoot.methods import get_method_class, list_methods
+from smallfoot.methods import get_method_class, list_methods, option_fields
 from smallfoot.train import run_training
 
 RATIO_KEYS = ("peak", "saved_activations", "seconds")
@@ -29,13 +29,18 @@ RATIO_KEYS = ("peak", "saved_activations", "seconds")
 def method_config(
     base: RunConfig, name: str, input_shape: tuple[int, ...]
 ) -> tuple[RunConfig, list[str]]:
-    """``(config, notes)``: ``base`` for method ``name`` (the base's method options only when it
-    is the base's method), adapted by the method so it can run, with one note per change."""
+    """``(config, notes)``: ``base`` for method ``name`` with those of the base's method options
+    that this method takes, adapted by the method so it can run, with one note per change."""
+    cls = get_method_class(name)
+    own = {field_name for field_name, *_ in option_fields(cls.Options)}
+    options = {
+        key: value
+        for key, value in base.method_options.items()
+        if key.replace("-", "_") in own or key.replace("-", "_") + "_" in own
+    }
     config = apply_overrides(base, {"method": name, "run_name": None})
-    config = dataclasses.replace(
-        config, method_options=dict(base.method_options) if name == base.method else {}
-    )
-    return get_method_class(name)().adapt(config, input_shape)
+    config = dataclasses.replace(config, method_options=options)
+    return cls().adapt(config, input_shape)
 
 
 def base_input_shape(base: RunConfig) -> tuple[int, ...]:

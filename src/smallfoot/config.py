@@ -15,6 +15,7 @@ dataset loader)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,23 +91,44 @@ class RunConfig:
     """options of the dataset loader ([data_options] table), e.g. pad_to = 32"""
 
     def validate(self) -> RunConfig:
-        """Check value ranges; raise ``ConfigError`` naming the field and the valid range."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
+        """Check types and value ranges before any work; raise ``ConfigError`` naming the
+        field, the value and the valid range."""
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "label_noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if not all(isinstance(m, (int, float)) and 0.0 <= m <= 1.0 for m in self.milestones):
+            raise ConfigError(f"milestones must be fractions in [0, 1], got {self.milestones!r}")
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ConfigError(f"label_noise must lie in [0, 1], got {self.label_noise}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adamw")
         if self.schedule not in ("constant", "cosine", "multistep"):
             raise ConfigError(
                 f"unknown schedule {self.schedule!r}; choose one of: constant, cosine, multistep"
             )
-        if not 0.0 <= self.label_noise <= 1.0:
-            raise ConfigError(f"label_noise must lie in [0, 1], got {self.label_noise}")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise ConfigError("weight_decay and momentum must be non-negative")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
         return self
@@ -137,7 +159,10 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfi
             raise ConfigError(
                 f"{source}: unknown key {key!r}; valid keys: {', '.join(sorted(known | set(_TABLES)))}"
             )
-    return RunConfig(**kwargs)
+    try:
+        return RunConfig(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -147,6 +172,12 @@ def load_config(path: str | Path) -> RunConfig:
         values = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a .toml file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; give a .toml file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     return config_from_dict(values, str(path))

@@ -21,7 +21,7 @@ from smallfoot.models import build_model
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 MODELS = [
-    ("vgg11", (1, 32, 32), dict(batch_norm=False, width=0.125)),
+    ("vgg11", (1, 32, 32), dict(width=0.125)),
     ("cnn4", (1, 16, 16), dict(batch_norm=False, widths=(4, 8, 8, 8))),
     ("fixup_resnet18", (3, 16, 16), dict(width=4)),
 ]
@@ -132,8 +132,8 @@ def test_meter_sees_the_promised_reduction_on_vgg11():
 
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(10, (4,))
-    base = build_model("vgg11", (3, 32, 32), 10, batch_norm=False, width=0.125)
-    model = build_model("vgg11", (3, 32, 32), 10, batch_norm=False, width=0.125)
+    base = build_model("vgg11", (3, 32, 32), 10, width=0.125)
+    model = build_model("vgg11", (3, 32, 32), 10, width=0.125)
     convert(model, inr=0.3, kernel=2, apply_ratio=1.0)
     sgd = lambda m: torch.optim.SGD(  # noqa: E731
         [p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9

@@ -44,7 +44,7 @@ def test_bad_configuration():
 def test_memory_command_json(monkeypatch, capsys, tmp_path):
     plot = tmp_path / "t.png"
     code, out, _ = run_cli(
-        monkeypatch, capsys, "memory", "--model", "mlp", "--input", "1x8x8", "--batch", "4",
+        monkeypatch, capsys, "memory", "--model", "mlp", "--input", "1x8x8", "--batch-size", "4",
         "--estimate", "--json", "--plot", str(plot),
     )  # fmt: skip
     assert code == 0, out

@@ -9,9 +9,9 @@ CASES = [
     ("mlp", (1, 8, 8), {"widths": (32, 16)}),
     ("cnn4", (1, 28, 28), {}),
     ("cnn4", (1, 8, 8), {"widths": (8, 8, 8, 8)}),
-    ("vgg11", (3, 32, 32), {"width": 0.125}),
-    ("vgg13", (3, 32, 32), {"width": 0.125, "batch_norm": False}),
-    ("vgg16", (3, 32, 32), {"width": 0.125}),
+    ("vgg11_bn", (3, 32, 32), {"width": 0.125}),
+    ("vgg13", (3, 32, 32), {"width": 0.125}),
+    ("vgg16_bn", (3, 32, 32), {"width": 0.125}),
     ("vgg11", (3, 64, 64), {"width": 0.0625}),
     ("resnet8", (3, 32, 32), {}),
     ("resnet20", (1, 32, 32), {"width": 8}),
@@ -35,10 +35,7 @@ def test_forward_backward(name, shape, options):
 
 def test_paper_sizes_have_the_published_parameter_counts():
     with torch.device("meta"):
-        assert (
-            parameter_count(build_model("vgg16", (3, 224, 224), 1000, batch_norm=False))
-            == 138_357_544
-        )
+        assert parameter_count(build_model("vgg16", (3, 224, 224), 1000)) == 138_357_544
         assert parameter_count(build_model("resnet18", (3, 224, 224), 1000)) == 11_689_512
         assert parameter_count(build_model("resnet20", (3, 32, 32), 10)) < 300_000
 
@@ -73,6 +70,9 @@ def test_list_models():
         "vgg11",
         "vgg13",
         "vgg16",
+        "vgg11_bn",
+        "vgg13_bn",
+        "vgg16_bn",
         "resnet8",
         "resnet20",
         "resnet32",
@@ -81,3 +81,26 @@ def test_list_models():
     } <= set(names)
     vggs = [info.name for info in list_models("vgg*")]
     assert {"vgg11", "vgg13", "vgg16"} <= set(vggs) and all(name.startswith("vgg") for name in vggs)
+
+
+@pytest.mark.parametrize("depth", [11, 13, 16])
+def test_vgg_names_follow_torchvision(depth):
+    """``vggN`` has no batch norm (as the paper and torchvision), ``vggN_bn`` has one per conv."""
+
+    def norms(name):
+        model = build_model(name, (3, 32, 32), 10, width=0.125)
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model)
+        return convs, sum(isinstance(m, torch.nn.BatchNorm2d) for m in model)
+
+    convs, plain = norms(f"vgg{depth}")
+    assert plain == 0 and norms(f"vgg{depth}_bn") == (convs, convs)
+    with pytest.raises(ConfigError, match="batch_norm"):
+        build_model(f"vgg{depth}", (3, 32, 32), 10, batch_norm=True)
+
+
+def test_zero_widths_are_refused():
+    with pytest.raises(ConfigError, match="widths must be positive"):
+        build_model("mlp", (4,), 10, widths=0)
+    with pytest.raises(ConfigError, match="widths must be positive"):
+        build_model("cnn4", (1, 8, 8), 10, widths=[0, 0, 0, 0])
+    assert len(build_model("mlp", (4,), 10, widths=[])) == 2  # no hidden layer: allowed

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from smallfoot.config import RunConfig
+from smallfoot.config import RunConfig, load_config
 from smallfoot.data import load_dataset
-from smallfoot.errors import TrainingError, TrainingInterrupted
+from smallfoot.errors import ConfigError, TrainingError, TrainingInterrupted
 from smallfoot.train import Callback, TrainConfig, Trainer, run_training
+from smallfoot.train.run import new_run_dir
 
 
 def tiny_config(tmp_path, **overrides):
@@ -91,7 +92,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
         run_dir=tmp_path,
         progress=False,
     )
-    with pytest.raises(TrainingError, match="loss became nan.*last good checkpoint"):
+    with pytest.raises(
+        TrainingError, match="loss became nan.*epoch 1 is kept.*--resume .* --lr 0.005"
+    ):
         trainer.fit()
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
@@ -231,3 +234,90 @@ def test_adamw_and_determinism(tmp_path):
     assert a["test_loss"] == b["test_loss"]
     wa, wb = final_weights(tmp_path / "x"), final_weights(tmp_path / "y")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def interrupt_at(monkeypatch, stop_epoch):
+    """Make the Trainer raise KeyboardInterrupt at the start of epoch index ``stop_epoch``."""
+    original = Trainer.run_epoch
+
+    def interrupted(self, epoch):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    return original
+
+
+def test_interrupt_in_the_first_epoch_says_there_is_no_checkpoint_and_resume_restarts(
+    tmp_path, monkeypatch
+):
+    original = interrupt_at(monkeypatch, 0)
+    with pytest.raises(
+        TrainingInterrupted, match="no checkpoint yet.*starts the run again"
+    ) as info:
+        run_training(tiny_config(tmp_path, run_name="r"))
+    assert "kept" not in str(info.value)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    summary = run_training(RunConfig(), resume_dir=tmp_path / "r")
+    assert summary["epochs"] == 3 and "resumed" not in summary
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_interrupt_later_names_the_checkpoint_epoch(tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 1)
+    with pytest.raises(TrainingInterrupted, match="checkpoint after epoch 1 is kept"):
+        run_training(tiny_config(tmp_path, run_name="r"))
+
+
+def test_resume_with_more_epochs_and_a_new_learning_rate(tmp_path, monkeypatch):
+    original = interrupt_at(monkeypatch, 1)
+    with pytest.raises(TrainingInterrupted):
+        run_training(tiny_config(tmp_path, run_name="r", schedule="constant"))
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    summary = run_training(
+        RunConfig(), resume_dir=tmp_path / "r", resume_overrides={"epochs": 5, "lr": 0.001}
+    )
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["lr"] for line in lines] == pytest.approx([0.05] + [0.001] * 4)
+    assert summary["epochs"] == 5
+    assert "epochs = 5" in (tmp_path / "r" / "config.toml").read_text()
+
+
+def test_resume_refuses_fewer_epochs_than_done(tmp_path):
+    run_training(tiny_config(tmp_path, run_name="r"))
+    with pytest.raises(ConfigError, match="after epoch 3.*--epochs 3 or more"):
+        run_training(RunConfig(), resume_dir=tmp_path / "r", resume_overrides={"epochs": 2})
+
+
+def test_resume_refuses_other_overrides(tmp_path):
+    run_training(tiny_config(tmp_path, run_name="r", epochs=1))
+    with pytest.raises(ConfigError, match="cannot change --batch-size, --momentum; it takes only"):
+        run_training(
+            RunConfig(),
+            resume_dir=tmp_path / "r",
+            resume_overrides={"batch_size": 3, "momentum": 0.5},
+        )
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    run_training(tiny_config(tmp_path, run_name="r", epochs=1))
+    path = tmp_path / "r" / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[-200:-100] = bytes(b ^ 0xFF for b in data[-200:-100])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="does not match its checksum"):
+        run_training(RunConfig(), resume_dir=tmp_path / "r", resume_overrides={"epochs": 2})
+
+
+def test_relative_data_root_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_training(tiny_config(tmp_path, run_name="r", epochs=1, data_root="data"))
+    saved = load_config(tmp_path / "r" / "config.toml")
+    assert saved.data_root == str(tmp_path / "data")
+
+
+def test_default_run_names_are_unique_within_a_second(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    dirs = {new_run_dir(config) for _ in range(3)}
+    assert len(dirs) == 3 and all(d.is_dir() for d in dirs)

@@ -31,14 +31,14 @@ from smallfoot.train import TrainConfig, Trainer, make_optimizer
 MODELS: dict[str, tuple[str, dict[str, Any], int | None, float]] = {
     # label -> (registered model, options, pad_to, SGD learning rate). Rates: the better of
     # {0.02, 0.05} after 3 epochs on 5,000 samples (0.05 stalls the VGG without batch norm).
-    "vgg11/8": ("vgg11", {"width": 0.125, "batch_norm": False}, 32, 0.02),
+    "vgg11/8": ("vgg11", {"width": 0.125}, 32, 0.02),
     "cnn4": ("cnn4", {"widths": [8, 16, 32, 32], "batch_norm": False}, None, 0.05),
 }
 INRS, KERNELS, RATIOS = (0.2, 0.3, 0.4), (1, 2, 3), (0.6, 1.0)
 PAPER_POINT = (0.3, 2, 0.6)
 PAPER_MODELS = {
-    "vgg11": ("vgg11", {"batch_norm": False}),
-    "vgg16": ("vgg16", {"batch_norm": False}),
+    "vgg11": ("vgg11", {}),
+    "vgg16": ("vgg16", {}),
     "fixup_resnet18": ("fixup_resnet18", {}),
 }
 LAYER_TYPES = ("conv", "linear", "maxpool", "relu", "scaling", "other")

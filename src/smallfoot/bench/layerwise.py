@@ -27,7 +27,7 @@ MODELS: dict[str, tuple[str, dict[str, Any], int | None, int]] = {
     # label -> (registered model, options, pad_to, most down-convs searched per decision
     # block: each candidate is one measured training step, so the 10-unit VGG searches none)
     "cnn4": ("cnn4", {"widths": [16, 32, 64, 64]}, None, 1),
-    "vgg13/4": ("vgg13", {"width": 0.25}, 32, 0),
+    "vgg13/4": ("vgg13_bn", {"width": 0.25}, 32, 0),
 }
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "full backprop": None,

@@ -41,7 +41,7 @@ held-out validation split (seed 0), as the thesis tuned the rate of each loss.""
 MODELS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     # label -> (registered model, options, pad_to)
     "cnn4": ("cnn4", {"widths": [16, 32, 64, 64]}, None),
-    "vgg13 (11 layers)": ("vgg13", {"width": 0.125}, 32),
+    "vgg13 (11 layers)": ("vgg13_bn", {"width": 0.125}, 32),
 }
 
 

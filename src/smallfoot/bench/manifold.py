@@ -50,7 +50,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     },
     "cifar10": {
         "dataset": "cifar10",
-        "base": "vgg16",
+        "base": "vgg16_bn",
         "base_options": {"width": 0.25},
         "data_options": {},
         "classes": (3, 5),  # cat vs dog, as figure 4

@@ -3,8 +3,8 @@
 1. ``estimate`` against ``measure`` on every baseline model (each category, time taken), and
    the peak against PyTorch's MemTracker.
 2. Saved activations, peak and time per training step of ``baseline``, ``checkpoint`` and
-   ``offload`` on ``cnn4``, ``vgg11`` and ``resnet20`` at 32x32.
-3. Paper scale: VGG-16 at 224x224, batch 64, estimated (the configuration of the closing note).
+   ``offload`` on ``cnn4``, ``vgg11_bn`` and ``resnet20`` at 32x32.
+3. Paper scale: VGG-16 (with batch norm) at 224x224, batch 64, estimated (the configuration of the closing note).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from smallfoot.memory.crosscheck import memtracker_peak
 BASELINES = [
     "mlp",
     "cnn4",
-    "vgg11",
-    "vgg13",
-    "vgg16",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
     "resnet8",
     "resnet20",
     "resnet56",
     "resnet18",
 ]
-PEER_MODELS = ["cnn4", "vgg11", "resnet20"]
+PEER_MODELS = ["cnn4", "vgg11_bn", "resnet20"]
 PEERS = ["baseline", "checkpoint", "offload"]
 COMPARED = [c for c in CATEGORIES if c != "inputs"] + ["peak"]
 
@@ -191,10 +191,10 @@ def plot_peers(rows: list[dict[str, Any]], path: Path) -> Path:
 def paper_scale(batch: int) -> dict[str, Any]:
     """VGG-16 at 224x224 estimated (nothing allocated), with the time it took."""
     start = time.perf_counter()
-    report = configured_step("vgg16", (3, 224, 224), batch, fake=True)
+    report = configured_step("vgg16_bn", (3, 224, 224), batch, fake=True)
     return {
         "section": "paper scale (estimate)",
-        "model": "vgg16",
+        "model": "vgg16_bn",
         "batch": batch,
         "input": "3x224x224",
         "parameters_mib": _mib(report.parameters),
@@ -215,7 +215,7 @@ def meter_benchmark(quick: bool, out_dir: Path) -> BenchResult:
     four small models at batch 4, cnn4 and resnet20 at batch 8 with 1 timed step."""
     shape = (3, 32, 32)
     if quick:
-        sweep, sweep_batch = ["mlp", "cnn4", "resnet8", "vgg11"], 4
+        sweep, sweep_batch = ["mlp", "cnn4", "resnet8", "vgg11_bn"], 4
         peer_models, peer_batch, repeats = ["cnn4", "resnet20"], 8, 1
     else:
         sweep, sweep_batch = BASELINES, 16

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,20 +68,30 @@ class DatasetInfo:
     loader: Callable[..., ArrayDataset]
     splits: tuple[str, ...]
     locate: Callable[[Path | None], str] | None = None
+    options: tuple[str, ...] = ()
+    """the keyword options the loader takes (``--data-opt KEY=VALUE``)"""
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, description: str, splits=("train", "test"), locate=None):
+def register_dataset(
+    name: str, description: str, splits=("train", "test"), locate=None, options=None
+):
     """Decorator registering ``loader(split, root, **options) -> ArrayDataset`` under ``name``.
 
     ``locate(root) -> str`` (optional) says where the data is found or raises ``DatasetError``;
-    ``smallfoot datasets`` uses it.
+    ``smallfoot datasets`` uses it. ``options``: the keyword options the loader takes
+    (default: its named parameters after ``split`` and ``root``); others are refused.
     """
 
     def decorate(loader):
-        _REGISTRY[name] = DatasetInfo(name, description, loader, tuple(splits), locate)
+        if options is None:
+            params = list(inspect.signature(loader).parameters.values())[2:]
+            names = tuple(p.name for p in params if p.kind is not p.VAR_KEYWORD)
+        else:
+            names = tuple(options)
+        _REGISTRY[name] = DatasetInfo(name, description, loader, tuple(splits), locate, names)
         return loader
 
     return decorate
@@ -111,7 +123,26 @@ def load_dataset(
         raise ConfigError(
             f"dataset {name!r} has no split {split!r}; choose one of: {', '.join(info.splits)}"
         )
+    unknown = [
+        key for key, value in options.items() if key not in info.options and value is not None
+    ]
+    if unknown:
+        valid = ", ".join(o for o in info.options if o not in ("limit", "seed")) or "none"
+        raise ConfigError(f"dataset {name!r} has no option {unknown[0]!r}; its options: {valid}")
     return info.loader(split, Path(root) if root is not None else None, **options)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``, else ``ConfigError`` naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"data option {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"data option {name} must be true or false, got {value!r}")
+    return value
 
 
 def _limit(ds: ArrayDataset, limit: int | None, seed: int) -> ArrayDataset:
@@ -142,9 +173,15 @@ def _channel_stats(
     return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
 
 
+IMAGE_OPTIONS = ("normalize", "pad_to", "limit", "seed")
+
+
 def _image_dataset(
     name, split, root, normalize=True, pad_to=None, limit=None, seed=0, classes=None
 ):
+    _check_bool("normalize", normalize)
+    if pad_to is not None:
+        _check_int("pad_to", pad_to, 1)
     images, labels, num_classes = _raw_images(name, split, root)
     images = _pad(images, pad_to)
     if normalize:
@@ -256,6 +293,7 @@ def _locate_cifar(name):
     "fashion-mnist",
     "Zalando Fashion-MNIST, 28x28 grey, 10 classes, 60k/10k (Debian package)",
     locate=_locate_mnist("fashion-mnist"),
+    options=IMAGE_OPTIONS,
 )
 def _fashion(split, root, **options):
     return _image_dataset("fashion-mnist", split, root, classes=FASHION_CLASSES, **options)
@@ -265,6 +303,7 @@ def _fashion(split, root, **options):
     "mnist",
     "MNIST handwritten digits, 28x28 grey, 10 classes (IDX files in --data-root)",
     locate=_locate_mnist("mnist"),
+    options=IMAGE_OPTIONS,
 )
 def _mnist(split, root, **options):
     return _image_dataset("mnist", split, root, **options)
@@ -274,6 +313,7 @@ def _mnist(split, root, **options):
     "digits",
     "scikit-learn digits, 8x8 grey, 10 classes, 1347/450 (ships with scikit-learn)",
     locate=lambda root: "bundled with scikit-learn",
+    options=IMAGE_OPTIONS,
 )
 def _digits(split, root, **options):
     return _image_dataset("digits", split, root, **options)
@@ -283,6 +323,7 @@ def _digits(split, root, **options):
     "cifar10",
     "CIFAR-10, 32x32 colour, 10 classes (python pickles in --data-root)",
     locate=_locate_cifar("cifar10"),
+    options=IMAGE_OPTIONS,
 )
 def _cifar10(split, root, **options):
     return _image_dataset("cifar10", split, root, **options)
@@ -292,6 +333,7 @@ def _cifar10(split, root, **options):
     "cifar100",
     "CIFAR-100, 32x32 colour, 100 fine classes (python pickles in --data-root)",
     locate=_locate_cifar("cifar100"),
+    options=IMAGE_OPTIONS,
 )
 def _cifar100(split, root, **options):
     return _image_dataset("cifar100", split, root, **options)
@@ -301,6 +343,7 @@ def _cifar100(split, root, **options):
     "synthetic",
     "seeded Gaussian class prototypes + noise, any shape / class count / size",
     locate=lambda root: "generated in memory",
+    options=("shape", "num_classes", "size", "noise", "seed", "limit"),
 )
 def _synthetic(
     split,
@@ -315,14 +358,18 @@ def _synthetic(
     limit=None,
 ):
     """Class ``c`` draws ``prototype_c + noise * N(0, 1)``; prototypes are shared by both splits."""
-    shape = tuple(int(s) for s in shape)
-    if num_classes < 1 or any(s < 1 for s in shape):
-        raise ConfigError(
-            f"synthetic: shape {shape} and num_classes {num_classes} must be positive"
-        )
+    shape = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(shape, (list, tuple)) or not shape:
+        raise ConfigError(f"data option shape must be a list of sizes, e.g. 3,32,32, got {shape!r}")
+    shape = tuple(_check_int("shape", s, 1) for s in shape)
+    _check_int("num_classes", num_classes, 2)
+    if size is not None:
+        _check_int("size", size, 1)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
+        raise ConfigError(f"data option noise must be a non-negative number, got {noise!r}")
     size = size if size is not None else (1024 if split == "train" else 256)
     prototypes = torch.randn((num_classes, *shape), generator=torch.Generator().manual_seed(seed))
     gen = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
     y = torch.randint(num_classes, (size,), generator=gen)
     x = prototypes[y] + noise * torch.randn((size, *shape), generator=gen)
-    return ArrayDataset(x, y, num_classes, "synthetic")
+    return _limit(ArrayDataset(x, y, num_classes, "synthetic"), limit, seed)

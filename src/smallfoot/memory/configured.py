@@ -34,7 +34,7 @@ def configured_step(
     from smallfoot.methods import RunContext, get_method
 
     if batch < 1:
-        raise ConfigError(f"--batch must be a positive integer, got {batch}")
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch}")
     if classes < 2:
         raise ConfigError(f"--classes must be at least 2, got {classes}")
     if not input_shape or any(s < 1 for s in input_shape):
@@ -54,3 +54,19 @@ def configured_step(
     )
     ctx = RunContext(config, runner.options, sample, sample)
     return runner.step_memory(ctx, fake=fake)
+
+
+def dataset_input(
+    name: str, root: str | None = None, options: dict[str, Any] | None = None
+) -> tuple[tuple[int, ...], int]:
+    """``(input_shape, classes)`` of dataset ``name`` as training sees it (data options such
+    as ``pad_to`` applied), read from its test split."""
+    from smallfoot.data import load_dataset
+
+    data = load_dataset(name, "test", root, **dict(options or {}))
+    if data.num_classes < 2:
+        raise ConfigError(
+            f"dataset {name!r} is not a classification set ({data.num_classes} classes); "
+            "give --input and --classes"
+        )
+    return data.input_shape, data.num_classes

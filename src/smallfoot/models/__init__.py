@@ -4,9 +4,19 @@ from smallfoot.models import basic, bottleneck, fixup, resnet, vgg  # noqa: F401
 from smallfoot.models.registry import (
     ModelInfo,
     build_model,
+    get_model_info,
     list_models,
+    model_options,
     parameter_count,
     register_model,
 )
 
-__all__ = ["ModelInfo", "build_model", "list_models", "parameter_count", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "build_model",
+    "get_model_info",
+    "list_models",
+    "model_options",
+    "parameter_count",
+    "register_model",
+]

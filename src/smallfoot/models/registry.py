@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,26 @@ def list_models(pattern: str = "*") -> list[ModelInfo]:
     return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatch(name, pattern)]
 
 
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; raises ``UnknownNameError`` listing the choices."""
+    if name not in _REGISTRY:
+        _load_all()
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, sorted(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def model_options(name: str) -> list[tuple[str, object]]:
+    """``(option, default)`` of each keyword option model ``name``'s builder takes (the
+    ``--model-opt KEY=VALUE`` keys), in signature order."""
+    params = list(inspect.signature(get_model_info(name).builder).parameters.values())[2:]
+    return [
+        (p.name, None if p.default is p.empty else p.default)
+        for p in params
+        if not p.name.startswith("_") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+
+
 def build_model(name: str, input_shape, num_classes: int, **opts) -> nn.Module:
     """Build model ``name`` for inputs of ``input_shape`` (C, H, W) or (D,) and ``num_classes`` outputs.
 
@@ -58,14 +79,41 @@ def build_model(name: str, input_shape, num_classes: int, **opts) -> nn.Module:
         raise UnknownNameError("model", name, sorted(_REGISTRY))
     if num_classes < 1:
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+    _check_widths(name, opts)
     try:
         return _REGISTRY[name].builder(tuple(int(s) for s in input_shape), num_classes, **opts)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             raise ConfigError(
-                f"model {name!r}: {exc}; see `smallfoot models` for its options"
+                f"model {name!r}: {exc}; see `smallfoot models {name}` for its options"
             ) from None
-        raise
+        raise ConfigError(
+            f"model {name!r} cannot be built with options {opts}: {exc}; "
+            f"see `smallfoot models {name}`"
+        ) from None
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model {name!r} cannot be built with options {opts}: {first}; "
+            f"see `smallfoot models {name}`"
+        ) from None
+
+
+def _check_widths(name: str, opts: dict) -> None:
+    """Layer sizes (options ``width`` and ``widths``; an empty list is no hidden layer) must
+    be positive numbers: a zero width would build a net that trains silently on nothing."""
+    for key in ("width", "widths"):
+        if key not in opts:
+            continue
+        value = opts[key]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values
+        ):
+            raise ConfigError(
+                f"model {name!r}: {key} must be positive numbers, got {value!r}; "
+                f"see `smallfoot models {name}`"
+            )
 
 
 def parameter_count(model: nn.Module) -> int:

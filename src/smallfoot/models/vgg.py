@@ -1,4 +1,7 @@
-"""VGG-11/13/16 (Simonyan & Zisserman), with or without batch norm, CIFAR or ImageNet head."""
+"""VGG-11/13/16 (Simonyan & Zisserman), CIFAR or ImageNet head.
+
+Names follow torchvision: ``vgg11`` has no batch norm (as in the paper), ``vgg11_bn`` has a
+BatchNorm2d after every convolution (same for 13 and 16)."""
 
 from __future__ import annotations
 
@@ -84,12 +87,19 @@ def vgg(
     return nn.Sequential(*layers)
 
 
-for _name in VGG_CONFIGS:
+def _register(name: str, batch_norm: bool) -> None:
+    registered = f"{name}_bn" if batch_norm else name
 
-    def _builder(input_shape, num_classes, _name=_name, **opts):
-        return vgg(_name, input_shape, num_classes, **opts)
+    def build(input_shape, num_classes, width: float = 1.0, head: str = "auto", dropout=0.5):
+        return vgg(name, input_shape, num_classes, batch_norm, width, head, dropout)
 
+    kind = "batch norm after every convolution" if batch_norm else "no batch norm, as the paper"
     register_model(
-        _name,
-        f"{_name.upper()} (batch_norm=True by default; CIFAR head below 64px, ImageNet head above)",
-    )(_builder)
+        registered,
+        f"{name.upper()} ({kind}; CIFAR head below 64px, ImageNet head above)",
+    )(build)
+
+
+for _name in VGG_CONFIGS:
+    _register(_name, batch_norm=False)
+    _register(_name, batch_norm=True)

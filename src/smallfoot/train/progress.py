@@ -6,7 +6,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class EpochProgress:
-    """Context manager showing ``epoch i/N [bar] batches loss acc ETA``; silent when disabled."""
+    """Context manager showing ``epoch i/N [bar] batches loss acc% ETA``; silent when disabled.
+
+    Accuracy is a percent with two decimals, as in the epoch lines and the summary."""
 
     def __init__(self, total_batches: int, epoch: int, epochs: int, enabled: bool = True):
         self.enabled = enabled
@@ -14,7 +16,7 @@ class EpochProgress:
             TextColumn(f"epoch {epoch + 1}/{epochs}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f}"),
+            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2%}"),
             TimeRemainingColumn(),
             transient=True,
             disable=not enabled,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import random
 import time
@@ -11,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from smallfoot._io import atomic_write_json
-from smallfoot.config import RunConfig, load_config, save_config
+from smallfoot._io import atomic_write_json, load_checked
+from smallfoot.config import RunConfig, apply_overrides, load_config, save_config
 from smallfoot.data import ArrayDataset, add_label_noise, load_dataset
-from smallfoot.errors import ConfigError
+from smallfoot.errors import ConfigError, DatasetError
 from smallfoot.models import parameter_count
 
 
@@ -53,6 +54,17 @@ def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[s
         seed=config.seed,
         **options,
     )
+    if train.input_shape != test.input_shape or train.num_classes != test.num_classes:
+        raise DatasetError(
+            f"{config.dataset}: the training split has inputs {train.input_shape} and "
+            f"{train.num_classes} classes but the test split {test.input_shape} and "
+            f"{test.num_classes}; both splits must come from the same dataset files"
+        )
+    if len(train) == 0 or len(test) == 0:
+        raise DatasetError(
+            f"{config.dataset}: {len(train)} training and {len(test)} test samples; "
+            "both splits need at least one"
+        )
     record: dict[str, Any] = {}
     if config.label_noise:
         train = add_label_noise(train, config.label_noise, config.seed)
@@ -67,34 +79,137 @@ def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[s
     return train, test, record
 
 
-def new_run_dir(config: RunConfig) -> Path:
-    """A fresh directory ``out_dir/<time>-<dataset>-<model>-<method>`` (or ``run_name``)."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = config.run_name or f"{stamp}-{config.dataset}-{config.model}-{config.method}"
-    path = Path(config.out_dir) / name
-    if path.exists() and any(path.iterdir()):
+RESUME_OVERRIDES = ("epochs", "lr", "data_root", "device", "progress", "measure_memory")
+"""The fields ``--resume`` may change: more epochs, a new learning rate (applied to the
+optimizer's parameter groups), where the data lives, the device, and what is shown/measured."""
+
+
+def _make_dir(path: Path, exist_ok: bool) -> bool:
+    """``mkdir`` with errors a user can fix turned into ``ConfigError``; False if it exists."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=exist_ok)
+    except FileExistsError:
+        if path.is_dir():
+            return False
+        raise ConfigError(f"{path} exists and is a file; choose another --out-dir") from None
+    except OSError as exc:
         raise ConfigError(
-            f"run directory {path} exists and is not empty; choose another --run-name or use --resume {path}"
-        )
-    path.mkdir(parents=True, exist_ok=True)
+            f"cannot create the run directory {path} ({exc.strerror}); choose another --out-dir"
+        ) from None
+    return True
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    """A fresh directory ``out_dir/<time>-<dataset>-<model>-<method>`` (``-2``, ``-3``, ...
+    appended when runs start in the same second), or ``out_dir/<run_name>``.
+
+    Created with ``mkdir`` (which fails if the directory exists), so concurrent runs never
+    share a directory."""
+    if config.run_name:
+        path = Path(config.out_dir) / config.run_name
+        _make_dir(path, exist_ok=True)
+        if any(path.iterdir()):
+            raise ConfigError(
+                f"run directory {path} exists and is not empty; choose another --run-name "
+                f"or use --resume {path}"
+            )
+        return path
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stem = Path(config.out_dir) / f"{stamp}-{config.dataset}-{config.model}-{config.method}"
+    path, number = stem, 1
+    while not _make_dir(path, exist_ok=False):
+        number += 1
+        path = stem.with_name(f"{stem.name}-{number}")
     return path
 
 
-def run_training(config: RunConfig, resume_dir: str | Path | None = None) -> dict[str, Any]:
+_FLAGS = {
+    "model_options": "--model-opt",
+    "data_options": "--data-opt",
+    "loss_options": "the loss options",
+    "method_options": "the method options",
+    "measure_memory": "--memory",
+    "config": "--config",
+}
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config saved in ``run_dir/config.toml`` with ``overrides`` applied; only the
+    fields in :data:`RESUME_OVERRIDES` may be overridden (others raise ``ConfigError``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise ConfigError(
+            f"--resume {run_dir} {what}; give the run directory that `smallfoot train` printed"
+        )
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(
+            f"--resume {run_dir} is not a run directory (no config.toml); give the run "
+            "directory that `smallfoot train` printed"
+        )
+    overrides = dict(overrides or {})
+    refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if refused:
+        flags = ", ".join(_FLAGS.get(name, "--" + name.replace("_", "-")) for name in refused)
+        raise ConfigError(
+            f"--resume continues the run as saved and cannot change {flags}; it takes only "
+            "--epochs, --lr, --data-root, --device, --progress/--no-progress and "
+            "--memory/--no-memory"
+        )
+    if overrides.get("data_root") is not None:
+        overrides["data_root"] = str(Path(overrides["data_root"]).resolve())
+    return apply_overrides(load_config(run_dir / "config.toml"), overrides)
+
+
+def _absolute_paths(config: RunConfig) -> RunConfig:
+    """``data_root`` and ``init`` made absolute, so the saved run resumes from anywhere."""
+    return dataclasses.replace(
+        config,
+        data_root=str(Path(config.data_root).resolve()) if config.data_root else None,
+        init=str(Path(config.init).resolve()) if config.init else None,
+    )
+
+
+def check_init_file(path: str) -> None:
+    """Refuse (``ConfigError``) an ``--init`` file that is not a readable state dict."""
+    state = load_checked(path, "--init file", require_checksum=False)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(
+            f"--init file {path} holds no state dict (names -> tensors); give a model.pt or "
+            "checkpoint.pt written by smallfoot"
+        )
+
+
+def run_training(
+    config: RunConfig,
+    resume_dir: str | Path | None = None,
+    resume_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train as ``config`` says (or resume the run in ``resume_dir``); write and return the summary.
 
-    The run directory holds ``config.toml`` (the resolved config: ``smallfoot train --config
-    runs/<id>/config.toml`` repeats the run), ``metrics.jsonl``, ``checkpoint.pt`` and
-    ``summary.json``.
+    The run directory holds ``config.toml`` (the resolved config, paths made absolute:
+    ``smallfoot train --config runs/<id>/config.toml`` repeats the run), ``metrics.jsonl``,
+    ``checkpoint.pt`` (+ ``checkpoint.pt.sha256``) and ``summary.json``. When resuming,
+    ``config`` is ignored: the run's own ``config.toml`` with ``resume_overrides`` (see
+    :func:`resume_config`) is used; a run interrupted before its first checkpoint starts
+    again from epoch 1 in the same directory.
     """
     from smallfoot.methods import RunContext, get_method
 
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        config = load_config(run_dir / "config.toml")
-    config.validate()
+        config = resume_config(run_dir, resume_overrides).validate()
+        if resume_overrides:
+            save_config(config, run_dir / "config.toml")
+    else:
+        config = _absolute_paths(config).validate()
     method = get_method(config.method, config.method_options)
     device = resolve_device(config.device)
+    if config.init:
+        check_init_file(config.init)
     seed_everything(config.seed)
     train_set, test_set, data_record = load_run_data(config)
     if resume_dir is None:
@@ -103,9 +218,9 @@ def run_training(config: RunConfig, resume_dir: str | Path | None = None) -> dic
     if data_record:
         atomic_write_json(run_dir / "data.json", data_record)
     seed_everything(config.seed)
-    ctx = RunContext(
-        config, method.options, train_set, test_set, run_dir, device, resume=resume_dir is not None
-    )
+    # a run stopped before its first checkpoint has nothing to restore: it starts again
+    resume = resume_dir is not None and any(run_dir.rglob("checkpoint.pt"))
+    ctx = RunContext(config, method.options, train_set, test_set, run_dir, device, resume=resume)
     method.check_run(ctx)
     start = time.perf_counter()
     outcome = method.train(ctx)
@@ -124,7 +239,7 @@ def run_training(config: RunConfig, resume_dir: str | Path | None = None) -> dic
         "parameters": parameter_count(outcome.model),
         "device": device,
         "run_dir": str(run_dir),
-        **({"resumed": True} if resume_dir is not None else {}),
+        **({"resumed": True} if resume else {}),
         **({"data": data_record} if data_record else {}),
         **({"memory": outcome.memory} if outcome.memory is not None else {}),
         **outcome.extra,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from smallfoot._io import atomic_torch_save, atomic_write_text
+from smallfoot._io import atomic_write_text, load_checked, save_checked
 from smallfoot.data import ArrayDataset, Augment, BatchLoader
 from smallfoot.errors import ConfigError, TrainingError, TrainingInterrupted
 from smallfoot.losses import SoftmaxCrossEntropy, argmax_predict
@@ -212,19 +212,27 @@ class Trainer:
                     self._append_metrics(metrics)
                     self.save_checkpoint()
         except KeyboardInterrupt:
-            where = (
-                f"; the checkpoint of epoch {self.epoch} is kept in {self.run_dir}"
-                if self.run_dir
-                else ""
-            )
-            raise TrainingInterrupted(
-                f"interrupted during epoch {self.epoch + 1}{where}; continue with `smallfoot train --resume {self.run_dir}`"
-                if self.run_dir
-                else f"interrupted during epoch {self.epoch + 1}"
-            ) from None
+            raise TrainingInterrupted(self._interrupt_message()) from None
         for callback in self.callbacks:
             callback.on_train_end(self)
         return self.history[-1] if self.history else {}
+
+    def _has_checkpoint(self) -> bool:
+        return self.run_dir is not None and self.checkpoint_path().exists()
+
+    def _interrupt_message(self) -> str:
+        where = f"interrupted during epoch {self.epoch + 1}"
+        if self.run_dir is None:
+            return where
+        if self._has_checkpoint():
+            return (
+                f"{where}; the checkpoint after epoch {self.epoch} is kept in {self.run_dir}; "
+                f"continue with `smallfoot train --resume {self.run_dir}`"
+            )
+        return (
+            f"{where}, before any epoch finished, so there is no checkpoint yet; "
+            f"`smallfoot train --resume {self.run_dir}` starts the run again from epoch 1"
+        )
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch, evaluate, let callbacks add their figures; return the metrics."""
@@ -271,10 +279,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss, output = self.forward_backward_step(x, y)
         if not torch.isfinite(loss):
+            lower = f"{self.config.lr / 10:g}"
+            if self._has_checkpoint():
+                advice = (
+                    f"the checkpoint after epoch {self.epoch} is kept; continue it with a lower "
+                    f"learning rate: `smallfoot train --resume {self.run_dir} --lr {lower}`"
+                )
+            else:
+                advice = (
+                    f"train again with a lower learning rate (e.g. --lr {lower}) or check the data"
+                )
             raise TrainingError(
                 f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {self.global_step}; "
-                "the weights were not updated and the last good checkpoint is kept. "
-                "Lower the learning rate (--lr) or check the data."
+                f"the weights were not updated; {advice}"
             )
         for callback in self.callbacks:
             callback.on_after_backward(self)
@@ -337,24 +354,38 @@ class Trainer:
         return self.run_dir / "checkpoint.pt"
 
     def save_checkpoint(self) -> Path:
-        """Write model, optimizer, scheduler, progress and callback states atomically."""
+        """Write model, optimizer, scheduler, progress and callback states atomically, with a
+        SHA-256 checksum beside the file (``checkpoint.pt.sha256``)."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
+            "lr": self.config.lr,
             "global_step": self.global_step,
             "history": self.history,
             "callbacks": [callback.state_dict() for callback in self.callbacks],
         }
-        return atomic_torch_save(state, self.checkpoint_path())
+        return save_checked(state, self.checkpoint_path())
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
-        """Restore the state written by :meth:`save_checkpoint`; training continues after its epoch."""
+        """Restore the state written by :meth:`save_checkpoint` (its checksum verified);
+        training continues after its epoch.
+
+        Two fields of the config may differ from the saved run: ``epochs`` (more epochs; the
+        schedule is stretched over the new total) and ``lr`` (every parameter group's rate,
+        and the schedule's base rates, are scaled by ``new lr / saved lr``)."""
         path = Path(path) if path is not None else self.checkpoint_path()
         if not path.exists():
             raise ConfigError(f"no checkpoint at {path}; nothing to resume")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checked(path, "checkpoint", map_location=self.device)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= state.keys():
+            raise ConfigError(f"checkpoint {path} was not written by smallfoot's Trainer")
+        if state["epoch"] > self.config.epochs:
+            raise ConfigError(
+                f"the checkpoint in {path.parent} is after epoch {state['epoch']}, more than "
+                f"the {self.config.epochs} epochs asked for; give --epochs {state['epoch']} or more"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -363,9 +394,21 @@ class Trainer:
             state["global_step"],
             state["history"],
         )
+        saved_lr = state.get("lr", self.config.lr)
+        if saved_lr != self.config.lr:
+            self._scale_learning_rate(self.config.lr / saved_lr)
         for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=True):
             callback.load_state_dict(callback_state)
         if self.run_dir is not None:
             # metrics.jsonl may hold lines of an epoch that never reached its checkpoint
             lines = "".join(json.dumps(m) + "\n" for m in self.history)
             atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+
+    def _scale_learning_rate(self, factor: float) -> None:
+        """Multiply every group's current and initial rate, and the schedule's base rates."""
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
