@@ -1,5 +1,6 @@
-"""DistancePreservingLoss: eq. 4 on hand-made activations, zero for isometries, the gradient scope
-of figure 1 (only layers k-1 and k), tiny batches."""
+"""DistancePreservingLoss: eq. 4 (averaged over pairs) on hand-made activations, zero for
+isometries, no growth with the batch size, the gradient scope of figure 1 (only layers k-1 and
+k), tiny batches."""
 
 import math
 
@@ -18,15 +19,18 @@ from smallfoot.models.bottleneck import BottleneckHead
 
 
 def direct_eq4(previous, current, lam=0.0, params=()):
-    """Eq. 4 written out with Python loops over ordered pairs (n, m)."""
-    total = 0.0
+    """Eq. 4 written out with Python loops over ordered pairs (n, m), n != m, the distance part
+    divided by the number of those pairs (our batch-size-free normalisation)."""
+    total, pairs = 0.0, 0
     n = len(previous)
     for i in range(n):
         for j in range(n):
-            d_cur = math.dist(current[i], current[j])
-            d_prev = math.dist(previous[i], previous[j])
-            total += (d_cur - d_prev) ** 2
-    return total + lam * sum(float(p.detach().pow(2).sum()) for p in params)
+            if i != j:
+                d_cur = math.dist(current[i], current[j])
+                d_prev = math.dist(previous[i], previous[j])
+                total += (d_cur - d_prev) ** 2
+                pairs += 1
+    return total / pairs + lam * sum(float(p.detach().pow(2).sum()) for p in params)
 
 
 def test_distance_mismatch_equals_eq4_on_hand_made_activations():
@@ -35,10 +39,24 @@ def test_distance_mismatch_equals_eq4_on_hand_made_activations():
     got = distance_mismatch(
         torch.tensor(previous, dtype=torch.float64), torch.tensor(current, dtype=torch.float64)
     )
-    # d_prev: (0,1)=5, (0,2)=sqrt3, (1,2)=sqrt(4+9+1)=sqrt14; d_cur: 1, 2, sqrt5; both orders count
-    by_hand = 2 * ((1 - 5) ** 2 + (2 - math.sqrt(3)) ** 2 + (math.sqrt(5) - math.sqrt(14)) ** 2)
+    # d_prev: (0,1)=5, (0,2)=sqrt3, (1,2)=sqrt(4+9+1)=sqrt14; d_cur: 1, 2, sqrt5; both orders
+    # count: 6 ordered pairs of distinct samples
+    by_hand = 2 * ((1 - 5) ** 2 + (2 - math.sqrt(3)) ** 2 + (math.sqrt(5) - math.sqrt(14)) ** 2) / 6
     assert float(got) == pytest.approx(by_hand, rel=1e-12)
     assert float(got) == pytest.approx(direct_eq4(previous, current), rel=1e-12)
+
+
+def test_mismatch_does_not_grow_with_the_batch():
+    # The same pair repeated: eq. 4's plain sum grows with N^2, the per-pair mean stays put.
+    previous = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)  # distance 5
+    current = torch.tensor([[0.0], [2.0]], dtype=torch.float64)  # distance 2
+    for copies in (1, 4, 32):
+        got = distance_mismatch(previous.repeat(copies, 1), current.repeat(copies, 1))
+        n = 2 * copies
+        # copies^2 * 2 ordered pairs across the two points mismatch by 3; the rest by 0
+        assert float(got) == pytest.approx(9.0 * 2 * copies**2 / (n * (n - 1)), rel=1e-12)
+    big = distance_mismatch(previous.repeat(64, 1), current.repeat(64, 1))
+    assert float(big) < 9.0 * 0.51  # about half the pairs mismatch by 3; the sum would be 73728
 
 
 def test_pairwise_distances_exact_and_zero_diagonal():
