@@ -15,7 +15,9 @@ from smallfoot.manifold import (
     distance_mismatch,
     pairwise_distances,
 )
-from smallfoot.models.bottleneck import BottleneckHead
+from smallfoot.manifold.method import RegularisedNet
+from smallfoot.memory import measure
+from smallfoot.models.bottleneck import BottleneckHead, FeatureNet
 
 
 def direct_eq4(previous, current, lam=0.0, params=()):
@@ -210,3 +212,19 @@ def test_bad_arguments_raise_clear_errors():
         loss([torch.randn(3, 6)])
     with pytest.raises(ShapeError, match="same batch"):
         distance_mismatch(torch.randn(3, 2), torch.randn(4, 2))
+
+
+def test_distance_terms_do_not_keep_the_pairwise_differences():
+    # Explicit (N, N, D) differences kept for the backward cost 64 * 64 * 256 * 4 bytes = 4 MiB
+    # for the first term alone; the distance matrices themselves are 64 * 64 * 4 bytes each.
+    torch.manual_seed(7)
+    net = FeatureNet(nn.Flatten(), BottleneckHead(64, 10, [256, 128]))
+    batch = (torch.randn(64, 64), torch.randint(10, (64,)))
+    peaks = {}
+    for regularised in (True, False):
+        loss = DistancePreservingLoss(net.head.layers, [1.0]) if regularised else None
+        wrapped = RegularisedNet(net, loss)
+        peaks[regularised] = measure(
+            wrapped, batch, loss_fn=wrapped.objective(nn.functional.cross_entropy)
+        ).peak
+    assert 0 < peaks[True] - peaks[False] < 64 * 64 * 256 * 4 / 4

@@ -28,12 +28,13 @@ from smallfoot.errors import ConfigError, ShapeError
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distance matrix ``(N, N)`` of the rows of ``x`` ``(N, D)``.
 
-    Computed from explicit differences (not the Gram-matrix shortcut) so coincident rows give an
-    exact zero with a zero (sub)gradient instead of NaN.
-    """
+    From explicit differences (not the Gram-matrix shortcut, whose rounding leaves coincident
+    rows a tiny non-zero distance and a huge gradient): coincident rows give an exact zero with a
+    zero (sub)gradient, never NaN. ``cdist`` does that without keeping the ``(N, N, D)``
+    differences for the backward, which at batch 128 would outweigh the rest of the step."""
     if x.dim() != 2:
         raise ShapeError(f"pairwise_distances takes (N, D) activations, got {tuple(x.shape)}")
-    return torch.linalg.vector_norm(x[:, None, :] - x[None, :, :], dim=-1)
+    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def distance_mismatch(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
