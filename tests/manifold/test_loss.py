@@ -1,5 +1,6 @@
-"""DistancePreservingLoss: eq. 4 on hand-made activations, zero for isometries, the gradient scope
-of figure 1 (only layers k-1 and k), tiny batches."""
+"""DistancePreservingLoss: eq. 4 (averaged over pairs) on hand-made activations, zero for
+isometries, no growth with the batch size, the gradient scope of figure 1 (only layers k-1 and
+k), tiny batches."""
 
 import math
 
@@ -14,19 +15,24 @@ from smallfoot.manifold import (
     distance_mismatch,
     pairwise_distances,
 )
-from smallfoot.models.bottleneck import BottleneckHead
+from smallfoot.manifold.method import RegularisedNet
+from smallfoot.memory import measure
+from smallfoot.models.bottleneck import BottleneckHead, FeatureNet
 
 
 def direct_eq4(previous, current, lam=0.0, params=()):
-    """Eq. 4 written out with Python loops over ordered pairs (n, m)."""
-    total = 0.0
+    """Eq. 4 written out with Python loops over ordered pairs (n, m), n != m, the distance part
+    divided by the number of those pairs (our batch-size-free normalisation)."""
+    total, pairs = 0.0, 0
     n = len(previous)
     for i in range(n):
         for j in range(n):
-            d_cur = math.dist(current[i], current[j])
-            d_prev = math.dist(previous[i], previous[j])
-            total += (d_cur - d_prev) ** 2
-    return total + lam * sum(float(p.detach().pow(2).sum()) for p in params)
+            if i != j:
+                d_cur = math.dist(current[i], current[j])
+                d_prev = math.dist(previous[i], previous[j])
+                total += (d_cur - d_prev) ** 2
+                pairs += 1
+    return total / pairs + lam * sum(float(p.detach().pow(2).sum()) for p in params)
 
 
 def test_distance_mismatch_equals_eq4_on_hand_made_activations():
@@ -35,10 +41,24 @@ def test_distance_mismatch_equals_eq4_on_hand_made_activations():
     got = distance_mismatch(
         torch.tensor(previous, dtype=torch.float64), torch.tensor(current, dtype=torch.float64)
     )
-    # d_prev: (0,1)=5, (0,2)=sqrt3, (1,2)=sqrt(4+9+1)=sqrt14; d_cur: 1, 2, sqrt5; both orders count
-    by_hand = 2 * ((1 - 5) ** 2 + (2 - math.sqrt(3)) ** 2 + (math.sqrt(5) - math.sqrt(14)) ** 2)
+    # d_prev: (0,1)=5, (0,2)=sqrt3, (1,2)=sqrt(4+9+1)=sqrt14; d_cur: 1, 2, sqrt5; both orders
+    # count: 6 ordered pairs of distinct samples
+    by_hand = 2 * ((1 - 5) ** 2 + (2 - math.sqrt(3)) ** 2 + (math.sqrt(5) - math.sqrt(14)) ** 2) / 6
     assert float(got) == pytest.approx(by_hand, rel=1e-12)
     assert float(got) == pytest.approx(direct_eq4(previous, current), rel=1e-12)
+
+
+def test_mismatch_does_not_grow_with_the_batch():
+    # The same pair repeated: eq. 4's plain sum grows with N^2, the per-pair mean stays put.
+    previous = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)  # distance 5
+    current = torch.tensor([[0.0], [2.0]], dtype=torch.float64)  # distance 2
+    for copies in (1, 4, 32):
+        got = distance_mismatch(previous.repeat(copies, 1), current.repeat(copies, 1))
+        n = 2 * copies
+        # copies^2 * 2 ordered pairs across the two points mismatch by 3; the rest by 0
+        assert float(got) == pytest.approx(9.0 * 2 * copies**2 / (n * (n - 1)), rel=1e-12)
+    big = distance_mismatch(previous.repeat(64, 1), current.repeat(64, 1))
+    assert float(big) < 9.0 * 0.51  # about half the pairs mismatch by 3; the sum would be 73728
 
 
 def test_pairwise_distances_exact_and_zero_diagonal():
@@ -192,3 +212,19 @@ def test_bad_arguments_raise_clear_errors():
         loss([torch.randn(3, 6)])
     with pytest.raises(ShapeError, match="same batch"):
         distance_mismatch(torch.randn(3, 2), torch.randn(4, 2))
+
+
+def test_distance_terms_do_not_keep_the_pairwise_differences():
+    # Explicit (N, N, D) differences kept for the backward cost 64 * 64 * 256 * 4 bytes = 4 MiB
+    # for the first term alone; the distance matrices themselves are 64 * 64 * 4 bytes each.
+    torch.manual_seed(7)
+    net = FeatureNet(nn.Flatten(), BottleneckHead(64, 10, [256, 128]))
+    batch = (torch.randn(64, 64), torch.randint(10, (64,)))
+    peaks = {}
+    for regularised in (True, False):
+        loss = DistancePreservingLoss(net.head.layers, [1.0]) if regularised else None
+        wrapped = RegularisedNet(net, loss)
+        peaks[regularised] = measure(
+            wrapped, batch, loss_fn=wrapped.objective(nn.functional.cross_entropy)
+        ).peak
+    assert 0 < peaks[True] - peaks[False] < 64 * 64 * 256 * 4 / 4

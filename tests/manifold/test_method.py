@@ -10,7 +10,7 @@ from smallfoot.config import RunConfig
 from smallfoot.data import load_dataset
 from smallfoot.errors import ConfigError
 from smallfoot.manifold.method import ManifoldTrainer, RegularisedNet, make_regulariser
-from smallfoot.methods import get_method
+from smallfoot.methods import RunContext, get_method
 from smallfoot.models.bottleneck import attach_head
 from smallfoot.train import TrainConfig, Trainer, run_training
 
@@ -121,3 +121,69 @@ def test_run_training_writes_manifold_metrics(tmp_path):
     assert summary["method"] == "manifold"
     memory = json.loads((tmp_path / "m" / "summary.json").read_text())["memory"]
     assert memory["peak"] > memory["parameters"] > 0
+
+
+def run_config(**overrides):
+    options = dict(dataset="synthetic", model="cnn4", method="manifold", data_options=DATA)
+    return RunConfig(**{**options, **overrides})
+
+
+def context(config):
+    train = load_dataset("synthetic", "train", **DATA)
+    method = get_method("manifold", config.method_options)
+    return method, RunContext(config, method.options, train, train)
+
+
+@pytest.mark.parametrize(
+    "batch, reference, want",
+    [(5, 128, 0.05 * 5 / 128), (128, 128, 0.05), (512, 128, 0.05), (5, 0, 0.05), (9, 18, 0.025)],
+)
+def test_learning_rate_scales_linearly_below_the_reference_batch(batch, reference, want):
+    config = run_config(batch_size=batch, lr=0.05, method_options={"reference_batch": reference})
+    method, ctx = context(config)
+    assert method.learning_rate(ctx) == pytest.approx(want)
+    optimizer = method.make_optimizer(ctx, tiny_net())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(want)
+
+
+def test_model_name_and_check_run():
+    method, ctx = context(run_config(model_options={"widths": [4, 4, 4, 4]}))
+    assert method.model_name(ctx) == "cnn4_bottleneck"
+    method.check_run(ctx)  # a valid run passes
+    method, ctx = context(run_config(model="resnet20"))
+    with pytest.raises(ConfigError, match="nn.Flatten.*--model cnn4"):
+        method.check_run(ctx)
+    one_layer = {"head_width": 16, "bottleneck_width": 16}
+    method, ctx = context(run_config(method_options=one_layer))
+    with pytest.raises(ConfigError, match="--head-width 32 or more, or --regularize false"):
+        method.check_run(ctx)
+    method, ctx = context(run_config(method_options={**one_layer, "regularize": False}))
+    method.check_run(ctx)
+
+
+def test_adapt_swaps_a_model_without_flatten_separated_features_for_cnn4():
+    method = get_method("manifold")
+    config = run_config(model="cnn4")
+    assert method.adapt(config, (1, 8, 8)) == (config, [])
+    adapted, notes = method.adapt(
+        run_config(model="resnet20", model_options={"widths": [4, 4, 4]}), (1, 8, 8)
+    )
+    assert adapted.model == "cnn4" and adapted.model_options == {}
+    assert len(notes) == 1 and "resnet20" in notes[0]
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_step_memory_counts_the_regulariser(fake):
+    small = {"widths": [4, 4, 4, 4]}
+    peaks = {}
+    for regularize in (True, False):
+        config = run_config(
+            batch_size=16,
+            model_options=small,
+            method_options={"bottleneck_width": 4, "head_width": 64, "regularize": regularize},
+        )
+        method, ctx = context(config)
+        report = method.step_memory(ctx, fake=fake)
+        peaks[regularize] = report.peak
+    # the recomputed head layers and the (N, N) distance matrices are alive in the backward
+    assert peaks[True] > peaks[False]

@@ -3,9 +3,13 @@
 For bottleneck layers ``k = 0 .. L-1`` with activations ``x^(k)`` of a mini-batch of ``N``::
 
     L_u = sum_{k=1}^{L-1} alpha_k L_u^(k)
-    L_u^(k) = sum_{n,m} (d(x_n^(k), x_m^(k)) - d(x_n^(k-1), x_m^(k-1)))^2 + lambda ||theta^(k)||^2
+    L_u^(k) = mean_{n != m} (d(x_n^(k), x_m^(k)) - d(x_n^(k-1), x_m^(k-1)))^2 + lambda ||theta^(k)||^2
 
 with ``d`` the Euclidean distance and ``theta^(k)`` the parameters of layers ``k-1`` and ``k``.
+Eq. 4 sums over all ``N^2`` ordered pairs; we average over the ``N(N-1)`` pairs of distinct
+samples instead, so one ``alpha`` means the same at every batch size (the sum grows with
+``N^2``: at the CLI's batch of 128 it is 16256 times a pair's mismatch and overflowed the
+cross-entropy within 3 steps). ``alpha_sum = alpha_mean / (N(N-1))`` converts between the two.
 Each term is local (figure 1): its gradient reaches only layers ``k-1`` and ``k``. We get that
 scope exactly by recomputing the two layers from a detached copy of the input of layer ``k-1``
 (the head's input ``z`` for ``k = 1``); the cross-entropy keeps flowing through everything.
@@ -24,23 +28,28 @@ from smallfoot.errors import ConfigError, ShapeError
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distance matrix ``(N, N)`` of the rows of ``x`` ``(N, D)``.
 
-    Computed from explicit differences (not the Gram-matrix shortcut) so coincident rows give an
-    exact zero with a zero (sub)gradient instead of NaN.
-    """
+    From explicit differences (not the Gram-matrix shortcut, whose rounding leaves coincident
+    rows a tiny non-zero distance and a huge gradient): coincident rows give an exact zero with a
+    zero (sub)gradient, never NaN. ``cdist`` does that without keeping the ``(N, N, D)``
+    differences for the backward, which at batch 128 would outweigh the rest of the step."""
     if x.dim() != 2:
         raise ShapeError(f"pairwise_distances takes (N, D) activations, got {tuple(x.shape)}")
-    return torch.linalg.vector_norm(x[:, None, :] - x[None, :, :], dim=-1)
+    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def distance_mismatch(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """``sum_{n,m} (d(current_n, current_m) - d(previous_n, previous_m))^2`` over all ordered pairs
-    of the mini-batch (eq. 4 without the weight penalty); ``previous`` ``(N, D1)``, ``current``
-    ``(N, D2)``. A batch of one sample has no pair: the term is an exact zero."""
+    """``mean_{n != m} (d(current_n, current_m) - d(previous_n, previous_m))^2`` over the
+    ``N(N-1)`` ordered pairs of distinct samples of the mini-batch (eq. 4 without the weight
+    penalty, divided by the number of pairs); ``previous`` ``(N, D1)``, ``current`` ``(N, D2)``,
+    result in squared activation units. A batch of one sample has no pair: an exact zero."""
     if previous.shape[0] != current.shape[0]:
         raise ShapeError(
             f"both activations need the same batch, got {previous.shape[0]} and {current.shape[0]}"
         )
-    return (pairwise_distances(current) - pairwise_distances(previous)).pow(2).sum()
+    n = previous.shape[0]
+    total = (pairwise_distances(current) - pairwise_distances(previous)).pow(2).sum()
+    # The diagonal (n == m) is zero in both matrices, so the sum already runs over n != m only.
+    return total / max(n * (n - 1), 1)
 
 
 def alpha_schedule(terms: int, alpha: float, first_half_ratio: float) -> list[float]:

@@ -9,11 +9,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from smallfoot.errors import ConfigError
+from smallfoot.errors import ConfigError, SmallfootError
 from smallfoot.manifold.loss import DistancePreservingLoss, alpha_schedule
-from smallfoot.methods import Method, RunContext, register_method
-from smallfoot.models.bottleneck import BottleneckHead, FeatureNet, attach_head
-from smallfoot.train.trainer import Trainer
+from smallfoot.memory.meter import MemoryReport
+from smallfoot.methods import Method, RunContext, TrainOutcome, register_method
+from smallfoot.models import build_model
+from smallfoot.models.bottleneck import (
+    BottleneckHead,
+    FeatureNet,
+    attach_head,
+    bottleneck_widths,
+    feature_extractor,
+)
+from smallfoot.train.trainer import Trainer, make_optimizer
 
 
 class ManifoldTrainer(Trainer):
@@ -126,6 +134,13 @@ class Manifold(Method):
         regularize: bool = field(
             default=True, metadata={"help": "false: the same bottleneck net, cross-entropy only"}
         )
+        reference_batch: int = field(
+            default=128,
+            metadata={
+                "help": "--lr is meant for this batch size; smaller batches train at "
+                "lr * batch_size / reference_batch (0: use --lr as given)"
+            },
+        )
 
         def validate(self) -> None:
             """Raise ``ConfigError`` on impossible values."""
@@ -136,6 +151,72 @@ class Manifold(Method):
                 )
             if self.alpha < 0 or self.alpha_ratio < 0 or self.lambda_ < 0:
                 raise ConfigError("alpha, alpha_ratio and lambda must be >= 0")
+            if self.reference_batch < 0:
+                raise ConfigError(
+                    f"reference_batch must be >= 0 (0 turns the scaling off), "
+                    f"got {self.reference_batch}"
+                )
+
+    def learning_rate(self, ctx: RunContext) -> float:
+        """The rate this method trains at: ``--lr`` scaled linearly down to the batch size,
+        ``lr * batch_size / reference_batch`` when the batch is smaller than ``reference_batch``.
+
+        The bottleneck head has no normalisation, so unlike the batch-normed features it is not
+        scale-invariant: at ``--lr 0.05`` (the CLI default, meant for batch 128) and a batch of
+        5, the noisy steps blow its activations up and push every unit of a narrow layer below
+        zero, after which no gradient flows and the net predicts one class for good."""
+        lr, reference = ctx.config.lr, self.options.reference_batch
+        if reference and ctx.config.batch_size < reference:
+            return lr * ctx.config.batch_size / reference
+        return lr
+
+    def make_optimizer(self, ctx: RunContext, model: nn.Module) -> torch.optim.Optimizer:
+        """The run's optimizer at :meth:`learning_rate` (the batch-scaled rate)."""
+        config = ctx.train_config()
+        config.lr = self.learning_rate(ctx)
+        return make_optimizer(model.parameters(), config)
+
+    def model_name(self, ctx: RunContext) -> str:
+        """``<model>_bottleneck``: the model's features with the bottleneck head."""
+        return f"{ctx.config.model}_bottleneck"
+
+    def check_run(self, ctx: RunContext) -> None:
+        """Refuse a model without a ``Flatten``-separated feature extractor, and a cascade too
+        short for the regulariser (it needs two bottleneck layers), before any work."""
+        o = self.options
+        with torch.device("meta"):
+            base = build_model(
+                ctx.config.model, ctx.input_shape, ctx.num_classes, **ctx.config.model_options
+            )
+        feature_extractor(base)
+        if o.regularize and len(bottleneck_widths(o.head_width, o.bottleneck_width)) < 2:
+            raise ConfigError(
+                f"the distance-preserving loss needs at least 2 bottleneck layers, but "
+                f"--head-width {o.head_width} --bottleneck-width {o.bottleneck_width} gives one; "
+                f"use --head-width {2 * o.bottleneck_width} or more, or --regularize false"
+            )
+
+    def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
+        """``compare``: a model without a ``Flatten``-separated feature extractor (an MLP, a
+        ResNet) is replaced by ``cnn4`` for image inputs (one note); other configs unchanged."""
+        from dataclasses import replace
+
+        try:
+            with torch.device("meta"):
+                feature_extractor(
+                    build_model(
+                        config.model, tuple(input_shape), 10, **config.model_options
+                    )  # structure only
+                )
+        except SmallfootError:
+            if len(input_shape) != 3:
+                return config, []
+            note = (
+                f"manifold: {config.model} has no Flatten-separated conv features; "
+                "trained cnn4 features + bottleneck head instead"
+            )
+            return replace(config, model="cnn4", model_options={}), [note]
+        return config, []
 
     def build_model(self, ctx: RunContext) -> FeatureNet:
         """``config.model``'s features (with ``config.model_options``) + a bottleneck head."""
@@ -172,6 +253,37 @@ class Manifold(Method):
             progress=ctx.config.progress,
             regulariser=self.regulariser(model),
         )
+
+    def train(self, ctx: RunContext) -> TrainOutcome:
+        """Train as :class:`Method` does; the summary also records the rate actually used."""
+        outcome = super().train(ctx)
+        outcome.extra["lr_used"] = self.learning_rate(ctx)
+        return outcome
+
+    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """One training step as manifold training runs it: the bottleneck net, cross-entropy
+        plus the regulariser (its recomputed head layers and distance matrices included), the
+        run's optimizer, at ``config.batch_size`` random inputs (fake tensors when ``fake``)."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        from smallfoot.memory import estimate, measure
+
+        loss_fn, _ = self.make_loss(ctx)
+        batch, shape = ctx.config.batch_size, ctx.input_shape
+        torch.manual_seed(ctx.config.seed)
+        if fake:
+            with FakeTensorMode():
+                model = self.build_model(ctx)
+                net = RegularisedNet(model, self.regulariser(model))
+                opt = self.make_optimizer(ctx, model)
+                x = torch.randn(batch, *shape)
+                y = torch.randint(ctx.num_classes, (batch,))
+            return estimate(net, (x, y), loss_fn=net.objective(loss_fn), optimizer=opt)
+        model = self.build_model(ctx)
+        net = RegularisedNet(model, self.regulariser(model))
+        opt = self.make_optimizer(ctx, model)
+        x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
+        return measure(net, (x, y), loss_fn=net.objective(loss_fn), optimizer=opt)
 
     def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
         """The meter's report of one training step, the regulariser included."""

@@ -115,15 +115,15 @@ def feature_extractor(base: nn.Sequential) -> nn.Sequential:
     including the first ``nn.Flatten``; the classifier after it is dropped."""
     if not isinstance(base, nn.Sequential):
         raise ConfigError(
-            f"a bottleneck head attaches to an nn.Sequential feature extractor (cnn4, vgg*), "
-            f"not {type(base).__name__}"
+            f"a bottleneck head attaches to an nn.Sequential feature extractor, "
+            f"not {type(base).__name__}; use --model cnn4 or --model vgg16"
         )
     for i, layer in enumerate(base):
         if isinstance(layer, nn.Flatten):
             return nn.Sequential(*list(base)[: i + 1])
     raise ConfigError(
         "the base model has no nn.Flatten separating its features from its classifier; "
-        "use a convolutional baseline such as cnn4 or vgg16"
+        "use --model cnn4 or --model vgg16"
     )
 
 
