@@ -78,7 +78,7 @@ def test_measured_unit_memory_respects_the_budget(tiny_cnn):
 
 def test_budget_that_no_decision_block_meets_says_so(tiny_cnn):
     _, feed, segment, batch, reference, config = unit_setup(tiny_cnn, 0)
-    with pytest.raises(BudgetError, match="smallest measured needs .* Raise --budget"):
+    with pytest.raises(BudgetError, match="smallest measured needs .* pass --budget "):
         fit_decision_block(
             lambda decision: Subnet(feed, segment, decision),
             (4, 4, 4),
