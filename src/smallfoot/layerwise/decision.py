@@ -2,8 +2,9 @@
 figure 6.4), and the search that sizes one to a memory budget.
 
 A decision block is ``convs`` down-convolutions (3x3, stride 2, batch norm, ReLU) of ``width``
-channels, an adaptive average pool to ``pool x pool`` (``pool=1``: global pooling), and a
-linear layer. Flat inputs ``(B, D)`` get a single linear layer.
+channels, an adaptive average pool to ``pool x pool`` (``pool=1``: global pooling; ``pool=0``:
+no pooling, the full map is flattened: the thesis' single affine layer for its 4-layer CNN),
+and a linear layer. Flat inputs ``(B, D)`` get a single linear layer.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def decision_block(
         return nn.Sequential(nn.Linear(input_shape[0], num_classes))
     if len(input_shape) != 3:
         raise ShapeError(f"decision blocks take (C, H, W) or (D,) inputs, got {input_shape}")
-    if pool < 1:
-        raise ShapeError(f"decision pool size must be at least 1, got {pool}")
+    if pool < 0:
+        raise ShapeError(f"decision pool size must be at least 0 (0: no pooling), got {pool}")
     c, h, w = input_shape
     width = c if width is None else int(width)
     layers: list[nn.Module] = []
@@ -48,6 +49,9 @@ def decision_block(
             nn.ReLU(inplace=True),
         ]
         c, h, w = width, (h - 1) // stride + 1, (w - 1) // stride + 1
+    if pool == 0:
+        layers += [nn.Flatten(), nn.Linear(c * h * w, num_classes)]
+        return nn.Sequential(*layers)
     side = min(pool, h, w)
     layers += [nn.AdaptiveAvgPool2d(side), nn.Flatten(), nn.Linear(c * side * side, num_classes)]
     return nn.Sequential(*layers)

@@ -60,7 +60,11 @@ class LayerwiseOptions:
     )
     max_convs: int = field(default=4, metadata={"help": "most down-convs in a decision block"})
     decision_pool: int = field(
-        default=2, metadata={"help": "decision blocks average-pool to this side before the linear"}
+        default=2,
+        metadata={
+            "help": "decision blocks average-pool to this side before the linear (0: no "
+            "pooling, a linear layer on the full map as the thesis' 4-layer CNN)"
+        },
     )
     order: Order = field(
         default="bottom-up",
@@ -113,6 +117,10 @@ class LayerwiseOptions:
             raise ConfigError(f"--unit-size must be at least 1, got {self.unit_size}")
         if self.budget < 0:
             raise ConfigError(f"--budget is a fraction of full backprop's peak, got {self.budget}")
+        if self.decision_pool < 0:
+            raise ConfigError(
+                f"--decision-pool must be at least 0 (0: no pooling), got {self.decision_pool}"
+            )
         if self.robin_epochs < 1:
             raise ConfigError(f"--robin-epochs must be at least 1, got {self.robin_epochs}")
         if self.epochs_per_unit is not None and self.epochs_per_unit < 1:
