@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError, ShapeError, UnknownNameError
 from smallfoot.losses import (
     LinearMSE,
@@ -15,6 +16,7 @@ from smallfoot.losses import (
     list_losses,
     normalize_scores,
 )
+from smallfoot.train import run_training
 
 K = 5
 
@@ -27,7 +29,7 @@ def logits_and_targets(seed=0, batch=7, scale=2.0):
 
 
 def closed_form_gradient(loss, x, y):
-    """``(y - t) / B``: the canonical error delta of the batch-mean loss."""
+    """``scale (y - t) / B``: the canonical error delta of the batch-mean loss."""
     t = encode_targets(y, K, loss.target_values, torch.float64)
     if isinstance(loss, SparseCrossEntropy):
         out = loss.alpha * torch.exp(x)
@@ -35,25 +37,37 @@ def closed_form_gradient(loss, x, y):
         out = loss.alpha * x**3 + loss.beta
     else:
         out = x
-    return (out - t).detach() / len(y)
+    return loss.scale * (out - t).detach() / len(y)
 
 
 @pytest.mark.parametrize(
     "loss",
     [
         SparseCrossEntropy(K),
-        SparseCrossEntropy(K, alpha=0.5, target_values=(0, 2)),
+        SparseCrossEntropy(K, alpha=0.5, target_values=(0, 2), scale=1.0),
         NegativeCorrelationLoss(K),
-        NegativeCorrelationLoss(K, alpha=0.0007, beta=0.0, target_values=(-1, 1)),
+        NegativeCorrelationLoss(K, alpha=0.0007, beta=0.0, target_values=(-1, 1), scale=1.0),
         LinearMSE(K),
-        LinearMSE(K, target_values=(0, 1)),
+        LinearMSE(K, target_values=(0, 1), scale=1.0),
     ],
-    ids=["exp", "exp-t02", "pow3", "pow3-t-11", "mse", "mse-t01"],
+    ids=["exp", "exp-t02-raw", "pow3", "pow3-t-11-raw", "mse", "mse-t01-raw"],
 )
 def test_gradient_is_y_minus_t(loss):
     x, y = logits_and_targets()
     (grad,) = torch.autograd.grad(loss(x, y), x)
     torch.testing.assert_close(grad, closed_form_gradient(loss, x, y), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss_cls", [SparseCrossEntropy, NegativeCorrelationLoss, LinearMSE])
+def test_default_scale_is_the_class_mean_in_units_of_the_target_gap(loss_cls):
+    """Default loss = thesis loss / (K (t_true - t_other)); scale=1 is the thesis' loss."""
+    x, y = logits_and_targets(seed=2)
+    default, raw = loss_cls(K), loss_cls(K, scale=1.0)
+    low, high = default.target_values
+    assert default.scale == 1.0 / (K * (high - low)) and raw.scale == 1.0
+    torch.testing.assert_close(default(x, y), raw(x, y) * default.scale)
+    with pytest.raises(ConfigError, match="scale"):
+        loss_cls(K, scale=0.0)
 
 
 def test_softmax_gradient_is_softmax_minus_onehot():
@@ -74,17 +88,16 @@ def test_sparse_cross_entropy_finite_for_logits_of_magnitude_100(dtype):
     if dtype == torch.float64:
         assert torch.isfinite(grad).all()
     # very negative logits: y -> 0, the gradient is -t / B for the true class, 0 elsewhere
-    torch.testing.assert_close(
-        grad[1].double(), torch.tensor([0, -8.0, 0, 0, 0], dtype=torch.float64)
-    )
+    expected = torch.tensor([0, -8.0 * loss.scale, 0, 0, 0], dtype=torch.float64)
+    torch.testing.assert_close(grad[1].double(), expected)
 
 
 def test_sparse_cross_entropy_matches_its_definition():
     x, y = logits_and_targets()
-    loss = SparseCrossEntropy(K, alpha=0.3, target_values=(0, 4))
+    loss = SparseCrossEntropy(K, alpha=0.3, target_values=(0, 4), scale=0.5)
     out = 0.3 * torch.exp(x)
     t = encode_targets(y, K, (0, 4), torch.float64)
-    expected = (out.abs() - t * torch.log(out)).sum(1).mean()
+    expected = 0.5 * (out.abs() - t * torch.log(out)).sum(1).mean()
     torch.testing.assert_close(loss(x, y), expected)
 
 
@@ -130,9 +143,10 @@ def test_build_loss_defaults_and_options():
         "softmax-ce",
     ]
     loss, _ = build_loss("exp-ga", 10)
-    assert (loss.alpha, loss.target_values) == (0.1, (0.0, 16.0))
-    loss, _ = build_loss("pow3-ga", 10, target_values=[-2, 10], alpha=0.002, beta=0.1)
+    assert (loss.alpha, loss.target_values, loss.scale) == (0.1, (0.0, 16.0), 1 / 160)
+    loss, _ = build_loss("pow3-ga", 10, target_values=[-2, 10], alpha=0.002, beta=0.1, scale=1)
     assert (loss.alpha, loss.beta, loss.target_values) == (0.002, 0.1, (-2.0, 10.0))
+    assert loss.scale == 1.0
     assert build_loss("linear-mse", 10)[0].target_values == (-1.0, 1.0)
 
 
@@ -140,6 +154,8 @@ def test_build_loss_defaults_and_options():
     "name, options",
     [
         ("softmax-ce", {"alpha": 0.1}),
+        ("softmax-ce", {"scale": 0.5}),
+        ("linear-mse", {"scale": -1.0}),
         ("linear-mse", {"beta": 0.1}),
         ("exp-ga", {"alpha": 0.0}),
         ("exp-ga", {"target_values": [-1, 1]}),
@@ -159,3 +175,17 @@ def test_unknown_loss_and_wrong_shape():
     loss, _ = build_loss("exp-ga", 10)
     with pytest.raises(ShapeError, match=r"\(B, 10\)"):
         loss(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["exp-ga", "pow3-ga", "linear-mse"])
+def test_each_loss_trains_from_its_defaults_at_the_default_learning_rate(name, tmp_path):
+    """`smallfoot train --dataset digits --model cnn4 --loss NAME --epochs 2`: no divergence at
+    the CLI's learning rate, and well above chance (10%)."""
+    config = RunConfig(
+        dataset="digits", model="cnn4", loss=name, epochs=2, out_dir=str(tmp_path),
+        progress=False, measure_memory=False,
+    )  # fmt: skip
+    assert config.lr == RunConfig().lr and not config.loss_options
+    summary = run_training(config)
+    assert summary["test_accuracy"] >= 0.8

@@ -19,8 +19,16 @@ name           activation ``y(x)``          loss per sample (summed over classes
 
 Defaults: exp-GA ``alpha = 0.1`` and ``t in {0, 16}`` (section 4.5), pow3-GA ``alpha = 0.001``,
 ``beta = 0.4``, ``t in {0, 10}`` (section 4.7), linear + MSE ``t in {-1, 1}`` (table 4.2).
-Every loss is summed over the classes and averaged over the batch, like
-``F.cross_entropy``, so the gradient of one sample's logits is ``(y - t) / B``.
+
+Scale. Each GA loss is the thesis' loss times ``scale``, averaged over the batch like
+``F.cross_entropy``, so the gradient of one sample's logits is ``scale (y - t) / B``: the
+direction and the amplification of ``y - t`` are the thesis', only the step size changes
+(like a factor on the learning rate). The default scale is ``1 / (K (t_true - t_other))``:
+the loss averaged over the ``K`` classes (as ``nn.MSELoss`` averages) and measured in units
+of the target gap (softmax-CE's one-hot gap is 1). Summed over the classes with targets up to
+16 apart, the thesis' losses diverge at the learning rates that suit softmax-CE (the thesis
+tunes a lower rate per loss); with the default scale the usual learning rate trains them.
+``scale=1`` gives the thesis' loss exactly (``dL/dx = (y - t) / B``).
 """
 
 from __future__ import annotations
@@ -73,7 +81,8 @@ def build_loss(
 ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """Build loss ``name``; returns ``(loss_fn(output, target) -> scalar, predict_fn(output) -> classes)``.
 
-    ``options`` are the loss' keyword arguments (``target_values``, ``alpha``, ``beta``);
+    ``options`` are the loss' keyword arguments (``target_values``, ``alpha``, ``beta``,
+    ``scale``);
     one the loss does not take raises :class:`ConfigError`.
     """
     if name not in _REGISTRY:
@@ -122,6 +131,16 @@ def _check_values(values, name: str) -> tuple[float, float]:
             f"{name}: the true-class target ({high}) must exceed the other-class target ({low})"
         )
     return low, high
+
+
+def _check_scale(scale, values: tuple[float, float], num_classes: int, name: str) -> float:
+    """The loss factor: ``scale``, or by default ``1 / (K (t_true - t_other))``: the mean over
+    the ``K`` classes, in units of the target gap (see the module docstring)."""
+    if scale is None:
+        return 1.0 / (num_classes * (values[1] - values[0]))
+    if not float(scale) > 0:
+        raise ConfigError(f"{name}: scale must be positive (it multiplies the loss), got {scale}")
+    return float(scale)
 
 
 def _check_logits(output: torch.Tensor, num_classes: int, name: str) -> None:
@@ -206,13 +225,18 @@ class SparseCrossEntropy(OutputLoss):
     """exp-GA (thesis section 4.5-4.6): exponential outputs ``y = alpha exp(x)`` with the sparse
     cross-entropy ``L = sum_k |y_k| - t_k ln y_k`` (cross-entropy plus an L1 penalty).
 
-    ``dL/dx = y - t`` (for ``alpha > 0``). Computed from the logits: ``ln y = ln(alpha) + x``,
+    ``dL/dx = scale (y - t)`` (for ``alpha > 0``; ``scale`` as in the module docstring).
+    Computed from the logits: ``ln y = ln(alpha) + x``,
     never ``log(exp(x))``, and in float64, so the loss stays finite for logits up to about 700 in
     magnitude (in float32 ``alpha exp(x)`` itself overflows above about 88).
     """
 
     def __init__(
-        self, num_classes: int, alpha: float = 0.1, target_values: Sequence[float] = (0.0, 16.0)
+        self,
+        num_classes: int,
+        alpha: float = 0.1,
+        target_values: Sequence[float] = (0.0, 16.0),
+        scale: float | None = None,
     ):
         super().__init__()
         if not alpha > 0:
@@ -223,6 +247,7 @@ class SparseCrossEntropy(OutputLoss):
             raise ConfigError(
                 f"exp-ga outputs are positive, so targets must be >= 0; got {self.target_values}"
             )
+        self.scale = _check_scale(scale, self.target_values, num_classes, "exp-ga")
 
     def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Sparse cross-entropy of each sample ``(B,)`` (float64)."""
@@ -231,7 +256,7 @@ class SparseCrossEntropy(OutputLoss):
         t = encode_targets(target, self.num_classes, self.target_values, torch.float64)
         log_alpha = torch.log(torch.tensor(self.alpha, dtype=torch.float64))
         y = torch.exp(x + log_alpha)
-        return (y - t * (x + log_alpha)).sum(dim=1)
+        return self.scale * (y - t * (x + log_alpha)).sum(dim=1)
 
     def activation(self, output: torch.Tensor) -> torch.Tensor:
         """``alpha exp(x)``."""
@@ -246,7 +271,8 @@ class NegativeCorrelationLoss(OutputLoss):
     """pow3-GA (thesis sections 4.7-4.8): linear outputs ``x`` with the negative-correlation loss
     ``L = sum_k alpha x_k^4 / 4 + beta x_k - t_k x_k``.
 
-    ``dL/dx = alpha x^3 + beta - t = y - t`` with the cubic activation ``y = alpha x^3 + beta``.
+    ``dL/dx = alpha x^3 + beta - t = y - t`` with the cubic activation ``y = alpha x^3 + beta``
+    (times ``scale``, as in the module docstring).
     """
 
     def __init__(
@@ -255,6 +281,7 @@ class NegativeCorrelationLoss(OutputLoss):
         alpha: float = 0.001,
         beta: float = 0.4,
         target_values: Sequence[float] = (0.0, 10.0),
+        scale: float | None = None,
     ):
         super().__init__()
         if not alpha > 0:
@@ -263,12 +290,14 @@ class NegativeCorrelationLoss(OutputLoss):
             raise ConfigError(f"pow3-ga needs beta >= 0, got {beta}")
         self.num_classes, self.alpha, self.beta = num_classes, float(alpha), float(beta)
         self.target_values = _check_values(target_values, "pow3-ga")
+        self.scale = _check_scale(scale, self.target_values, num_classes, "pow3-ga")
 
     def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Negative-correlation loss of each sample ``(B,)``."""
         _check_logits(output, self.num_classes, "pow3-ga")
         t = encode_targets(target, self.num_classes, self.target_values, output.dtype)
-        return (0.25 * self.alpha * output**4 + self.beta * output - t * output).sum(dim=1)
+        loss = 0.25 * self.alpha * output**4 + self.beta * output - t * output
+        return self.scale * loss.sum(dim=1)
 
     def activation(self, output: torch.Tensor) -> torch.Tensor:
         """``alpha x^3 + beta``."""
@@ -276,18 +305,25 @@ class NegativeCorrelationLoss(OutputLoss):
 
 
 class LinearMSE(OutputLoss):
-    """Linear outputs with the squared error ``L = sum_k (x_k - t_k)^2 / 2``: ``dL/dx = x - t``."""
+    """Linear outputs with the squared error ``L = sum_k (x_k - t_k)^2 / 2``: ``dL/dx = x - t``
+    (times ``scale``, as in the module docstring)."""
 
-    def __init__(self, num_classes: int, target_values: Sequence[float] = (-1.0, 1.0)):
+    def __init__(
+        self,
+        num_classes: int,
+        target_values: Sequence[float] = (-1.0, 1.0),
+        scale: float | None = None,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.target_values = _check_values(target_values, "linear-mse")
+        self.scale = _check_scale(scale, self.target_values, num_classes, "linear-mse")
 
     def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Half the squared error of each sample ``(B,)``."""
         _check_logits(output, self.num_classes, "linear-mse")
         t = encode_targets(target, self.num_classes, self.target_values, output.dtype)
-        return 0.5 * ((output - t) ** 2).sum(dim=1)
+        return 0.5 * self.scale * ((output - t) ** 2).sum(dim=1)
 
     def activation(self, output: torch.Tensor) -> torch.Tensor:
         """The identity."""
@@ -310,17 +346,25 @@ def _softmax_ce(num_classes: int) -> nn.Module:
 
 
 @register_loss("exp-ga", "exp-GA: y = alpha exp(x), sparse cross-entropy (thesis 4.5-4.6)")
-def _exp_ga(num_classes: int, alpha: float = 0.1, target_values=(0.0, 16.0)) -> nn.Module:
-    return SparseCrossEntropy(num_classes, alpha, target_values)
+def _exp_ga(
+    num_classes: int, alpha: float = 0.1, target_values=(0.0, 16.0), scale: float | None = None
+) -> nn.Module:
+    return SparseCrossEntropy(num_classes, alpha, target_values, scale)
 
 
 @register_loss("pow3-ga", "pow3-GA: linear outputs, negative-correlation loss (thesis 4.7-4.8)")
 def _pow3_ga(
-    num_classes: int, alpha: float = 0.001, beta: float = 0.4, target_values=(0.0, 10.0)
+    num_classes: int,
+    alpha: float = 0.001,
+    beta: float = 0.4,
+    target_values=(0.0, 10.0),
+    scale: float | None = None,
 ) -> nn.Module:
-    return NegativeCorrelationLoss(num_classes, alpha, beta, target_values)
+    return NegativeCorrelationLoss(num_classes, alpha, beta, target_values, scale)
 
 
 @register_loss("linear-mse", "linear outputs + squared error (thesis 4.3)")
-def _linear_mse(num_classes: int, target_values=(-1.0, 1.0)) -> nn.Module:
-    return LinearMSE(num_classes, target_values)
+def _linear_mse(
+    num_classes: int, target_values=(-1.0, 1.0), scale: float | None = None
+) -> nn.Module:
+    return LinearMSE(num_classes, target_values, scale)

@@ -1,6 +1,7 @@
 """The closedform method, the `smallfoot fit` command and `train --init` from a fit."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -10,7 +11,8 @@ from smallfoot import cli
 from smallfoot.closedform.method import process_peak_bytes, reset_process_peak
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
-from smallfoot.methods import get_method_class
+from smallfoot.memory.configured import configured_step
+from smallfoot.methods import get_method, get_method_class
 from smallfoot.train import run_training
 
 
@@ -55,8 +57,39 @@ def test_fit_command_writes_a_run_that_train_init_accepts(monkeypatch, capsys, t
 
 def test_closedform_needs_the_mlp_model(tmp_path):
     config = RunConfig(dataset="digits", model="cnn4", method="closedform", out_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match="--model mlp"):
+    with pytest.raises(ConfigError, match="--model mlp") as error:
         run_training(config)
+    message = str(error.value)
+    assert "\n" not in message
+    # the widths it suggests parse as the CLI parses --model-opt
+    suggested = re.search(r"--model-opt (\S+)\)", message).group(1)
+    assert cli.parse_key_values([suggested], "--model-opt") == {"widths": [256, 128]}
+
+
+def test_memory_command_refuses_in_one_line(monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="no training step .* process peak") as error:
+        configured_step("mlp", (1, 8, 8), 16, method="closedform")
+    assert "\n" not in str(error.value)
+    code, out, err = run_cli(
+        monkeypatch, capsys, "memory", "--model", "cnn4", "--input", "1x28x28", "--method",
+        "closedform",
+    )  # fmt: skip
+    assert code == 2 and "no training step" in err + out and "parameters" not in out
+
+
+def test_compare_adapts_another_model_to_the_mlp(tmp_path):
+    method = get_method("closedform")
+    config = RunConfig(
+        dataset="digits", model="cnn4", method="closedform", model_options={"widths": [4, 4, 8, 8]},
+        train_limit=300, test_limit=100, out_dir=str(tmp_path), progress=False,
+    )  # fmt: skip
+    adapted, notes = method.adapt(config, (1, 8, 8))
+    assert (adapted.model, adapted.model_options) == ("mlp", {"widths": [256, 128]})
+    assert len(notes) == 1 and "cnn4" in notes[0] and "mlp" in notes[0]
+    assert config.model == "cnn4"  # not mutated
+    assert method.adapt(adapted, (1, 8, 8)) == (adapted, [])
+    summary = run_training(adapted)
+    assert summary["model"] == "mlp" and summary["test_accuracy"] > 0.5
 
 
 def test_fit_command_reports_bad_options_in_one_line(monkeypatch, capsys, tmp_path):

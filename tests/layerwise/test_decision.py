@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from smallfoot.errors import BudgetError, ShapeError
+from smallfoot.errors import BudgetError, ConfigError, ShapeError
 from smallfoot.layerwise import (
     LayerwiseOptions,
     Subnet,
@@ -27,6 +27,19 @@ def test_decision_block_shapes():
     assert decision_block((8, 1, 1), 4, convs=1)(torch.randn(2, 8, 1, 1)).shape == (2, 4)
     with pytest.raises(ShapeError, match="down-convolutions"):
         decision_block((7,), 4, convs=1)
+
+
+def test_pool_zero_is_a_linear_layer_on_the_full_map():
+    """The thesis' decision block for its 4-layer CNN: flatten + one affine layer."""
+    block = decision_block((8, 6, 6), 5, pool=0)
+    assert [type(m) for m in block] == [nn.Flatten, nn.Linear]
+    assert block[-1].in_features == 8 * 6 * 6
+    assert block(torch.randn(3, 8, 6, 6)).shape == (3, 5)
+    assert decision_block((8, 6, 6), 5, convs=1, pool=0)[-1].in_features == 8 * 3 * 3
+    with pytest.raises(ShapeError, match="at least 0"):
+        decision_block((8, 6, 6), 5, pool=-1)
+    with pytest.raises(ConfigError, match="--decision-pool"):
+        LayerwiseOptions(decision_pool=-1).validate()
 
 
 def test_candidates_grow_from_the_cheapest():
@@ -78,7 +91,7 @@ def test_measured_unit_memory_respects_the_budget(tiny_cnn):
 
 def test_budget_that_no_decision_block_meets_says_so(tiny_cnn):
     _, feed, segment, batch, reference, config = unit_setup(tiny_cnn, 0)
-    with pytest.raises(BudgetError, match="smallest measured needs .* Raise --budget"):
+    with pytest.raises(BudgetError, match="smallest measured needs .* pass --budget "):
         fit_decision_block(
             lambda decision: Subnet(feed, segment, decision),
             (4, 4, 4),

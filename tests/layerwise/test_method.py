@@ -1,9 +1,12 @@
 import json
+import re
 
 import pytest
 
+from smallfoot.cli import parse_extra_flags
 from smallfoot.config import RunConfig
-from smallfoot.errors import ConfigError, TrainingInterrupted
+from smallfoot.errors import BudgetError, ConfigError, TrainingInterrupted
+from smallfoot.memory.configured import configured_step
 from smallfoot.methods import get_method
 from smallfoot.train import Trainer, run_training
 
@@ -85,3 +88,48 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, order):
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2
+
+
+def test_defaults_need_no_budget():
+    """`--method layerwise` with no flags runs on any model: no budget, no search."""
+    options = get_method("layerwise").options
+    assert options.budget == 0
+
+
+def test_unmeetable_budget_fails_before_training_with_advice_that_works(tmp_path):
+    config = layerwise_config(tmp_path, budget=0.01)
+    with pytest.raises(BudgetError) as error:
+        run_training(config)
+    message = str(error.value)
+    assert "\n" not in message and "budget of 1%" in message
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing was trained
+    # every flag the message suggests parses as the CLI parses it, and the budget it names runs
+    suggested = re.findall(r"(--[a-z-]+ [0-9a-z.]+)", message)
+    assert {flag.split()[0] for flag in suggested} == {"--budget", "--strict-budget"}
+    for flag in suggested:
+        get_method("layerwise", parse_extra_flags(flag.split()))
+    budget = parse_extra_flags(suggested[0].split())
+    config = layerwise_config(tmp_path, **budget)
+    config.run_name = "advised"
+    summary = run_training(config)
+    assert all(u["decision"]["within_budget"] for u in summary["layerwise"]["units"][:-1])
+
+
+@pytest.mark.parametrize("options", [{}, {"budget": 0.9}, {"feed": "checkpoint"}])
+def test_memory_command_measures_the_largest_unit_as_training_does(tmp_path, options):
+    config = layerwise_config(tmp_path, **options)
+    config.measure_memory = True
+    trained = run_training(config)["memory"]
+    shape, classes = tuple(config.data_options["shape"]), config.data_options["num_classes"]
+    common = dict(batch=config.batch_size, model_options=config.model_options, classes=classes)
+    report = configured_step(
+        "cnn4", shape, method="layerwise", method_options=config.method_options, **common
+    )
+    assert report.stage == trained["stage"]
+    assert report.peak == trained["peak"]
+    baseline = configured_step("cnn4", shape, **common)
+    assert report.peak < baseline.peak
+    estimated = configured_step(
+        "cnn4", shape, method="layerwise", method_options=config.method_options, fake=True, **common
+    )
+    assert estimated.estimated and estimated.peak == report.peak

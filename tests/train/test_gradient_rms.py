@@ -38,7 +38,7 @@ def test_output_rms_equals_rms_of_y_minus_t():
     x, y = torch.randn(16, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator)
     data = ArrayDataset(x, y, 3, "toy")
     model = tiny_mlp()
-    loss_fn, predict = build_loss("exp-ga", 3, alpha=0.5, target_values=(0, 2))
+    loss_fn, predict = build_loss("exp-ga", 3, alpha=0.5, target_values=(0, 2), scale=1.0)
     with torch.no_grad():
         delta = 0.5 * torch.exp(model(x).double()) - encode_targets(y, 3, (0, 2), torch.float64)
     callback = GradientRMS(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +13,14 @@ import torch
 from smallfoot._io import atomic_torch_save
 from smallfoot.closedform.platonic import FitResult, fit_mlp
 from smallfoot.errors import ConfigError
+from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, register_method
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MODEL_FILE = "model.pt"
 """The fitted state dict in a run directory; ``smallfoot train --init`` accepts it."""
+WIDTHS = (256, 128)
+"""Hidden-layer widths of the fitted mlp when the run gives none."""
 
 
 def reset_process_peak() -> bool:
@@ -100,19 +104,45 @@ class ClosedForm(Method):
             if self.dtype not in DTYPES:
                 raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
-    def fit(self, ctx: RunContext) -> FitResult:
-        """Run :func:`fit_mlp` on the training set with the run's widths and these options."""
+    def check_run(self, ctx: RunContext) -> None:
+        """Refuse a model other than ``mlp`` (or mlp options other than ``widths``): the fit
+        solves one least-squares problem per fully connected layer."""
         if ctx.config.model != "mlp":
             raise ConfigError(
                 f"method closedform fits the 'mlp' model, not {ctx.config.model!r}; "
-                "use --model mlp --model-opt widths=784,392"
+                f"use --model mlp (layer widths: --model-opt widths={','.join(map(str, WIDTHS))})"
             )
         unknown = set(ctx.config.model_options) - {"widths"}
         if unknown:
             raise ConfigError(
                 f"closedform takes only the mlp option 'widths', not {', '.join(sorted(unknown))}"
             )
-        widths = ctx.config.model_options.get("widths", (256, 128))
+
+    def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
+        """Any other model becomes an ``mlp`` with the default widths (its options dropped),
+        with a note saying so; an ``mlp`` run is unchanged."""
+        if config.model == "mlp":
+            return config, []
+        widths = list(WIDTHS)
+        adapted = dataclasses.replace(config, model="mlp", model_options={"widths": widths})
+        note = (
+            f"fits an mlp with hidden widths {','.join(map(str, widths))} instead of "
+            f"{config.model}: the closed-form fit solves fully connected layers only"
+        )
+        return adapted, [note]
+
+    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """Refuse: a closed-form fit has no backprop step to measure."""
+        raise ConfigError(
+            "method closedform has no training step to measure (one least-squares solve per "
+            "layer, no backprop); its memory is the process peak that `smallfoot train "
+            "--method closedform --model mlp` and `smallfoot fit` report"
+        )
+
+    def fit(self, ctx: RunContext) -> FitResult:
+        """Run :func:`fit_mlp` on the training set with the run's widths and these options."""
+        self.check_run(ctx)
+        widths = ctx.config.model_options.get("widths", WIDTHS)
         widths = (widths,) if isinstance(widths, int) else tuple(widths)
         o = self.options
         return fit_mlp(

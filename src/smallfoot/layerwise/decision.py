@@ -2,12 +2,14 @@
 figure 6.4), and the search that sizes one to a memory budget.
 
 A decision block is ``convs`` down-convolutions (3x3, stride 2, batch norm, ReLU) of ``width``
-channels, an adaptive average pool to ``pool x pool`` (``pool=1``: global pooling), and a
-linear layer. Flat inputs ``(B, D)`` get a single linear layer.
+channels, an adaptive average pool to ``pool x pool`` (``pool=1``: global pooling; ``pool=0``:
+no pooling, the full map is flattened: the thesis' single affine layer for its 4-layer CNN),
+and a linear layer. Flat inputs ``(B, D)`` get a single linear layer.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,8 +36,8 @@ def decision_block(
         return nn.Sequential(nn.Linear(input_shape[0], num_classes))
     if len(input_shape) != 3:
         raise ShapeError(f"decision blocks take (C, H, W) or (D,) inputs, got {input_shape}")
-    if pool < 1:
-        raise ShapeError(f"decision pool size must be at least 1, got {pool}")
+    if pool < 0:
+        raise ShapeError(f"decision pool size must be at least 0 (0: no pooling), got {pool}")
     c, h, w = input_shape
     width = c if width is None else int(width)
     layers: list[nn.Module] = []
@@ -47,6 +49,9 @@ def decision_block(
             nn.ReLU(inplace=True),
         ]
         c, h, w = width, (h - 1) // stride + 1, (w - 1) // stride + 1
+    if pool == 0:
+        layers += [nn.Flatten(), nn.Linear(c * h * w, num_classes)]
+        return nn.Sequential(*layers)
     side = min(pool, h, w)
     layers += [nn.AdaptiveAvgPool2d(side), nn.Flatten(), nn.Linear(c * side * side, num_classes)]
     return nn.Sequential(*layers)
@@ -77,6 +82,7 @@ def fit_decision_block(
     widths: Sequence[int] | None = None,
     pool: int = 2,
     strict: bool = True,
+    meter: Callable | None = None,
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """The largest decision block whose *measured* training peak stays within the budget.
 
@@ -89,12 +95,14 @@ def fit_decision_block(
     candidates of a conv count are skipped once one exceeds the budget.
 
     Returns ``(block, record)`` where ``record`` has ``convs``, ``width``, ``peak`` (bytes),
-    ``fraction`` (of ``reference_peak``), ``within_budget``, ``memory`` (the meter's report)
-    and ``tried``. When no candidate fits, raises :class:`BudgetError` (``strict``) or returns
-    the cheapest candidate measured, with ``within_budget`` False.
+    ``fraction`` (of ``reference_peak``), ``within_budget``, ``memory`` (the meter's report as
+    a dict), ``report`` (the :class:`MemoryReport` itself) and ``tried``. When no candidate fits, raises :class:`BudgetError` (``strict``) or returns
+    the cheapest candidate measured, with ``within_budget`` False. ``meter`` is
+    ``smallfoot.memory.measure`` (default) or ``smallfoot.memory.estimate``.
     """
     from smallfoot.memory import measure
 
+    meter = meter or measure
     if budget <= 0:
         raise BudgetError(f"the memory budget must be a positive fraction, got {budget}")
     limit = budget * reference_peak
@@ -115,8 +123,8 @@ def fit_decision_block(
             if make_optimizer is not None
             else torch.optim.SGD(trainable, lr=0.01, momentum=0.9)
         )
-        report = measure(subnet, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
-        peak = int(report["peak"])
+        measured = meter(subnet, batch, loss_fn=loss_fn, optimizer=optimizer)
+        peak = int(measured.peak)
         tried.append({"convs": convs, "width": width, "peak": peak})
         record = {
             "convs": convs,
@@ -124,7 +132,8 @@ def fit_decision_block(
             "peak": peak,
             "fraction": peak / reference_peak,
             "within_budget": peak <= limit,
-            "memory": report,
+            "memory": measured.to_dict(),
+            "report": measured,
         }
         if cheapest is None or peak < cheapest[1]["peak"]:
             cheapest = (block, record)
@@ -137,12 +146,13 @@ def fit_decision_block(
         best = cheapest
     if best is None:
         smallest = min(t["peak"] for t in tried)
+        needed = math.ceil(100 * smallest / reference_peak + 1e-6) / 100
         raise BudgetError(
             f"no decision block fits a budget of {budget:.0%} of full backprop "
             f"({limit / 2**20:.1f} MiB): the smallest measured needs {smallest / 2**20:.1f} MiB "
-            f"({smallest / reference_peak:.0%}) for a unit with output {tuple(input_shape)}. "
-            "Raise --budget, lower --unit-size, lower the batch size, or pass "
-            "--no-strict-budget to train with the cheapest block anyway"
+            f"({smallest / reference_peak:.1%}) for a unit with output {tuple(input_shape)}; "
+            f"pass --budget {needed:g}, or --strict-budget false to train with the cheapest "
+            "block anyway, or --budget 0 for no budget"
         )
     block, record = best
     record["tried"] = tried

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from smallfoot.layerwise.training import LayerwiseOptions, train_layerwise
+import dataclasses
+
+import torch
+
+from smallfoot.layerwise.training import LayerwiseOptions, LayerwiseTrainer, train_layerwise
+from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import (
     Method,
     RunContext,
@@ -64,3 +69,27 @@ class Layerwise(Method):
         }
         extra = {"layerwise": {"units": result.units, "peak_unit": result.peak_unit}}
         return TrainOutcome(result.model, metrics, result.history, result.memory, extra)
+
+    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """The largest segment's training step (``report.stage`` names it), planned exactly as
+        :meth:`train` plans it: same decision blocks (budget search included), feed, optimizer
+        and loss, on a random batch of ``config.batch_size`` inputs. With ``fake`` the steps are
+        estimated on fake tensors (the model's parameters are built for real)."""
+        from smallfoot.memory import estimate, measure
+
+        loss_fn, predict_fn = self.make_loss(ctx)
+        torch.manual_seed(ctx.config.seed)
+        model = self.build_model(ctx)
+        batch = ctx.config.batch_size
+        x = torch.randn(batch, *ctx.input_shape)
+        y = torch.randint(ctx.num_classes, (batch,))
+        # ctx.train_set is one synthetic sample: nothing to hold out for validation
+        options = dataclasses.replace(self.options, val_fraction=0.0, patience=0)
+        trainer = LayerwiseTrainer(
+            model, ctx.train_set, ctx.test_set, ctx.train_config(), options, loss_fn, predict_fn
+        )
+        planned = trainer.plan_segments((x, y), meter=estimate if fake else measure)
+        index = max(range(len(planned)), key=lambda i: planned[i]["report"].peak)
+        report = planned[index]["report"]
+        report.stage = f"unit {index + 1} of {len(planned)}"
+        return report

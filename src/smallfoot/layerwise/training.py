@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from torch import nn
 
 from smallfoot._io import atomic_torch_save, atomic_write_text
 from smallfoot.data import ArrayDataset, BatchLoader
-from smallfoot.errors import ConfigError, TrainingInterrupted
+from smallfoot.errors import BudgetError, ConfigError, TrainingInterrupted
 from smallfoot.layerwise.decision import decision_block, fit_decision_block
 from smallfoot.layerwise.dropout import BackwardDropout, InputDropout
 from smallfoot.layerwise.feeding import FeatureStore, Subnet, output_shape
@@ -44,10 +45,10 @@ class LayerwiseOptions:
         metadata={"help": "units shared by consecutive segments (default: unit size - 1)"},
     )
     budget: float = field(
-        default=0.3,
+        default=0.0,
         metadata={
             "help": "measured peak memory of each segment's training as a fraction of full "
-            "backprop; sizes the decision blocks (0: global pool + linear, no search)"
+            "backprop (e.g. 0.3); sizes the decision blocks (0: no budget, no search)"
         },
     )
     strict_budget: bool = field(
@@ -59,7 +60,11 @@ class LayerwiseOptions:
     )
     max_convs: int = field(default=4, metadata={"help": "most down-convs in a decision block"})
     decision_pool: int = field(
-        default=2, metadata={"help": "decision blocks average-pool to this side before the linear"}
+        default=2,
+        metadata={
+            "help": "decision blocks average-pool to this side before the linear (0: no "
+            "pooling, a linear layer on the full map as the thesis' 4-layer CNN)"
+        },
     )
     order: Order = field(
         default="bottom-up",
@@ -112,6 +117,10 @@ class LayerwiseOptions:
             raise ConfigError(f"--unit-size must be at least 1, got {self.unit_size}")
         if self.budget < 0:
             raise ConfigError(f"--budget is a fraction of full backprop's peak, got {self.budget}")
+        if self.decision_pool < 0:
+            raise ConfigError(
+                f"--decision-pool must be at least 0 (0: no pooling), got {self.decision_pool}"
+            )
         if self.robin_epochs < 1:
             raise ConfigError(f"--robin-epochs must be at least 1, got {self.robin_epochs}")
         if self.epochs_per_unit is not None and self.epochs_per_unit < 1:
@@ -202,12 +211,6 @@ def first_batch(
     return x.to(device), y.to(device)
 
 
-def _measure(model, batch, loss_fn, optimizer) -> dict[str, Any]:
-    from smallfoot.memory import measure
-
-    return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
-
-
 class LayerwiseTrainer:
     """Runs one layer-wise training: builds a :class:`UnitState` per segment, follows the
     schedule, checkpoints after every epoch (bottom-up) or round (robins), and assembles the
@@ -258,6 +261,7 @@ class LayerwiseTrainer:
         self.need_memory = measure_memory or self.options.budget > 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.reference: dict[str, Any] | None = None
+        self.planned: list[dict[str, Any] | None] = [None] * len(self.plan)
         self.states: list[UnitState] = []
         self.history: list[dict[str, Any]] = []
         self.visits: list[tuple[int, list[int]]] = []
@@ -278,11 +282,31 @@ class LayerwiseTrainer:
             seed=self.config.seed + 7919 * index,
         )
 
-    def make_state(
-        self, index: int, data: dict[str, ArrayDataset | None], frontier: int
-    ) -> UnitState:
-        """Segment ``index``'s subnet (fed from unit ``frontier`` on), decision block, trainer."""
-        options, device = self.options, self.device
+    def build_decision(
+        self,
+        index: int,
+        record: dict[str, Any],
+        input_shape: tuple[int, ...],
+        feed: nn.Module,
+        segment: nn.Module,
+    ) -> nn.Module:
+        """Segment ``index``'s decision block as ``record`` describes it (the last segment:
+        the model's own head); ``input_shape`` is one sample fed to ``feed``."""
+        if index == len(self.plan) - 1:
+            return self.head
+        out_shape = output_shape(nn.Sequential(feed, segment), input_shape)
+        return decision_block(
+            out_shape,
+            self.num_classes,
+            record["convs"] or 0,
+            record["width"],
+            self.options.decision_pool,
+        ).to(self.device)
+
+    def subnet_builder(self, index: int, frontier: int):
+        """``(subnet_for(decision) -> Subnet, optimizer_for(parameters))`` of segment ``index``
+        fed from unit ``frontier`` on."""
+        options = self.options
         start, end = self.plan[index]
         feed, segment = chain(self.body[frontier:start]), chain(self.body[start:end])
         unit_config = self.unit_config(index)
@@ -291,7 +315,7 @@ class LayerwiseTrainer:
             return Subnet(
                 feed,
                 segment,
-                decision.to(device),
+                decision.to(self.device),
                 InputDropout(options.forward_dropout, options.forward_dropout_decay),
                 BackwardDropout(options.backward_dropout),
             )
@@ -299,56 +323,108 @@ class LayerwiseTrainer:
         def optimizer_for(parameters) -> torch.optim.Optimizer:
             return make_optimizer(parameters, unit_config)
 
-        torch.manual_seed(unit_config.seed)  # decision blocks start alike on resume
-        out_shape = output_shape(nn.Sequential(feed, segment), data["train"].input_shape)
-        batch = first_batch(data["train"], self.config.batch_size, device)
+        return subnet_for, optimizer_for
+
+    def plan_segments(
+        self, batch: tuple[torch.Tensor, torch.Tensor], meter=None, indices=None
+    ) -> list[dict[str, Any] | None]:
+        """Choose every segment's decision block and measure its training step on ``batch``
+        (raw inputs), before any training, as training will run it.
+
+        ``meter`` is ``smallfoot.memory.measure`` (default) or ``estimate``; ``indices`` limits
+        the planning to those segments (the others get None). Each entry holds ``record``
+        (``convs``, ``width``, ...), ``memory`` (the meter's report as a dict, None without
+        memory measurement) and ``report`` (the :class:`MemoryReport`). With a positive budget
+        that some segment cannot meet, raises :class:`BudgetError` (``strict_budget``) naming
+        the budget that every segment meets.
+        """
+        from smallfoot.memory import measure
+
+        meter = meter or measure
+        options = self.options
+        x, y = batch
+        if self.need_memory and self.reference is None:
+            optimizer = make_optimizer(self.model.parameters(), self.config)
+            self.reference = meter(self.model, (x, y), self.loss_fn, optimizer).to_dict()
+        indices = range(len(self.plan)) if indices is None else indices
+        planned: list[dict[str, Any] | None] = [None] * len(self.plan)
+        for index in indices:
+            start, end = self.plan[index]
+            # checkpointed features replace the finished units' forward pass
+            frontier = start if options.feed == "checkpoint" else 0
+            unit_x = x
+            if frontier:
+                with torch.no_grad():
+                    prefix = chain(self.body[:frontier])
+                    was_training = prefix.training
+                    unit_x = prefix.eval()(x)
+                    prefix.train(was_training)
+            subnet_for, optimizer_for = self.subnet_builder(index, frontier)
+            feed, segment = chain(self.body[frontier:start]), chain(self.body[start:end])
+            last = index == len(self.plan) - 1
+            report = None
+            if last:
+                record: dict[str, Any] = {"convs": None, "width": None, "head": "model"}
+            elif self.decisions is not None:
+                record = {k: self.decisions[index]["decision"][k] for k in ("convs", "width")}
+            elif options.budget > 0:
+                _, record = fit_decision_block(
+                    subnet_for,
+                    output_shape(nn.Sequential(feed, segment), tuple(unit_x.shape[1:])),
+                    self.num_classes,
+                    (unit_x, y),
+                    self.reference["peak"],
+                    options.budget,
+                    self.loss_fn,
+                    optimizer_for,
+                    options.max_convs,
+                    pool=options.decision_pool,
+                    strict=False,
+                    meter=meter,
+                )
+                record.pop("tried")
+                record.pop("memory")
+                report = record.pop("report")
+            else:
+                record = {"convs": 0, "width": None}
+            if report is None and self.need_memory:
+                decision = self.build_decision(
+                    index, record, tuple(unit_x.shape[1:]), feed, segment
+                )
+                subnet = subnet_for(decision)
+                optimizer = optimizer_for(subnet.trainable_parameters())
+                report = meter(subnet, (unit_x, y), self.loss_fn, optimizer)
+            memory = report.to_dict() if report is not None else None
+            planned[index] = {"record": record, "memory": memory, "report": report}
+        over = [p for p in planned if p is not None and p["record"].get("within_budget") is False]
+        if over and options.strict_budget:
+            worst = max(over, key=lambda p: p["record"]["fraction"])
+            unit = planned.index(worst) + 1
+            needed = math.ceil(100 * worst["record"]["fraction"] + 1e-6) / 100
+            raise BudgetError(
+                f"no decision block fits a budget of {options.budget:.0%} of full backprop for "
+                f"{len(over)} of {len(self.plan)} units: training unit {unit} alone needs "
+                f"{worst['record']['fraction']:.1%}; pass --budget {needed:g}, or "
+                "--strict-budget false to train with the cheapest block anyway, or --budget 0 "
+                "for no budget"
+            )
+        return planned
+
+    def make_state(
+        self, index: int, data: dict[str, ArrayDataset | None], frontier: int
+    ) -> UnitState:
+        """Segment ``index``'s subnet (fed from unit ``frontier`` on), decision block, trainer."""
+        start, end = self.plan[index]
+        feed, segment = chain(self.body[frontier:start]), chain(self.body[start:end])
+        unit_config = self.unit_config(index)
+        subnet_for, optimizer_for = self.subnet_builder(index, frontier)
         saved = self._saved["units"][index] if self._saved is not None else None
-        last = index == len(self.plan) - 1
-        if last:
-            decision: nn.Module = self.head
-            record: dict[str, Any] = {"convs": None, "width": None, "head": "model"}
-        elif saved is not None:
-            record = dict(saved["record"])
-            decision = decision_block(
-                out_shape,
-                self.num_classes,
-                record["convs"] or 0,
-                record["width"],
-                options.decision_pool,
-            )
-        elif self.decisions is not None:
-            record = {key: self.decisions[index]["decision"][key] for key in ("convs", "width")}
-            decision = decision_block(
-                out_shape,
-                self.num_classes,
-                record["convs"] or 0,
-                record["width"],
-                options.decision_pool,
-            )
-        elif options.budget > 0:
-            decision, record = fit_decision_block(
-                subnet_for,
-                out_shape,
-                self.num_classes,
-                batch,
-                self.reference["peak"],
-                options.budget,
-                self.loss_fn,
-                optimizer_for,
-                options.max_convs,
-                pool=options.decision_pool,
-                strict=options.strict_budget,
-            )
-        else:
-            decision = decision_block(out_shape, self.num_classes, 0, None, options.decision_pool)
-            record = {"convs": 0, "width": None}
+        planned = saved if saved is not None else self.planned[index]
+        record = dict(planned["record"])
+        torch.manual_seed(unit_config.seed)  # decision blocks start alike on resume
+        decision = self.build_decision(index, record, data["train"].input_shape, feed, segment)
         subnet = subnet_for(decision)
-        memory = saved["memory"] if saved is not None else record.pop("memory", None)
-        record.pop("tried", None)
-        if memory is None and self.need_memory:
-            memory = _measure(
-                subnet, batch, self.loss_fn, optimizer_for(subnet.trainable_parameters())
-            )
+        memory = planned["memory"]
         trainer = Trainer(
             subnet,
             data["train"],
@@ -428,14 +504,14 @@ class LayerwiseTrainer:
         """Train (or continue from ``run_dir/checkpoint.pt``) and return the result."""
         if resume:
             self._load_checkpoint()
-        elif self.need_memory:
+        todo = [
+            i
+            for i in range(len(self.plan))
+            if self._saved is None or self._saved["units"][i] is None
+        ]
+        if todo:
             batch = first_batch(self.fit_set, self.config.batch_size, self.device)
-            self.reference = _measure(
-                self.model,
-                batch,
-                self.loss_fn,
-                make_optimizer(self.model.parameters(), self.config),
-            )
+            self.planned = self.plan_segments(batch, indices=todo)
         if self.options.order == "bottom-up":
             self._bottom_up()
         else:
