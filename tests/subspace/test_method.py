@@ -1,15 +1,16 @@
 """``--method subspace``: options, the two stages in the run directory, resume, basis reuse, memory."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from smallfoot.config import RunConfig
-from smallfoot.errors import ConfigError
+from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.methods import get_method
 from smallfoot.subspace import Basis
-from smallfoot.train import run_training
+from smallfoot.train import Trainer, run_training
 
 
 def subspace_config(tmp_path, name="run", measure=False, epochs=3, **method_options):
@@ -111,5 +112,81 @@ def test_a_saved_basis_is_reused_and_checked(tmp_path):
     other.model_options = {"widths": [8]}
     with pytest.raises(ConfigError, match="different model"):
         run_training(other)
-    with pytest.raises(ConfigError, match="leaves no epoch"):
-        run_training(subspace_config(tmp_path, name="short", epochs=2))
+
+
+def interrupt_at(monkeypatch, stage: str, stage_epoch: int):
+    """Make the Trainer of ``stage`` raise KeyboardInterrupt (Ctrl-C) when it starts ``stage_epoch``."""
+    original = Trainer.run_epoch
+
+    def run_epoch(self, epoch):
+        if self.run_dir is not None and self.run_dir.name == stage and epoch == stage_epoch:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    return original
+
+
+def test_pbfgs_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    run_training(subspace_config(tmp_path, name="straight", epochs=4))
+    original = interrupt_at(monkeypatch, "subspace", 1)
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(subspace_config(tmp_path, name="cut", epochs=4))
+    cut = tmp_path / "cut"
+    # the message numbers the epoch as the user sees it and names the directory --resume takes
+    assert "epoch 4 of 4" in str(info.value)
+    assert f"--resume {cut}`" in str(info.value)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    summary = run_training(RunConfig(), resume_dir=cut)
+    assert summary["subspace"]["pbfgs_steps"] == 8
+    full = torch.load(tmp_path / "straight" / "subspace" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(cut / "subspace" / "checkpoint.pt", weights_only=False)
+    for key, value in full["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0)
+    state = resumed["optimizer"]["state"][0]
+    assert state["inverse_hessian"].dtype == torch.float64
+    torch.testing.assert_close(
+        state["inverse_hessian"], full["optimizer"]["state"][0]["inverse_hessian"], rtol=0, atol=0
+    )
+
+
+def test_too_few_epochs_are_refused_before_any_work_and_adapted_for_compare(tmp_path, monkeypatch):
+    def no_work(self, epoch):
+        raise AssertionError("an epoch ran")
+
+    config = subspace_config(tmp_path, name="short", epochs=2)
+    original = Trainer.run_epoch
+    monkeypatch.setattr(Trainer, "run_epoch", no_work)
+    with pytest.raises(ConfigError, match=r"at least 3 epochs .*; use --epochs 3$"):
+        run_training(config)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    method = get_method("subspace", config.method_options)
+    adapted, notes = method.adapt(config, (8,))
+    assert adapted.epochs == 3 and config.epochs == 2
+    assert notes == ["epochs 2 -> 3: 2 sampling epochs + 1 in the subspace"]
+    assert method.adapt(adapted, (8,)) == (adapted, [])
+    summary = run_training(dataclasses.replace(adapted, run_name="adapted"))
+    assert summary["epochs"] == 3 and summary["test_accuracy"] is not None
+    # a reused basis needs no sampling: one epoch is enough
+    reuse = get_method("subspace", {"basis": str(tmp_path / "adapted" / "basis.pt")})
+    assert reuse.adapt(dataclasses.replace(config, epochs=1), (8,))[1] == []
+
+
+def test_interrupt_during_sampling_names_the_run_and_resumes(tmp_path, monkeypatch):
+    original = interrupt_at(monkeypatch, "sampling", 1)
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(subspace_config(tmp_path, name="cut"))
+    cut = tmp_path / "cut"
+    assert str(info.value) == (
+        f"interrupted during epoch 2 of 3; epoch 1 is kept in {cut}; "
+        f"continue with `smallfoot train --resume {cut}`"
+    )
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    summary = run_training(RunConfig(), resume_dir=cut)
+    assert summary["resumed"] and summary["epochs"] == 3
+    lines = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["epoch"], m["stage"]) for m in lines] == [
+        (1, "sampling"),
+        (2, "sampling"),
+        (3, "subspace"),
+    ]

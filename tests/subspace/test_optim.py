@@ -200,3 +200,33 @@ def test_pbfgs_updates_batch_norm_statistics_once_per_step_whatever_the_line_sea
     assert int(bn.num_batches_tracked) == 1
     torch.testing.assert_close(bn.running_mean, reference_bn.running_mean, rtol=0, atol=0)
     torch.testing.assert_close(bn.running_var, reference_bn.running_var, rtol=0, atol=0)
+
+
+def test_pbfgs_state_dict_round_trip_keeps_float64_and_continues_identically():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))  # float32 parameters
+    params = list(model.parameters())
+    basis = random_basis(sum(p.numel() for p in params), 4, dtype=torch.float32)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    optimizer = PBFGS(params, basis)
+    for _ in range(2):
+        optimizer.step(closure)
+    saved = copy.deepcopy(optimizer.state_dict())
+    weights = flatten(params).clone()
+    optimizer.step(closure)
+    expected = flatten(params).clone()
+    set_params(params, weights)
+    optimizer = PBFGS(params, basis)
+    optimizer.load_state_dict(saved)
+    state = optimizer.state[params[0]]
+    assert state["inverse_hessian"].dtype == torch.float64
+    assert state["previous_grad"].dtype == state["previous_step"].dtype == torch.float64
+    optimizer.step(closure)  # float32 state here fails: dot of Double and Float
+    torch.testing.assert_close(flatten(params), expected, rtol=0, atol=0)

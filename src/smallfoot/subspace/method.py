@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from smallfoot._io import atomic_write_text
-from smallfoot.errors import ConfigError
+from smallfoot.config import apply_overrides
+from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.methods import (
     Method,
     RunContext,
@@ -114,6 +115,18 @@ def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
     return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
 
 
+def interrupted(done: int, epochs: int, run_dir: Path | None) -> str:
+    """What an interrupted run keeps, after ``done`` of ``epochs`` finished epochs (counted over
+    both stages), and the command that continues it."""
+    where = f"interrupted during epoch {done + 1} of {epochs}"
+    if run_dir is None:
+        return where
+    if done == 0:
+        return f"{where}; no epoch finished, so `smallfoot train --resume {run_dir}` starts over"
+    kept = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
+    return f"{where}; {kept} kept in {run_dir}; continue with `smallfoot train --resume {run_dir}`"
+
+
 def pbfgs_statistics(optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """P-BFGS's step count and skipped curvature updates (empty for other optimizers)."""
     if not isinstance(optimizer, PBFGS):
@@ -138,16 +151,40 @@ class Subspace(Method):
     changes_optimizer = True
     staged = True
 
+    def sampling_epochs(self) -> int:
+        """Epochs of the sampling stage: ``sample_epochs``, or 0 when a saved basis is reused."""
+        return 0 if self.options.basis is not None else self.options.sample_epochs
+
+    def min_epochs(self) -> int:
+        """The fewest ``--epochs`` a run can have: the sampling epochs plus one in the subspace."""
+        return self.sampling_epochs() + 1
+
+    def check_run(self, ctx: RunContext) -> None:
+        """Refuse ``--epochs`` that leave no epoch for the subspace after sampling."""
+        need, epochs = self.min_epochs(), ctx.config.epochs
+        if epochs < need:
+            raise ConfigError(
+                f"--method subspace needs at least {need} epochs ({self.sampling_epochs()} "
+                f"sampling + 1 in the subspace), got --epochs {epochs}; use --epochs {need}"
+            )
+
+    def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
+        """Raise ``epochs`` to :meth:`min_epochs` when the run has fewer (for ``compare``)."""
+        need = self.min_epochs()
+        if config.epochs >= need:
+            return config, []
+        note = (
+            f"epochs {config.epochs} -> {need}: {self.sampling_epochs()} sampling epochs "
+            "+ 1 in the subspace"
+        )
+        return apply_overrides(config, {"epochs": need}), [note]
+
     def train(self, ctx: RunContext) -> TrainOutcome:
         """Sample, extract the basis, train in the subspace; the memory report is the larger stage's."""
         options: SubspaceOptions = self.options
         config = ctx.train_config()
-        sample_epochs = 0 if options.basis is not None else options.sample_epochs
-        if ctx.config.epochs <= sample_epochs:
-            raise ConfigError(
-                f"--epochs {ctx.config.epochs} leaves no epoch for the subspace after "
-                f"--sample-epochs {sample_epochs}; raise --epochs"
-            )
+        self.check_run(ctx)
+        sample_epochs = self.sampling_epochs()
         model = self.build_model(ctx)
         if ctx.config.init:
             load_initial_weights(model, ctx.config.init)
@@ -176,6 +213,14 @@ class Subspace(Method):
                 t.run_dir.mkdir(parents=True, exist_ok=True)
             return t
 
+        def fit(stage: Trainer, offset: int) -> None:
+            # the stage's Trainer numbers epochs within the stage and names its own directory
+            try:
+                stage.fit()
+            except TrainingInterrupted:
+                message = interrupted(offset + stage.epoch, ctx.config.epochs, run_dir)
+                raise TrainingInterrupted(message) from None
+
         basis_path = run_dir / "basis.pt" if run_dir is not None else None
         sampling_history: list[dict[str, Any]] = []
         if options.basis is not None:
@@ -189,7 +234,7 @@ class Subspace(Method):
             model.load_state_dict(state["model"])
             sampling_history = state["history"]
         else:
-            sampling_history, basis = self._sample(model, config, trainer, resumable, run_dir)
+            sampling_history, basis = self._sample(model, config, trainer, resumable, fit, run_dir)
             if basis_path is not None:
                 basis.save(basis_path)
         basis.check(model)
@@ -211,7 +256,7 @@ class Subspace(Method):
         )
         callbacks = [RecalibrateBatchNorm()] if options.recalibrate_bn else []
         subspace = resumable(trainer(subspace_config, optimizer, callbacks, name="subspace"))
-        subspace.fit()
+        fit(subspace, sample_epochs)
 
         history = [{**m, "stage": "sampling"} for m in sampling_history]
         history += [
@@ -241,7 +286,7 @@ class Subspace(Method):
         }
         return TrainOutcome(model, history[-1], history, memory, extra)
 
-    def _sample(self, model, config, trainer, resumable, run_dir):
+    def _sample(self, model, config, trainer, resumable, fit, run_dir):
         """Stage 1: ordinary training with a trajectory sampler; returns (history, basis)."""
         options: SubspaceOptions = self.options
         size = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -268,7 +313,7 @@ class Subspace(Method):
                     name="sampling",
                 )
             )
-            sampling.fit()
+            fit(sampling, 0)
             basis = dldr(store, min(options.dim, len(store) - 1), parameter_layout(model))
         finally:
             if scratch is not None:

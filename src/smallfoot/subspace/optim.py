@@ -193,6 +193,21 @@ class PBFGS(torch.optim.Optimizer):
         self.state[params[0]]["basis"] = basis.P
         self.kept_buffers = list(buffers)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a :meth:`state_dict`, keeping ``B``, the last projected gradient and step in
+        float64 (``torch.optim.Optimizer`` would cast them to the parameters' float32)."""
+        first = state_dict["param_groups"][0]["params"][0]
+        exact = {
+            key: value
+            for key, value in state_dict["state"].get(first, {}).items()
+            if torch.is_tensor(value) and value.dtype == torch.float64
+        }
+        super().load_state_dict(state_dict)
+        params = self.param_groups[0]["params"]
+        state = self.state[params[0]]
+        for key, value in exact.items():
+            state[key] = value.to(params[0].device, copy=True)
+
     def _projected_grad(self, P: torch.Tensor) -> torch.Tensor:
         return (P.T @ flat_grad(self.param_groups[0]["params"])).double()
 
