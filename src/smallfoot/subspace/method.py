@@ -10,6 +10,7 @@ P-SGD or P-BFGS inside the basis' span. Each stage keeps its checkpoint in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -19,10 +20,12 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from smallfoot._io import atomic_write_text
 from smallfoot.config import apply_overrides
 from smallfoot.errors import ConfigError, TrainingInterrupted
+from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import (
     Method,
     RunContext,
@@ -93,11 +96,20 @@ def make_subspace_optimizer(
     raise ConfigError(f"unknown subspace optimizer {name!r}; choose psgd or pbfgs")
 
 
-def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
-    """The meter's report of one training step; P-BFGS's line search runs inside its step."""
-    from smallfoot.memory import measure
+def measure_step(model, batch, loss_fn, optimizer) -> MemoryReport:
+    """The meter's report of one training step; P-BFGS's line search runs inside its step.
+    On a model and batch built under a ``FakeTensorMode`` the step is estimated (P-SGD or
+    the run's optimizer only: P-BFGS's line search needs real loss values)."""
+    from smallfoot.memory import estimate, measure
 
+    fake = isinstance(batch[0], FakeTensor)
+    meter = estimate if fake else measure
     if getattr(optimizer, "needs_closure", False):
+        if fake:
+            raise ConfigError(
+                "--estimate cannot run P-BFGS's line search, which needs real loss values; "
+                "measure a real step (drop --estimate) or estimate --subspace-optimizer psgd"
+            )
         x, y = batch
 
         def closure() -> torch.Tensor:
@@ -109,10 +121,26 @@ def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
         step = optimizer.step
         optimizer.step = lambda: step(closure)  # the meter calls step() without arguments
         try:
-            return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
+            return meter(model, batch, loss_fn=loss_fn, optimizer=optimizer)
         finally:
             del optimizer.step
-    return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
+    return meter(model, batch, loss_fn=loss_fn, optimizer=optimizer)
+
+
+def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
+    """:func:`measure_step` as a JSON-ready dict."""
+    return measure_step(model, batch, loss_fn, optimizer).to_dict()
+
+
+def random_basis(model: nn.Module, dim: int) -> Basis:
+    """An orthonormal basis of ``dim`` random directions with ``model``'s parameter layout:
+    the shapes DLDR would give, for measuring a subspace step without sampling first. Under
+    a ``FakeTensorMode`` its tensors are fake too."""
+    layout = parameter_layout(model)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    P = torch.linalg.qr(torch.randn(n, dim))[0]  # (n, d)
+    ones = torch.ones(dim, dtype=torch.float64)
+    return Basis(P, torch.zeros(n), ones, ones / dim, layout)
 
 
 def interrupted(done: int, epochs: int, run_dir: Path | None) -> str:
@@ -178,6 +206,36 @@ class Subspace(Method):
             "+ 1 in the subspace"
         )
         return apply_overrides(config, {"epochs": need}), [note]
+
+    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """The larger (by peak) of the two stages' steps, named by ``report.stage``: sampling
+        (the run's optimizer, as the base method measures it) and subspace (P-SGD or P-BFGS
+        over a random orthonormal basis of ``dim`` directions, the size DLDR gives; P-BFGS's
+        line-search evaluations included). The samples' store, outside the step, is not in it."""
+        options: SubspaceOptions = self.options
+        reports = {}
+        if self.sampling_epochs():
+            reports["sampling"] = super().step_memory(ctx, fake=fake)
+        loss_fn, _ = self.make_loss(ctx)
+        batch, shape = ctx.config.batch_size, ctx.input_shape
+        torch.manual_seed(ctx.config.seed)
+        with FakeTensorMode() if fake else contextlib.nullcontext():
+            net = self.build_model(ctx)
+            optimizer = make_subspace_optimizer(
+                net,
+                random_basis(net, options.dim),
+                options.subspace_optimizer,
+                options.subspace_lr
+                or (1.0 if options.subspace_optimizer == "pbfgs" else ctx.config.lr),
+                ctx.config.momentum,
+                ctx.config.weight_decay,
+            )
+            x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
+        reports["subspace"] = measure_step(net, (x, y), loss_fn, optimizer)
+        stage = max(reports, key=lambda name: reports[name].peak)
+        report = reports[stage]
+        report.stage = stage
+        return report
 
     def train(self, ctx: RunContext) -> TrainOutcome:
         """Sample, extract the basis, train in the subspace; the memory report is the larger stage's."""
