@@ -124,3 +124,16 @@ def test_memory_command_measures_the_low_rank_step():
     assert report.stage == "low-rank"
     assert report.saved_activations < baseline.saved_activations
     assert report.optimizer_state < baseline.optimizer_state
+
+
+def test_a_run_that_stays_full_rank_reports_full_rank_memory(tmp_path):
+    from smallfoot.methods import RunContext
+    from smallfoot.train.run import load_run_data
+
+    # the library path, without run_training's check: one full-rank epoch only
+    config = facto_config(tmp_path, epochs=1, measure_memory=True)
+    train, test, _ = load_run_data(config)
+    method = get_method("facto", config.method_options)
+    outcome = method.train(RunContext(config, method.options, train, test))
+    assert outcome.memory["stage"] == "full-rank"
+    assert set(outcome.memory["stages"]) == {"full-rank"}

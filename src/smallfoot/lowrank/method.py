@@ -11,7 +11,7 @@ from torch import nn
 
 from smallfoot.config import apply_overrides
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank.convert import Conversion, convert, set_low_rank
+from smallfoot.lowrank.convert import Conversion, convert, factorized_layers, set_low_rank
 from smallfoot.lowrank.schedule import FactoSchedule
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, example_batch, register_method
@@ -122,6 +122,8 @@ class Facto(Method):
         from smallfoot.memory import measure
 
         ran = {metrics.get("facto_phase") for metrics in trainer.history}
+        low_rank = any(layer.low_rank for layer in factorized_layers(trainer.model))
+        ran.add("low-rank" if low_rank else "full-rank")  # the phase the last epoch ended in
         batch = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
         reports, models = {}, {}
         if "full-rank" in ran:
