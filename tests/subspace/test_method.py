@@ -79,7 +79,7 @@ def test_run_samples_then_trains_in_the_subspace(tmp_path, optimizer):
     assert memory["stage_optimizer_state"]["sampling"] == 4 * n
     assert memory["stage_optimizer_state"]["subspace"] >= 4 * n * 3
     if optimizer == "pbfgs":
-        assert info["pbfgs_steps"] == 4
+        assert info["pbfgs_steps"] == 1  # one batch of up to 1024 per epoch
 
 
 def test_disk_storage_and_resume_of_the_subspace_stage(tmp_path):
@@ -138,7 +138,7 @@ def test_pbfgs_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     assert f"--resume {cut}`" in str(info.value)
     monkeypatch.setattr(Trainer, "run_epoch", original)
     summary = run_training(RunConfig(), resume_dir=cut)
-    assert summary["subspace"]["pbfgs_steps"] == 8
+    assert summary["subspace"]["pbfgs_steps"] == 2
     full = torch.load(tmp_path / "straight" / "subspace" / "checkpoint.pt", weights_only=False)
     resumed = torch.load(cut / "subspace" / "checkpoint.pt", weights_only=False)
     for key, value in full["model"].items():
@@ -228,3 +228,25 @@ def test_memory_names_the_sampling_stage_when_it_is_larger():
     baseline = configured_step("mlp", (8,), **kwargs)
     assert report.stage == "sampling"
     assert (report.peak, report.optimizer_state) == (baseline.peak, baseline.optimizer_state)
+
+
+def test_pbfgs_defaults_follow_the_authors_protocol():
+    from smallfoot.subspace.method import random_basis
+    from smallfoot.train import TrainConfig
+
+    method = get_method("subspace")
+    options = method.options
+    assert (options.pbfgs_batch_size, options.line_search, options.curvature) == (
+        1024,
+        "backtrack",
+        "same-batch",
+    )
+    assert method.subspace_batch_size(64) == 1024
+    model = torch.nn.Linear(4, 3)
+    group = method.subspace_optimizer(model, random_basis(model, 5), TrainConfig()).param_groups[0]
+    assert (group["lr"], group["c1"], group["shrink"], group["max_evals"]) == (1.0, 0.4, 0.4, 20)
+    assert (group["line_search"], group["curvature"]) == ("backtrack", "same-batch")
+    psgd = get_method("subspace", {"subspace_optimizer": "psgd"})
+    assert psgd.subspace_batch_size(64) == 64
+    old = get_method("subspace", {"pbfgs_batch_size": "none", "line_search": "interpolate"})
+    assert old.subspace_batch_size(64) == 64

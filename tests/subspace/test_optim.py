@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from smallfoot.errors import ConfigError
-from smallfoot.subspace import PBFGS, PSGD, Basis, armijo_line_search, flatten, set_params
+from smallfoot.subspace import (
+    PBFGS,
+    PSGD,
+    Basis,
+    armijo_line_search,
+    backtracking_line_search,
+    flatten,
+    set_params,
+)
 
 
 def random_basis(n, d, seed=0, dtype=torch.float64):
@@ -230,3 +238,50 @@ def test_pbfgs_state_dict_round_trip_keeps_float64_and_continues_identically():
     assert state["previous_grad"].dtype == state["previous_step"].dtype == torch.float64
     optimizer.step(closure)  # float32 state here fails: dot of Double and Float
     torch.testing.assert_close(flatten(params), expected, rtol=0, atol=0)
+
+
+@given(
+    a=st.floats(0.1, 10),
+    slope=st.floats(-10, -0.01),
+    alpha0=st.floats(0.01, 2),
+)
+@settings(max_examples=50, deadline=None)
+def test_backtracking_tries_shrinking_steps_never_longer_than_the_first(a, slope, alpha0):
+    trials = []
+
+    def phi(alpha):  # a quadratic line with slope `slope` at 0
+        trials.append(alpha)
+        return slope * alpha + 0.5 * a * alpha * alpha, slope + a * alpha
+
+    alpha, value, evals = backtracking_line_search(phi, 0.0, slope, alpha0, 0.4, 0.4, 20)
+    assert trials == pytest.approx([alpha0 * 0.4**k for k in range(evals)])
+    assert alpha == trials[-1] <= alpha0 and value < 0.4 * alpha * slope
+
+
+def test_backtracking_gives_up_without_a_step():
+    alpha, value, evals = backtracking_line_search(lambda a: (1.0, 0.0), 0.0, -1.0, max_evals=5)
+    assert (alpha, value, evals) == (0.0, 0.0, 5)
+
+
+def test_same_batch_curvature_pair_is_the_secant_of_the_steps_own_batch():
+    d = 4
+    basis = random_basis(30, d, seed=5)
+    problem = Quadratic(basis, seed=5)
+    optimizer = PBFGS(problem.parameters(), basis, line_search="backtrack", curvature="same-batch")
+    hessian = basis.P.T @ problem.A @ basis.P  # (d, d) of the loss restricted to span(P)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = problem()
+        loss.backward()
+        return loss
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):  # each step sees another "batch": the minimum moves
+        with torch.no_grad():
+            problem.target += basis.P @ torch.randn(d, generator=generator, dtype=torch.float64)
+        optimizer.step(closure)
+        state = optimizer.state[problem.w]
+        # y = H s on the step's own quadratic, whatever the next batch is
+        torch.testing.assert_close(state["pair_y"], hessian @ state["pair_s"])
+    assert state["skipped_updates"] == 0

@@ -58,6 +58,16 @@ class SubspaceOptions:
     """optimizer inside the subspace: psgd or pbfgs (--optimizer picks the sampling stage's)"""
     subspace_lr: float | None = None
     """P-SGD learning rate (default: the run's --lr) or P-BFGS first trial step (default: 1)"""
+    pbfgs_batch_size: int | None = 1024
+    """mini-batch of the P-BFGS stage, as the authors' scripts use (none: the run's
+    --batch-size); its line search and curvature pair fit this one batch"""
+    line_search: Literal["backtrack", "interpolate"] = "backtrack"
+    """P-BFGS's line search: backtrack (the authors': steps 1, 0.4, 0.16, ... until the loss
+    drops by 0.4 x step x slope, never longer than 1) or interpolate (secant and quadratic
+    trials, sufficient decrease 1e-4, up to 10x longer)"""
+    curvature: Literal["same-batch", "next-batch"] = "same-batch"
+    """P-BFGS's curvature pair y: both gradients on the step's own batch (same-batch) or
+    the gradients of consecutive batches (next-batch, algorithm 2 as written)"""
     recalibrate_bn: bool = True
     """recompute batch-norm running statistics over the training set after every subspace
     epoch: P-BFGS's long steps leave the running averages behind the weights"""
@@ -80,19 +90,41 @@ class SubspaceOptions:
             )
         if self.subspace_lr is not None and not self.subspace_lr > 0:
             raise ConfigError(f"--subspace-lr must be positive, got {self.subspace_lr}")
+        if self.pbfgs_batch_size is not None and self.pbfgs_batch_size < 1:
+            raise ConfigError(
+                f"--pbfgs-batch-size must be positive (or none), got {self.pbfgs_batch_size}"
+            )
 
 
 def make_subspace_optimizer(
-    model: nn.Module, basis: Basis, name: str, lr: float, momentum: float, weight_decay: float
+    model: nn.Module,
+    basis: Basis,
+    name: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    line_search: str = "interpolate",
+    curvature: str = "next-batch",
 ) -> torch.optim.Optimizer:
-    """P-SGD (momentum and weight decay as given) or P-BFGS over ``model``'s trainable parameters."""
+    """P-SGD (momentum and weight decay as given) or P-BFGS over ``model``'s trainable
+    parameters; ``line_search = "backtrack"`` is the authors' search (sufficient decrease 0.4,
+    shrink 0.4, at most 20 trials), see :class:`PBFGS` for both arguments."""
     basis.check(model)
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     if name == "psgd":
         return PSGD(params, basis.to(device), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "pbfgs":
-        return PBFGS(params, basis.to(device), lr=lr, buffers=model.buffers())
+        search = {"c1": 0.4, "shrink": 0.4, "max_evals": 20} if line_search == "backtrack" else {}
+        return PBFGS(
+            params,
+            basis.to(device),
+            lr=lr,
+            buffers=model.buffers(),
+            line_search=line_search,
+            curvature=curvature,
+            **search,
+        )
     raise ConfigError(f"unknown subspace optimizer {name!r}; choose psgd or pbfgs")
 
 
@@ -183,6 +215,31 @@ class Subspace(Method):
         """Epochs of the sampling stage: ``sample_epochs``, or 0 when a saved basis is reused."""
         return 0 if self.options.basis is not None else self.options.sample_epochs
 
+    def subspace_optimizer(
+        self, model: nn.Module, basis: Basis, config: Any
+    ) -> torch.optim.Optimizer:
+        """The stage-2 optimizer of ``model`` in ``basis`` with this method's options; the
+        trainer ``config`` gives P-SGD's default rate, momentum and weight decay."""
+        options: SubspaceOptions = self.options
+        pbfgs = options.subspace_optimizer == "pbfgs"
+        return make_subspace_optimizer(
+            model,
+            basis,
+            options.subspace_optimizer,
+            options.subspace_lr or (1.0 if pbfgs else config.lr),
+            config.momentum,
+            config.weight_decay,
+            line_search=options.line_search,
+            curvature=options.curvature,
+        )
+
+    def subspace_batch_size(self, batch_size: int) -> int:
+        """The stage-2 batch size: ``pbfgs_batch_size`` for P-BFGS (when set), else ``batch_size``."""
+        options: SubspaceOptions = self.options
+        if options.subspace_optimizer == "pbfgs" and options.pbfgs_batch_size is not None:
+            return options.pbfgs_batch_size
+        return batch_size
+
     def min_epochs(self) -> int:
         """The fewest ``--epochs`` a run can have: the sampling epochs plus one in the subspace."""
         return self.sampling_epochs() + 1
@@ -217,18 +274,12 @@ class Subspace(Method):
         if self.sampling_epochs():
             reports["sampling"] = super().step_memory(ctx, fake=fake)
         loss_fn, _ = self.make_loss(ctx)
-        batch, shape = ctx.config.batch_size, ctx.input_shape
+        batch, shape = self.subspace_batch_size(ctx.config.batch_size), ctx.input_shape
         torch.manual_seed(ctx.config.seed)
         with FakeTensorMode() if fake else contextlib.nullcontext():
             net = self.build_model(ctx)
-            optimizer = make_subspace_optimizer(
-                net,
-                random_basis(net, options.dim),
-                options.subspace_optimizer,
-                options.subspace_lr
-                or (1.0 if options.subspace_optimizer == "pbfgs" else ctx.config.lr),
-                ctx.config.momentum,
-                ctx.config.weight_decay,
+            optimizer = self.subspace_optimizer(
+                net, random_basis(net, options.dim), ctx.train_config()
             )
             x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
         reports["subspace"] = measure_step(net, (x, y), loss_fn, optimizer)
@@ -300,18 +351,12 @@ class Subspace(Method):
         subspace_config = dataclasses.replace(
             config,
             epochs=ctx.config.epochs - sample_epochs,
+            batch_size=self.subspace_batch_size(config.batch_size),
             seed=config.seed + 1,
             # the line search chooses P-BFGS's step; a decaying trial step would only shorten it
             schedule="constant" if options.subspace_optimizer == "pbfgs" else config.schedule,
         )
-        optimizer = make_subspace_optimizer(
-            model,
-            basis,
-            options.subspace_optimizer,
-            options.subspace_lr or (1.0 if options.subspace_optimizer == "pbfgs" else config.lr),
-            config.momentum,
-            config.weight_decay,
-        )
+        optimizer = self.subspace_optimizer(model, basis, config)
         callbacks = [RecalibrateBatchNorm()] if options.recalibrate_bn else []
         subspace = resumable(trainer(subspace_config, optimizer, callbacks, name="subspace"))
         fit(subspace, sample_epochs)
@@ -388,9 +433,11 @@ class Subspace(Method):
         peaks and optimizer states, and the basis' bytes (``sgd`` None: no sampling stage)."""
         from smallfoot.memory import unique_storage_bytes
 
-        batch = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
+        size = self.subspace_batch_size(ctx.config.batch_size)
+        batch = example_batch(ctx.train_set, size, ctx.device)
         reports = {"subspace": step_memory(model, batch, loss_fn, optimizer)}
         if sgd is not None:
+            batch = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
             reports["sampling"] = step_memory(model, batch, loss_fn, sgd)
         stage = max(reports, key=lambda name: reports[name]["peak"])
         return {
