@@ -156,3 +156,37 @@ def test_meter_sees_the_promised_reduction_on_vgg11():
     assert 1 - after.saved_activations / before.saved_activations > 0.9
     assert after.optimizer_state == 4 * trainable_elements(model)
     assert after.optimizer_state < 0.1 * before.optimizer_state
+
+
+def test_apply_ratio_counts_conv_and_scaling_layers_only():
+    def net():
+        convs = [nn.Conv2d(1 if i == 0 else 4, 4, 3, padding=1) for i in range(4)]
+        return nn.Sequential(
+            *[layer for conv in convs for layer in (conv, nn.ReLU())],
+            nn.Flatten(),
+            nn.Linear(4 * 6 * 6, 16),
+            nn.ReLU(),
+            nn.Linear(16, 3),
+        )
+
+    def converted(apply_ratio):
+        rows = convert(net(), apply_ratio=apply_ratio).layers
+        return [r.converted for r in rows if r.kind in ("conv", "linear")]
+
+    # 4 convs: round(0.6 * 4) = 2 after the input layer; the linear layers do not count
+    assert converted(0.6) == [False, True, True, False, False, False]
+    assert converted(0.9) == [False, True, True, True, True, True]  # all convs: the head too
+    # a model without conv or scaling layers counts its linear layers
+    mlp = nn.Sequential(*[nn.Linear(8, 8) for _ in range(5)])
+    rows = convert(mlp, apply_ratio=0.6).layers
+    assert [r.converted for r in rows] == [False, True, True, True, False]
+
+
+def test_conversion_runs_on_fake_tensors_for_estimates():
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        model = build_model("fixup_resnet18", (3, 16, 16), 10, width=4)
+        convert(model, apply_ratio=1.0)
+    scales = [m for m in model.modules() if isinstance(m, PooledScale)]
+    assert scales and all(isinstance(m.weight, FakeTensor) for m in scales)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -61,3 +62,78 @@ def test_run_records_phases_and_resumes_exactly(tmp_path, monkeypatch):
         for name in ("straight", "resumed")
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_too_few_epochs_are_refused_before_any_work_and_adapted_for_compare(tmp_path, monkeypatch):
+    def no_work(self, epoch):
+        raise AssertionError("an epoch ran")
+
+    config = facto_config(tmp_path, epochs=1, run_name="short")
+    original = Trainer.run_epoch
+    monkeypatch.setattr(Trainer, "run_epoch", no_work)
+    with pytest.raises(ConfigError, match=r"never reaches low-rank training; use --epochs 2$"):
+        run_training(config)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    method = get_method("facto", config.method_options)
+    adapted, notes = method.adapt(config, (1, 8, 8))
+    assert (adapted.epochs, config.epochs) == (2, 1)
+    assert notes == ["epochs 1 -> 2: 1 full-rank epochs + 1 low-rank"]
+    assert method.adapt(adapted, (1, 8, 8)) == (adapted, [])
+    summary = run_training(dataclasses.replace(adapted, run_name="adapted"))
+    assert summary["epochs"] == 2
+    no_frt = get_method("facto", {"frt_epochs": 0})
+    assert no_frt.adapt(config, (1, 8, 8)) == (config, [])
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_summary_memory_names_the_phases_that_ran_and_what_batch_norm_keeps(
+    tmp_path, batch_norm, capsys
+):
+    config = facto_config(tmp_path, epochs=2, measure_memory=True, progress=True)
+    config.model_options = {**config.model_options, "batch_norm": batch_norm}
+    summary = run_training(config)
+    memory = summary["memory"]
+    stages = memory["stages"]
+    assert memory["stage"] == "low-rank" and set(stages) == {"full-rank", "low-rank"}
+    assert memory["saved_activations"] == stages["low-rank"]["saved_activations"]
+    assert stages["low-rank"]["saved_activations"] < stages["full-rank"]["saved_activations"]
+    assert stages["low-rank"]["optimizer_state"] < stages["full-rank"]["optimizer_state"]
+    printed = capsys.readouterr().out
+    if not batch_norm:
+        assert memory["batchnorm_saved_activations"] == 0 and "facto_note" not in summary
+        return
+    # each BN keeps at least its float32 input (B x C x H x W) of a batch of 16 8x8 images
+    widths, sizes = (4, 8, 8, 8), (8 * 8, 4 * 4, 2 * 2, 2 * 2)
+    inputs = sum(16 * c * hw * 4 for c, hw in zip(widths, sizes, strict=True))
+    assert memory["batchnorm_saved_activations"] >= inputs
+    share = memory["batchnorm_saved_activations"] / memory["saved_activations"]
+    assert memory["batchnorm_share"] == pytest.approx(share) and 0 < share < 1
+    assert f"batch norm keeps {100 * share:.0f}% of the" in summary["facto_note"]
+    assert summary["facto_note"] in printed
+
+
+def test_memory_command_measures_the_low_rank_step():
+    from smallfoot.memory.configured import configured_step
+
+    kwargs = dict(model_options={"widths": [4, 8, 8, 8], "batch_norm": False}, classes=3)
+    baseline = configured_step("cnn4", (1, 16, 16), 8, **kwargs)
+    options = {"inr": 0.5, "apply_ratio": 1.0}
+    report = configured_step(
+        "cnn4", (1, 16, 16), 8, method="facto", method_options=options, **kwargs
+    )
+    assert report.stage == "low-rank"
+    assert report.saved_activations < baseline.saved_activations
+    assert report.optimizer_state < baseline.optimizer_state
+
+
+def test_a_run_that_stays_full_rank_reports_full_rank_memory(tmp_path):
+    from smallfoot.methods import RunContext
+    from smallfoot.train.run import load_run_data
+
+    # the library path, without run_training's check: one full-rank epoch only
+    config = facto_config(tmp_path, epochs=1, measure_memory=True)
+    train, test, _ = load_run_data(config)
+    method = get_method("facto", config.method_options)
+    outcome = method.train(RunContext(config, method.options, train, test))
+    assert outcome.memory["stage"] == "full-rank"
+    assert set(outcome.memory["stages"]) == {"full-rank"}

@@ -1,15 +1,16 @@
 """``--method subspace``: options, the two stages in the run directory, resume, basis reuse, memory."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from smallfoot.config import RunConfig
-from smallfoot.errors import ConfigError
+from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.methods import get_method
 from smallfoot.subspace import Basis
-from smallfoot.train import run_training
+from smallfoot.train import Trainer, run_training
 
 
 def subspace_config(tmp_path, name="run", measure=False, epochs=3, **method_options):
@@ -78,7 +79,7 @@ def test_run_samples_then_trains_in_the_subspace(tmp_path, optimizer):
     assert memory["stage_optimizer_state"]["sampling"] == 4 * n
     assert memory["stage_optimizer_state"]["subspace"] >= 4 * n * 3
     if optimizer == "pbfgs":
-        assert info["pbfgs_steps"] == 4
+        assert info["pbfgs_steps"] == 1  # one batch of up to 1024 per epoch
 
 
 def test_disk_storage_and_resume_of_the_subspace_stage(tmp_path):
@@ -111,5 +112,141 @@ def test_a_saved_basis_is_reused_and_checked(tmp_path):
     other.model_options = {"widths": [8]}
     with pytest.raises(ConfigError, match="different model"):
         run_training(other)
-    with pytest.raises(ConfigError, match="leaves no epoch"):
-        run_training(subspace_config(tmp_path, name="short", epochs=2))
+
+
+def interrupt_at(monkeypatch, stage: str, stage_epoch: int):
+    """Make the Trainer of ``stage`` raise KeyboardInterrupt (Ctrl-C) when it starts ``stage_epoch``."""
+    original = Trainer.run_epoch
+
+    def run_epoch(self, epoch):
+        if self.run_dir is not None and self.run_dir.name == stage and epoch == stage_epoch:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    return original
+
+
+def test_pbfgs_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    run_training(subspace_config(tmp_path, name="straight", epochs=4))
+    original = interrupt_at(monkeypatch, "subspace", 1)
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(subspace_config(tmp_path, name="cut", epochs=4))
+    cut = tmp_path / "cut"
+    # the message numbers the epoch as the user sees it and names the directory --resume takes
+    assert "epoch 4 of 4" in str(info.value)
+    assert f"--resume {cut}`" in str(info.value)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    summary = run_training(RunConfig(), resume_dir=cut)
+    assert summary["subspace"]["pbfgs_steps"] == 2
+    full = torch.load(tmp_path / "straight" / "subspace" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(cut / "subspace" / "checkpoint.pt", weights_only=False)
+    for key, value in full["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0)
+    state = resumed["optimizer"]["state"][0]
+    assert state["inverse_hessian"].dtype == torch.float64
+    torch.testing.assert_close(
+        state["inverse_hessian"], full["optimizer"]["state"][0]["inverse_hessian"], rtol=0, atol=0
+    )
+
+
+def test_too_few_epochs_are_refused_before_any_work_and_adapted_for_compare(tmp_path, monkeypatch):
+    def no_work(self, epoch):
+        raise AssertionError("an epoch ran")
+
+    config = subspace_config(tmp_path, name="short", epochs=2)
+    original = Trainer.run_epoch
+    monkeypatch.setattr(Trainer, "run_epoch", no_work)
+    with pytest.raises(ConfigError, match=r"at least 3 epochs .*; use --epochs 3$"):
+        run_training(config)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    method = get_method("subspace", config.method_options)
+    adapted, notes = method.adapt(config, (8,))
+    assert adapted.epochs == 3 and config.epochs == 2
+    assert notes == ["epochs 2 -> 3: 2 sampling epochs + 1 in the subspace"]
+    assert method.adapt(adapted, (8,)) == (adapted, [])
+    summary = run_training(dataclasses.replace(adapted, run_name="adapted"))
+    assert summary["epochs"] == 3 and summary["test_accuracy"] is not None
+    # a reused basis needs no sampling: one epoch is enough
+    reuse = get_method("subspace", {"basis": str(tmp_path / "adapted" / "basis.pt")})
+    assert reuse.adapt(dataclasses.replace(config, epochs=1), (8,))[1] == []
+
+
+def test_interrupt_during_sampling_names_the_run_and_resumes(tmp_path, monkeypatch):
+    original = interrupt_at(monkeypatch, "sampling", 1)
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(subspace_config(tmp_path, name="cut"))
+    cut = tmp_path / "cut"
+    assert str(info.value) == (
+        f"interrupted during epoch 2 of 3; epoch 1 is kept in {cut}; "
+        f"continue with `smallfoot train --resume {cut}`"
+    )
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    summary = run_training(RunConfig(), resume_dir=cut)
+    assert summary["resumed"] and summary["epochs"] == 3
+    lines = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["epoch"], m["stage"]) for m in lines] == [
+        (1, "sampling"),
+        (2, "sampling"),
+        (3, "subspace"),
+    ]
+
+
+@pytest.mark.parametrize("optimizer", ["psgd", "pbfgs"])
+def test_memory_measures_the_larger_stage_not_the_baseline(optimizer):
+    from smallfoot.memory.configured import configured_step
+
+    options = {"subspace_optimizer": optimizer, "dim": 5, "samples": 8}
+    kwargs = dict(model_options={"widths": [32]}, batch=16, classes=3)
+    baseline = configured_step("mlp", (8,), **kwargs)
+    report = configured_step("mlp", (8,), method="subspace", method_options=options, **kwargs)
+    n = baseline.parameters // 4
+    assert report.stage == "subspace" and baseline.stage is None
+    # the subspace optimizer keeps P (n x d); SGD's momentum is n floats
+    assert baseline.optimizer_state == 4 * n
+    assert report.optimizer_state >= 4 * n * 5
+    assert report.peak > baseline.peak
+    if optimizer == "psgd":
+        estimated = configured_step(
+            "mlp", (8,), method="subspace", method_options=options, fake=True, **kwargs
+        )
+        assert (estimated.stage, estimated.peak) == ("subspace", report.peak)
+    else:
+        with pytest.raises(ConfigError, match="drop --estimate"):
+            configured_step(
+                "mlp", (8,), method="subspace", method_options=options, fake=True, **kwargs
+            )
+
+
+def test_memory_names_the_sampling_stage_when_it_is_larger():
+    from smallfoot.memory.configured import configured_step
+
+    # AdamW keeps 2n floats while sampling; P-SGD in one dimension keeps P (n) and 1 float
+    kwargs = dict(model_options={"widths": [32]}, batch=16, classes=3, optimizer="adamw")
+    options = {"subspace_optimizer": "psgd", "dim": 1, "samples": 4}
+    report = configured_step("mlp", (8,), method="subspace", method_options=options, **kwargs)
+    baseline = configured_step("mlp", (8,), **kwargs)
+    assert report.stage == "sampling"
+    assert (report.peak, report.optimizer_state) == (baseline.peak, baseline.optimizer_state)
+
+
+def test_pbfgs_defaults_follow_the_authors_protocol():
+    from smallfoot.subspace.method import random_basis
+    from smallfoot.train import TrainConfig
+
+    method = get_method("subspace")
+    options = method.options
+    assert (options.pbfgs_batch_size, options.line_search, options.curvature) == (
+        1024,
+        "backtrack",
+        "same-batch",
+    )
+    assert method.subspace_batch_size(64) == 1024
+    model = torch.nn.Linear(4, 3)
+    group = method.subspace_optimizer(model, random_basis(model, 5), TrainConfig()).param_groups[0]
+    assert (group["lr"], group["c1"], group["shrink"], group["max_evals"]) == (1.0, 0.4, 0.4, 20)
+    assert (group["line_search"], group["curvature"]) == ("backtrack", "same-batch")
+    psgd = get_method("subspace", {"subspace_optimizer": "psgd"})
+    assert psgd.subspace_batch_size(64) == 64
+    old = get_method("subspace", {"pbfgs_batch_size": "none", "line_search": "interpolate"})
+    assert old.subspace_batch_size(64) == 64

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from smallfoot.errors import ConfigError
-from smallfoot.subspace import PBFGS, PSGD, Basis, armijo_line_search, flatten, set_params
+from smallfoot.subspace import (
+    PBFGS,
+    PSGD,
+    Basis,
+    armijo_line_search,
+    backtracking_line_search,
+    flatten,
+    set_params,
+)
 
 
 def random_basis(n, d, seed=0, dtype=torch.float64):
@@ -200,3 +208,80 @@ def test_pbfgs_updates_batch_norm_statistics_once_per_step_whatever_the_line_sea
     assert int(bn.num_batches_tracked) == 1
     torch.testing.assert_close(bn.running_mean, reference_bn.running_mean, rtol=0, atol=0)
     torch.testing.assert_close(bn.running_var, reference_bn.running_var, rtol=0, atol=0)
+
+
+def test_pbfgs_state_dict_round_trip_keeps_float64_and_continues_identically():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))  # float32 parameters
+    params = list(model.parameters())
+    basis = random_basis(sum(p.numel() for p in params), 4, dtype=torch.float32)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    optimizer = PBFGS(params, basis)
+    for _ in range(2):
+        optimizer.step(closure)
+    saved = copy.deepcopy(optimizer.state_dict())
+    weights = flatten(params).clone()
+    optimizer.step(closure)
+    expected = flatten(params).clone()
+    set_params(params, weights)
+    optimizer = PBFGS(params, basis)
+    optimizer.load_state_dict(saved)
+    state = optimizer.state[params[0]]
+    assert state["inverse_hessian"].dtype == torch.float64
+    assert state["previous_grad"].dtype == state["previous_step"].dtype == torch.float64
+    optimizer.step(closure)  # float32 state here fails: dot of Double and Float
+    torch.testing.assert_close(flatten(params), expected, rtol=0, atol=0)
+
+
+@given(
+    a=st.floats(0.1, 10),
+    slope=st.floats(-10, -0.01),
+    alpha0=st.floats(0.01, 2),
+)
+@settings(max_examples=50, deadline=None)
+def test_backtracking_tries_shrinking_steps_never_longer_than_the_first(a, slope, alpha0):
+    trials = []
+
+    def phi(alpha):  # a quadratic line with slope `slope` at 0
+        trials.append(alpha)
+        return slope * alpha + 0.5 * a * alpha * alpha, slope + a * alpha
+
+    alpha, value, evals = backtracking_line_search(phi, 0.0, slope, alpha0, 0.4, 0.4, 20)
+    assert trials == pytest.approx([alpha0 * 0.4**k for k in range(evals)])
+    assert alpha == trials[-1] <= alpha0 and value < 0.4 * alpha * slope
+
+
+def test_backtracking_gives_up_without_a_step():
+    alpha, value, evals = backtracking_line_search(lambda a: (1.0, 0.0), 0.0, -1.0, max_evals=5)
+    assert (alpha, value, evals) == (0.0, 0.0, 5)
+
+
+def test_same_batch_curvature_pair_is_the_secant_of_the_steps_own_batch():
+    d = 4
+    basis = random_basis(30, d, seed=5)
+    problem = Quadratic(basis, seed=5)
+    optimizer = PBFGS(problem.parameters(), basis, line_search="backtrack", curvature="same-batch")
+    hessian = basis.P.T @ problem.A @ basis.P  # (d, d) of the loss restricted to span(P)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = problem()
+        loss.backward()
+        return loss
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):  # each step sees another "batch": the minimum moves
+        with torch.no_grad():
+            problem.target += basis.P @ torch.randn(d, generator=generator, dtype=torch.float64)
+        optimizer.step(closure)
+        state = optimizer.state[problem.w]
+        # y = H s on the step's own quadratic, whatever the next batch is
+        torch.testing.assert_close(state["pair_y"], hessian @ state["pair_s"])
+    assert state["skipped_updates"] == 0

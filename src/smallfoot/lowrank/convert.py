@@ -128,9 +128,12 @@ def convert(
     a per-layer report.
 
     The conv, linear and scaling layers are taken in module order (from the input side);
-    the first is never converted and the next ``round(apply_ratio * n) `` (at most n - 1)
-    become :class:`FactoConv2d` / :class:`FactoLinear` (``inr`` = R/I, feature maps pooled
-    with ``kernel``) and :class:`PooledScale`. ReLU and non-overlapping max-pool layers
+    the first is never converted. The apply ratio counts conv and scaling layers, as the
+    paper's table 3 does: of their ``n``, the next ``round(apply_ratio * n)`` (at most
+    ``n - 1``) after the first become :class:`FactoConv2d` (``inr`` = C_R/C_I, feature maps
+    pooled with ``kernel``) and :class:`PooledScale`; linear layers before the last of them,
+    and every linear layer once all ``n - 1`` are converted, become :class:`FactoLinear`
+    (a model without conv or scaling layers counts its linear layers instead). ReLU and non-overlapping max-pool layers
     between the first layer and the last converted one become :class:`MaskReLU` /
     :class:`MaskMaxPool2d` (overlapping or padded pools: :class:`OffsetMaxPool2d`). The converted model computes exactly what ``model`` computed
     (M = 0). ``low_rank=False`` converts in full-rank mode (W trains; for the FRT epochs).
@@ -153,9 +156,19 @@ def convert(
             "Facto-CNN needs at least two conv/linear/scaling layers (the first is never "
             f"converted); this model has {len(weighted)}"
         )
-    count = min(round(apply_ratio * len(weighted)), len(weighted) - 1)
-    chosen = set(weighted[1 : count + 1])
-    last = max(chosen) if chosen else -1
+    # the paper's apply ratio (table 3) counts conv and scaling layers; a model without them
+    # (an MLP) counts its linear layers instead
+    counted = [i for i in weighted if _kind(named[i][1]) != "linear"]
+    if len(counted) < 2:
+        counted = weighted
+    count = min(round(apply_ratio * len(counted)), len(counted) - 1)
+    chosen = set(counted[1 : count + 1])
+    last = max(chosen, default=-1)
+    # linear layers among the converted ones, or all of them once every counted layer is
+    every = count == len(counted) - 1
+    linear = [i for i in weighted[1:] if _kind(named[i][1]) == "linear"]
+    chosen |= {i for i in linear if every or i < last}
+    last = max(chosen, default=-1)
     changes = []
     for index, (name, module) in enumerate(named):
         kind = _kind(module)

@@ -562,9 +562,9 @@ class PooledScale(Scale):
         cls, scale: Scale, compression_kernel: int, low_rank: bool = True
     ) -> PooledScale:
         """The pooled version of ``scale`` with a copy of its scalar."""
-        layer = cls(compression_kernel, low_rank).to(scale.weight.device, scale.weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(scale.weight)
+        layer = cls(compression_kernel, low_rank)
+        # a new Parameter, not .to(): that swaps tensors, which fails on fake ones (estimates)
+        layer.weight = nn.Parameter(scale.weight.detach().clone(), scale.weight.requires_grad)
         return layer
 
     def set_low_rank(self, enabled: bool) -> None:

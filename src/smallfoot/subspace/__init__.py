@@ -6,7 +6,7 @@ extract a d-dimensional basis with :func:`dldr`, and continue training inside it
 """
 
 from smallfoot.subspace.basis import Basis, dldr
-from smallfoot.subspace.optim import PBFGS, PSGD, armijo_line_search
+from smallfoot.subspace.optim import PBFGS, PSGD, armijo_line_search, backtracking_line_search
 from smallfoot.subspace.trajectory import (
     TrajectorySampler,
     TrajectoryStore,
@@ -25,6 +25,7 @@ __all__ = [
     "TrajectoryStore",
     "add_to_params",
     "armijo_line_search",
+    "backtracking_line_search",
     "dldr",
     "flat_grad",
     "flatten",

@@ -10,6 +10,7 @@ P-SGD or P-BFGS inside the basis' span. Each stage keeps its checkpoint in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -19,9 +20,12 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from smallfoot._io import atomic_write_text
-from smallfoot.errors import ConfigError
+from smallfoot.config import apply_overrides
+from smallfoot.errors import ConfigError, TrainingInterrupted
+from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import (
     Method,
     RunContext,
@@ -54,6 +58,16 @@ class SubspaceOptions:
     """optimizer inside the subspace: psgd or pbfgs (--optimizer picks the sampling stage's)"""
     subspace_lr: float | None = None
     """P-SGD learning rate (default: the run's --lr) or P-BFGS first trial step (default: 1)"""
+    pbfgs_batch_size: int | None = 1024
+    """mini-batch of the P-BFGS stage, as the authors' scripts use (none: the run's
+    --batch-size); its line search and curvature pair fit this one batch"""
+    line_search: Literal["backtrack", "interpolate"] = "backtrack"
+    """P-BFGS's line search: backtrack (the authors': steps 1, 0.4, 0.16, ... until the loss
+    drops by 0.4 x step x slope, never longer than 1) or interpolate (secant and quadratic
+    trials, sufficient decrease 1e-4, up to 10x longer)"""
+    curvature: Literal["same-batch", "next-batch"] = "same-batch"
+    """P-BFGS's curvature pair y: both gradients on the step's own batch (same-batch) or
+    the gradients of consecutive batches (next-batch, algorithm 2 as written)"""
     recalibrate_bn: bool = True
     """recompute batch-norm running statistics over the training set after every subspace
     epoch: P-BFGS's long steps leave the running averages behind the weights"""
@@ -76,27 +90,58 @@ class SubspaceOptions:
             )
         if self.subspace_lr is not None and not self.subspace_lr > 0:
             raise ConfigError(f"--subspace-lr must be positive, got {self.subspace_lr}")
+        if self.pbfgs_batch_size is not None and self.pbfgs_batch_size < 1:
+            raise ConfigError(
+                f"--pbfgs-batch-size must be positive (or none), got {self.pbfgs_batch_size}"
+            )
 
 
 def make_subspace_optimizer(
-    model: nn.Module, basis: Basis, name: str, lr: float, momentum: float, weight_decay: float
+    model: nn.Module,
+    basis: Basis,
+    name: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    line_search: str = "interpolate",
+    curvature: str = "next-batch",
 ) -> torch.optim.Optimizer:
-    """P-SGD (momentum and weight decay as given) or P-BFGS over ``model``'s trainable parameters."""
+    """P-SGD (momentum and weight decay as given) or P-BFGS over ``model``'s trainable
+    parameters; ``line_search = "backtrack"`` is the authors' search (sufficient decrease 0.4,
+    shrink 0.4, at most 20 trials), see :class:`PBFGS` for both arguments."""
     basis.check(model)
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     if name == "psgd":
         return PSGD(params, basis.to(device), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "pbfgs":
-        return PBFGS(params, basis.to(device), lr=lr, buffers=model.buffers())
+        search = {"c1": 0.4, "shrink": 0.4, "max_evals": 20} if line_search == "backtrack" else {}
+        return PBFGS(
+            params,
+            basis.to(device),
+            lr=lr,
+            buffers=model.buffers(),
+            line_search=line_search,
+            curvature=curvature,
+            **search,
+        )
     raise ConfigError(f"unknown subspace optimizer {name!r}; choose psgd or pbfgs")
 
 
-def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
-    """The meter's report of one training step; P-BFGS's line search runs inside its step."""
-    from smallfoot.memory import measure
+def measure_step(model, batch, loss_fn, optimizer) -> MemoryReport:
+    """The meter's report of one training step; P-BFGS's line search runs inside its step.
+    On a model and batch built under a ``FakeTensorMode`` the step is estimated (P-SGD or
+    the run's optimizer only: P-BFGS's line search needs real loss values)."""
+    from smallfoot.memory import estimate, measure
 
+    fake = isinstance(batch[0], FakeTensor)
+    meter = estimate if fake else measure
     if getattr(optimizer, "needs_closure", False):
+        if fake:
+            raise ConfigError(
+                "--estimate cannot run P-BFGS's line search, which needs real loss values; "
+                "measure a real step (drop --estimate) or estimate --subspace-optimizer psgd"
+            )
         x, y = batch
 
         def closure() -> torch.Tensor:
@@ -108,10 +153,38 @@ def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
         step = optimizer.step
         optimizer.step = lambda: step(closure)  # the meter calls step() without arguments
         try:
-            return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
+            return meter(model, batch, loss_fn=loss_fn, optimizer=optimizer)
         finally:
             del optimizer.step
-    return measure(model, batch, loss_fn=loss_fn, optimizer=optimizer).to_dict()
+    return meter(model, batch, loss_fn=loss_fn, optimizer=optimizer)
+
+
+def step_memory(model, batch, loss_fn, optimizer) -> dict[str, Any]:
+    """:func:`measure_step` as a JSON-ready dict."""
+    return measure_step(model, batch, loss_fn, optimizer).to_dict()
+
+
+def random_basis(model: nn.Module, dim: int) -> Basis:
+    """An orthonormal basis of ``dim`` random directions with ``model``'s parameter layout:
+    the shapes DLDR would give, for measuring a subspace step without sampling first. Under
+    a ``FakeTensorMode`` its tensors are fake too."""
+    layout = parameter_layout(model)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    P = torch.linalg.qr(torch.randn(n, dim))[0]  # (n, d)
+    ones = torch.ones(dim, dtype=torch.float64)
+    return Basis(P, torch.zeros(n), ones, ones / dim, layout)
+
+
+def interrupted(done: int, epochs: int, run_dir: Path | None) -> str:
+    """What an interrupted run keeps, after ``done`` of ``epochs`` finished epochs (counted over
+    both stages), and the command that continues it."""
+    where = f"interrupted during epoch {done + 1} of {epochs}"
+    if run_dir is None:
+        return where
+    if done == 0:
+        return f"{where}; no epoch finished, so `smallfoot train --resume {run_dir}` starts over"
+    kept = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
+    return f"{where}; {kept} kept in {run_dir}; continue with `smallfoot train --resume {run_dir}`"
 
 
 def pbfgs_statistics(optimizer: torch.optim.Optimizer) -> dict[str, int]:
@@ -138,16 +211,89 @@ class Subspace(Method):
     changes_optimizer = True
     staged = True
 
+    def sampling_epochs(self) -> int:
+        """Epochs of the sampling stage: ``sample_epochs``, or 0 when a saved basis is reused."""
+        return 0 if self.options.basis is not None else self.options.sample_epochs
+
+    def subspace_optimizer(
+        self, model: nn.Module, basis: Basis, config: Any
+    ) -> torch.optim.Optimizer:
+        """The stage-2 optimizer of ``model`` in ``basis`` with this method's options; the
+        trainer ``config`` gives P-SGD's default rate, momentum and weight decay."""
+        options: SubspaceOptions = self.options
+        pbfgs = options.subspace_optimizer == "pbfgs"
+        return make_subspace_optimizer(
+            model,
+            basis,
+            options.subspace_optimizer,
+            options.subspace_lr or (1.0 if pbfgs else config.lr),
+            config.momentum,
+            config.weight_decay,
+            line_search=options.line_search,
+            curvature=options.curvature,
+        )
+
+    def subspace_batch_size(self, batch_size: int) -> int:
+        """The stage-2 batch size: ``pbfgs_batch_size`` for P-BFGS (when set), else ``batch_size``."""
+        options: SubspaceOptions = self.options
+        if options.subspace_optimizer == "pbfgs" and options.pbfgs_batch_size is not None:
+            return options.pbfgs_batch_size
+        return batch_size
+
+    def min_epochs(self) -> int:
+        """The fewest ``--epochs`` a run can have: the sampling epochs plus one in the subspace."""
+        return self.sampling_epochs() + 1
+
+    def check_run(self, ctx: RunContext) -> None:
+        """Refuse ``--epochs`` that leave no epoch for the subspace after sampling."""
+        need, epochs = self.min_epochs(), ctx.config.epochs
+        if epochs < need:
+            raise ConfigError(
+                f"--method subspace needs at least {need} epochs ({self.sampling_epochs()} "
+                f"sampling + 1 in the subspace), got --epochs {epochs}; use --epochs {need}"
+            )
+
+    def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
+        """Raise ``epochs`` to :meth:`min_epochs` when the run has fewer (for ``compare``)."""
+        need = self.min_epochs()
+        if config.epochs >= need:
+            return config, []
+        note = (
+            f"epochs {config.epochs} -> {need}: {self.sampling_epochs()} sampling epochs "
+            "+ 1 in the subspace"
+        )
+        return apply_overrides(config, {"epochs": need}), [note]
+
+    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """The larger (by peak) of the two stages' steps, named by ``report.stage``: sampling
+        (the run's optimizer, as the base method measures it) and subspace (P-SGD or P-BFGS
+        over a random orthonormal basis of ``dim`` directions, the size DLDR gives; P-BFGS's
+        line-search evaluations included). The samples' store, outside the step, is not in it."""
+        options: SubspaceOptions = self.options
+        reports = {}
+        if self.sampling_epochs():
+            reports["sampling"] = super().step_memory(ctx, fake=fake)
+        loss_fn, _ = self.make_loss(ctx)
+        batch, shape = self.subspace_batch_size(ctx.config.batch_size), ctx.input_shape
+        torch.manual_seed(ctx.config.seed)
+        with FakeTensorMode() if fake else contextlib.nullcontext():
+            net = self.build_model(ctx)
+            optimizer = self.subspace_optimizer(
+                net, random_basis(net, options.dim), ctx.train_config()
+            )
+            x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
+        reports["subspace"] = measure_step(net, (x, y), loss_fn, optimizer)
+        stage = max(reports, key=lambda name: reports[name].peak)
+        report = reports[stage]
+        report.stage = stage
+        return report
+
     def train(self, ctx: RunContext) -> TrainOutcome:
         """Sample, extract the basis, train in the subspace; the memory report is the larger stage's."""
         options: SubspaceOptions = self.options
         config = ctx.train_config()
-        sample_epochs = 0 if options.basis is not None else options.sample_epochs
-        if ctx.config.epochs <= sample_epochs:
-            raise ConfigError(
-                f"--epochs {ctx.config.epochs} leaves no epoch for the subspace after "
-                f"--sample-epochs {sample_epochs}; raise --epochs"
-            )
+        self.check_run(ctx)
+        sample_epochs = self.sampling_epochs()
         model = self.build_model(ctx)
         if ctx.config.init:
             load_initial_weights(model, ctx.config.init)
@@ -176,6 +322,14 @@ class Subspace(Method):
                 t.run_dir.mkdir(parents=True, exist_ok=True)
             return t
 
+        def fit(stage: Trainer, offset: int) -> None:
+            # the stage's Trainer numbers epochs within the stage and names its own directory
+            try:
+                stage.fit()
+            except TrainingInterrupted:
+                message = interrupted(offset + stage.epoch, ctx.config.epochs, run_dir)
+                raise TrainingInterrupted(message) from None
+
         basis_path = run_dir / "basis.pt" if run_dir is not None else None
         sampling_history: list[dict[str, Any]] = []
         if options.basis is not None:
@@ -189,7 +343,7 @@ class Subspace(Method):
             model.load_state_dict(state["model"])
             sampling_history = state["history"]
         else:
-            sampling_history, basis = self._sample(model, config, trainer, resumable, run_dir)
+            sampling_history, basis = self._sample(model, config, trainer, resumable, fit, run_dir)
             if basis_path is not None:
                 basis.save(basis_path)
         basis.check(model)
@@ -197,21 +351,15 @@ class Subspace(Method):
         subspace_config = dataclasses.replace(
             config,
             epochs=ctx.config.epochs - sample_epochs,
+            batch_size=self.subspace_batch_size(config.batch_size),
             seed=config.seed + 1,
             # the line search chooses P-BFGS's step; a decaying trial step would only shorten it
             schedule="constant" if options.subspace_optimizer == "pbfgs" else config.schedule,
         )
-        optimizer = make_subspace_optimizer(
-            model,
-            basis,
-            options.subspace_optimizer,
-            options.subspace_lr or (1.0 if options.subspace_optimizer == "pbfgs" else config.lr),
-            config.momentum,
-            config.weight_decay,
-        )
+        optimizer = self.subspace_optimizer(model, basis, config)
         callbacks = [RecalibrateBatchNorm()] if options.recalibrate_bn else []
         subspace = resumable(trainer(subspace_config, optimizer, callbacks, name="subspace"))
-        subspace.fit()
+        fit(subspace, sample_epochs)
 
         history = [{**m, "stage": "sampling"} for m in sampling_history]
         history += [
@@ -241,7 +389,7 @@ class Subspace(Method):
         }
         return TrainOutcome(model, history[-1], history, memory, extra)
 
-    def _sample(self, model, config, trainer, resumable, run_dir):
+    def _sample(self, model, config, trainer, resumable, fit, run_dir):
         """Stage 1: ordinary training with a trajectory sampler; returns (history, basis)."""
         options: SubspaceOptions = self.options
         size = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -268,7 +416,7 @@ class Subspace(Method):
                     name="sampling",
                 )
             )
-            sampling.fit()
+            fit(sampling, 0)
             basis = dldr(store, min(options.dim, len(store) - 1), parameter_layout(model))
         finally:
             if scratch is not None:
@@ -285,9 +433,11 @@ class Subspace(Method):
         peaks and optimizer states, and the basis' bytes (``sgd`` None: no sampling stage)."""
         from smallfoot.memory import unique_storage_bytes
 
-        batch = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
+        size = self.subspace_batch_size(ctx.config.batch_size)
+        batch = example_batch(ctx.train_set, size, ctx.device)
         reports = {"subspace": step_memory(model, batch, loss_fn, optimizer)}
         if sgd is not None:
+            batch = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
             reports["sampling"] = step_memory(model, batch, loss_fn, sgd)
         stage = max(reports, key=lambda name: reports[name]["peak"])
         return {

@@ -147,23 +147,59 @@ def armijo_line_search(
     return best[0], best[1], evals
 
 
+def backtracking_line_search(
+    phi: Callable[[float], tuple[float, float]],
+    phi0: float,
+    dphi0: float,
+    alpha0: float = 1.0,
+    c1: float = 0.4,
+    shrink: float = 0.4,
+    max_evals: int = 20,
+) -> tuple[float, float, int]:
+    """The DLDR authors' backtracking search: trials ``alpha0, shrink alpha0, shrink^2 alpha0,
+    ...`` until ``phi(alpha) < phi0 + c1 alpha dphi0`` (``dphi0 < 0``); never longer than
+    ``alpha0``. ``phi`` as for :func:`armijo_line_search` (its slope is not used).
+
+    Returns:
+        ``(alpha, phi(alpha), evaluations)``; ``alpha`` is 0 (no step) when none of
+        ``max_evals`` trials satisfied the condition (the authors' code then takes the last,
+        shortest trial anyway).
+    """
+    if not dphi0 < 0:
+        raise ValueError(f"the direction is not a descent direction (slope {dphi0})")
+    alpha = alpha0
+    for evals in range(1, max_evals + 1):
+        value, _ = phi(alpha)
+        if value < phi0 + c1 * alpha * dphi0:
+            return alpha, value, evals
+        alpha *= shrink
+    return 0.0, phi0, max_evals
+
+
 class PBFGS(torch.optim.Optimizer):
     """BFGS in ``span(P)`` with a backtracking Armijo line search (algorithm 2).
 
     Each ``step(closure)`` calls the closure (which re-evaluates the mini-batch loss and its
     gradients) at the current point, projects the gradient ``g~_k = P^T g_k``, updates the
-    inverse-Hessian approximation with the previous step ``s_{k-1}`` and
-    ``y_{k-1} = g~_k - g~_{k-1}`` (eq. 13; skipped when ``y^T s <= 0``, which a stochastic
-    gradient difference can give), searches ``alpha`` along ``-B g~_k`` with
-    :func:`armijo_line_search` on the same mini-batch and steps ``w <- w + P alpha (-B g~_k)``.
+    inverse-Hessian approximation with the last curvature pair ``s, y`` (eq. 13; skipped when
+    ``y^T s <= 0``, which a stochastic gradient difference can give), searches ``alpha`` along
+    ``-B g~_k`` on the same mini-batch and steps ``w <- w + P alpha (-B g~_k)``.
 
     Args:
         params: the trainable parameters, in the order of the basis' layout.
         basis: the :class:`Basis`.
         lr: the first trial step length ``alpha0`` of every line search (1: the quasi-Newton step).
-        c1: Armijo constant.
+        c1: Armijo constant (sufficient decrease ``c1 alpha g~^T p``).
         max_evals: closure evaluations per line search at most.
         refine_tol: see :func:`armijo_line_search`; 0 makes every search exact on quadratics.
+        line_search: ``"interpolate"`` (:func:`armijo_line_search`: secant and quadratic
+            trials, up to 10 x ``lr``) or ``"backtrack"`` (:func:`backtracking_line_search`,
+            the authors': ``lr`` times powers of ``shrink``, never longer than ``lr``).
+        shrink: the backtracking factor.
+        curvature: ``"next-batch"``: ``y = g~_k - g~_{k-1}``, the gradients of two
+            mini-batches (algorithm 2 as written); ``"same-batch"``: ``y`` is the difference
+            of the projected gradients at the accepted point and at ``w_k`` on step k's own
+            mini-batch (the line search evaluated both), so batch noise does not enter ``y``.
         buffers: tensors the closure changes as a side effect (batch-norm running statistics,
             ``num_batches_tracked``): each step keeps what its first evaluation, at the
             current point, made of them, and restores them after every line-search trial, so
@@ -181,17 +217,51 @@ class PBFGS(torch.optim.Optimizer):
         max_evals: int = 10,
         refine_tol: float = 0.1,
         buffers: Iterable[torch.Tensor] = (),
+        line_search: str = "interpolate",
+        shrink: float = 0.4,
+        curvature: str = "next-batch",
     ):
-        if lr <= 0 or not 0 < c1 < 0.5 or max_evals < 1 or refine_tol < 0:
+        if lr <= 0 or not 0 < c1 < 0.5 or max_evals < 1 or refine_tol < 0 or not 0 < shrink < 1:
             raise ConfigError(
-                f"P-BFGS needs lr > 0, 0 < c1 < 0.5, max_evals >= 1, refine_tol >= 0 "
-                f"(got {lr}, {c1}, {max_evals}, {refine_tol})"
+                f"P-BFGS needs lr > 0, 0 < c1 < 0.5, max_evals >= 1, refine_tol >= 0, "
+                f"0 < shrink < 1 (got {lr}, {c1}, {max_evals}, {refine_tol}, {shrink})"
+            )
+        if line_search not in ("interpolate", "backtrack"):
+            raise ConfigError(
+                f"unknown line search {line_search!r}; choose interpolate or backtrack"
+            )
+        if curvature not in ("next-batch", "same-batch"):
+            raise ConfigError(
+                f"unknown curvature pair {curvature!r}; choose next-batch or same-batch"
             )
         params = _checked_params(params, basis)
-        defaults = {"lr": lr, "c1": c1, "max_evals": max_evals, "refine_tol": refine_tol}
+        defaults = {
+            "lr": lr,
+            "c1": c1,
+            "max_evals": max_evals,
+            "refine_tol": refine_tol,
+            "line_search": line_search,
+            "shrink": shrink,
+            "curvature": curvature,
+        }
         super().__init__(params, defaults)
         self.state[params[0]]["basis"] = basis.P
         self.kept_buffers = list(buffers)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a :meth:`state_dict`, keeping ``B``, the last projected gradient and step in
+        float64 (``torch.optim.Optimizer`` would cast them to the parameters' float32)."""
+        first = state_dict["param_groups"][0]["params"][0]
+        exact = {
+            key: value
+            for key, value in state_dict["state"].get(first, {}).items()
+            if torch.is_tensor(value) and value.dtype == torch.float64
+        }
+        super().load_state_dict(state_dict)
+        params = self.param_groups[0]["params"]
+        state = self.state[params[0]]
+        for key, value in exact.items():
+            state[key] = value.to(params[0].device, copy=True)
 
     def _projected_grad(self, P: torch.Tensor) -> torch.Tensor:
         return (P.T @ flat_grad(self.param_groups[0]["params"])).double()
@@ -221,8 +291,13 @@ class PBFGS(torch.optim.Optimizer):
         phi0 = float(loss)
         grad = self._projected_grad(P)  # (d,)
         B = state["inverse_hessian"]
-        if "previous_grad" in state:
-            y, s = grad - state["previous_grad"], state["previous_step"]
+        pair = None
+        if group["curvature"] == "same-batch" and "pair_y" in state:
+            pair = state.pop("pair_y"), state.pop("pair_s")
+        elif group["curvature"] == "next-batch" and "previous_grad" in state:
+            pair = grad - state["previous_grad"], state["previous_step"]
+        if pair is not None:
+            y, s = pair
             ys = float(y @ s)
             if ys > 1e-10 * float(y.norm() * s.norm()):
                 rho = 1.0 / ys
@@ -243,6 +318,7 @@ class PBFGS(torch.optim.Optimizer):
             return loss
         full_direction = P @ direction.to(P.dtype)  # (n,)
         position = 0.0
+        trial_grads: dict[float, torch.Tensor] = {}
 
         def phi(alpha: float) -> tuple[float, float]:
             nonlocal position
@@ -251,18 +327,26 @@ class PBFGS(torch.optim.Optimizer):
             value = float(closure())
             for buffer, kept in zip(self.kept_buffers, buffers_after_first, strict=True):
                 buffer.copy_(kept)
-            return value, float(self._projected_grad(P) @ direction)
+            trial_grads[alpha] = self._projected_grad(P)
+            return value, float(trial_grads[alpha] @ direction)
 
-        alpha, _, evals = armijo_line_search(
-            phi,
-            phi0,
-            slope0,
-            group["lr"],
-            group["c1"],
-            group["max_evals"],
-            group["refine_tol"],
-        )
+        if group["line_search"] == "backtrack":
+            alpha, _, evals = backtracking_line_search(
+                phi, phi0, slope0, group["lr"], group["c1"], group["shrink"], group["max_evals"]
+            )
+        else:
+            alpha, _, evals = armijo_line_search(
+                phi,
+                phi0,
+                slope0,
+                group["lr"],
+                group["c1"],
+                group["max_evals"],
+                group["refine_tol"],
+            )
         add_to_params(params, full_direction, alpha=alpha - position)
+        if alpha > 0 and group["curvature"] == "same-batch":
+            state["pair_y"], state["pair_s"] = trial_grads[alpha] - grad, alpha * direction
         state["previous_step"] = alpha * direction
         state["steps"] += 1
         state["last_alpha"], state["last_evals"] = alpha, evals
