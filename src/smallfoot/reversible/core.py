@@ -283,7 +283,6 @@ class _InvertibleChainFunction(torch.autograd.Function):
         return (grad_y, None, None, *(grads_by_param.get(id(p)) for p in ctx.params))
 
 
-@torch.compiler.disable
 def _apply_chain_eagerly(x: torch.Tensor, modules: tuple[nn.Module, ...], *params):
     """The replaying chain, kept out of ``torch.compile`` (a graph break).
 
@@ -294,7 +293,15 @@ def _apply_chain_eagerly(x: torch.Tensor, modules: tuple[nn.Module, ...], *param
     tensor per dropout layer, the memory the chain exists to save; running the chain eagerly
     costs only the fusion inside it (the layers around it still compile).
     """
-    return _InvertibleChainFunction.apply(x, modules, True, *params)
+    global _eager_chain
+    if _eager_chain is None:
+        # made on first use: torch.compiler.disable imports Dynamo, seconds that importing
+        # smallfoot should not cost
+        _eager_chain = torch.compiler.disable(_InvertibleChainFunction.apply)
+    return _eager_chain(x, modules, True, *params)
+
+
+_eager_chain = None
 
 
 class RevSequence(nn.Module):
