@@ -283,6 +283,27 @@ class _InvertibleChainFunction(torch.autograd.Function):
         return (grad_y, None, None, *(grads_by_param.get(id(p)) for p in ctx.params))
 
 
+def _apply_chain_eagerly(x: torch.Tensor, modules: tuple[nn.Module, ...], *params):
+    """The replaying chain, kept out of ``torch.compile`` (a graph break).
+
+    The backward replays each recorded RNG state through eager kernels, so the forward must
+    draw its dropout masks from the same eager generator. Compiled, Inductor draws its own
+    masks (a Philox stream seeded once per graph), the backward cannot reproduce them, and the
+    gradients are silently wrong. Recording the masks instead would keep an activation-sized
+    tensor per dropout layer, the memory the chain exists to save; running the chain eagerly
+    costs only the fusion inside it (the layers around it still compile).
+    """
+    global _eager_chain
+    if _eager_chain is None:
+        # made on first use: torch.compiler.disable imports Dynamo, seconds that importing
+        # smallfoot should not cost
+        _eager_chain = torch.compiler.disable(_InvertibleChainFunction.apply)
+    return _eager_chain(x, modules, True, *params)
+
+
+_eager_chain = None
+
+
 class RevSequence(nn.Module):
     """A chain of invertible modules trained with the memory-free backward.
 
@@ -298,8 +319,8 @@ class RevSequence(nn.Module):
     ``True`` for other random layers. Without it the chain compiles with
     ``torch.compile(fullgraph=True)`` once ``torch._dynamo.config.trace_autograd_ops = True``
     is set (the backward calls ``torch.autograd.grad``, which Dynamo traces only with that
-    switch); reading the RNG state is never traceable, so a replaying chain compiles only
-    without ``fullgraph``.
+    switch). Under ``torch.compile`` a replaying chain runs eagerly in a graph break (see
+    :func:`_apply_chain_eagerly`), so it raises under ``fullgraph=True``.
     """
 
     invertible = True
@@ -322,7 +343,9 @@ class RevSequence(nn.Module):
         """Apply the chain; the output shape depends on the pooling layers in it."""
         params = [p for p in self.blocks.parameters() if p.requires_grad]
         if self.memory_free and torch.is_grad_enabled() and (x.requires_grad or params):
-            return _InvertibleChainFunction.apply(x, tuple(self.blocks), self.replay_rng, *params)
+            if self.replay_rng:
+                return _apply_chain_eagerly(x, tuple(self.blocks), *params)
+            return _InvertibleChainFunction.apply(x, tuple(self.blocks), False, *params)
         for block in self.blocks:
             x = block(x)
         return x
