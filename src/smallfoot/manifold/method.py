@@ -197,17 +197,16 @@ class Manifold(Method):
             )
 
     def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
-        """``compare``: a model without a ``Flatten``-separated feature extractor (an MLP, a
-        ResNet) is replaced by ``cnn4`` for image inputs (one note); other configs unchanged."""
+        """``compare``: a model without a ``Flatten``-separated feature extractor (the ResNets,
+        the reversible nets) is replaced by ``cnn4`` for image inputs (one note); other configs
+        are returned unchanged."""
         from dataclasses import replace
 
         try:
+            # Only the structure matters here, so any class count will do.
             with torch.device("meta"):
-                feature_extractor(
-                    build_model(
-                        config.model, tuple(input_shape), 10, **config.model_options
-                    )  # structure only
-                )
+                base = build_model(config.model, tuple(input_shape), 10, **config.model_options)
+            feature_extractor(base)
         except SmallfootError:
             if len(input_shape) != 3:
                 return config, []
