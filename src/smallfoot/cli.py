@@ -849,7 +849,7 @@ def memory(
     try:
         if plot is not None:
             plot_timeline(
-                report, plot, title=f"{model} / {method}, batch {batch_size}, {input_shape}"
+                report, plot, title=f"{report.model} / {method}, batch {batch_size}, {input_shape}"
             )
         if timeline is not None:
             save_timeline(report, timeline)
@@ -857,12 +857,15 @@ def memory(
         raise ConfigError(
             f"cannot write {exc.filename}: {exc.strerror}; give another path"
         ) from None
-    data = {"model": model, "method": method, **report.to_dict(), "seconds": round(seconds, 2)}
+    data = {"method": method, **report.to_dict(), "seconds": round(seconds, 2)}
     if as_json:
         print_json(data)
         return
     kind = "estimated on fake tensors" if estimate else "measured"
-    table = Table(title=f"{model} / {method}: one training step, batch {batch_size}, {kind}")
+    stage = f", stage {report.stage}" if report.stage else ""
+    table = Table(
+        title=f"{report.model} / {method}{stage}: one training step, batch {batch_size}, {kind}"
+    )
     for column, justify in (("category", "left"), ("bytes", "right"), ("MiB", "right")):
         table.add_column(column, justify=justify)
     for key in (

@@ -53,7 +53,9 @@ def configured_step(
         torch.zeros(1, *input_shape), torch.zeros(1, dtype=torch.long), classes, "synthetic"
     )
     ctx = RunContext(config, runner.options, sample, sample)
-    return runner.step_memory(ctx, fake=fake)
+    report = runner.step_memory(ctx, fake=fake)
+    report.model = runner.model_name(ctx)
+    return report
 
 
 def dataset_input(

@@ -91,6 +91,8 @@ class MemoryReport:
     timeline: dict[str, Any] = field(repr=False, default_factory=dict)
     stage: str | None = None
     """for staged methods: the stage this step belongs to (their largest by peak)"""
+    model: str | None = None
+    """the name of the model metered, where a named configuration built it"""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field except the timeline (see :meth:`timeline_dict`)."""
@@ -112,6 +114,7 @@ class MemoryReport:
             "by_module": {k: dict(v) for k, v in self.by_module.items()},
             "saved_by_hooks": self.saved_by_hooks,
             **({"stage": self.stage} if self.stage is not None else {}),
+            **({"model": self.model} if self.model is not None else {}),
         }
 
     def timeline_dict(self) -> dict[str, Any]:
