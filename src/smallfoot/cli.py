@@ -864,7 +864,7 @@ def memory(
     kind = "estimated on fake tensors" if estimate else "measured"
     stage = f", stage {report.stage}" if report.stage else ""
     table = Table(
-        title=f"{report.model} / {method}{stage}: one training step, batch {batch_size}, {kind}"
+        title=f"{report.model} / {method}{stage}: one training step, batch {report.batch}, {kind}"
     )
     for column, justify in (("category", "left"), ("bytes", "right"), ("MiB", "right")):
         table.add_column(column, justify=justify)
