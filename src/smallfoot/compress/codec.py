@@ -7,15 +7,16 @@ bin indices with a range coder (``constriction``) whose model is the layer's bin
 
 A package is self-describing bytes::
 
-    header   magic b"SFQ1", version, dtype code, N, ndim, name length, shape (ndim x uint64),
-             min and max (float64), used-bin count k, payload words
+    header   magic b"SFQ1", version, dtype code, N, layout, ndim, name length,
+             shape (ndim x uint64), min and max (float64), used-bin count k, payload bytes
     name     utf-8
-    bins     k x uint16   the bins that occur (ascending)
-    counts   k x uint32   how often each occurs: the decoder rebuilds the same model from them
-    payload  uint32 words of the range coder
+    table    (range-coded layout only) the bins that occur, as k x uint16 or a 2**N-bit
+             bitmap, whichever is smaller; then k counts of 1, 2 or 4 bytes: the decoder
+             rebuilds the coder's model from them
+    payload  uint32 words of the range coder, or N-bit fields when those are smaller
     crc32    of everything above
 
-``N = 0`` marks a constant (or empty) layer: no bins, no payload, every value is ``min``.
+``N = 0`` marks a constant (or empty) layer: no table, no payload, every value is ``min``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ MAX_BITS = 16
 _MAGIC = b"SFQ1"
 _STATE_MAGIC = b"SFS1"
 _VERSION = 1
-_HEAD = struct.Struct("<4sBBBBH")  # magic, version, dtype code, N, ndim, name length
-_RANGE = struct.Struct("<ddII")  # min, max, used bins, payload words
+_HEAD = struct.Struct("<4sBBBBBH")  # magic, version, dtype code, N, layout, ndim, name length
+_RANGE = struct.Struct("<ddII")  # min, max, used bins, payload bytes
+# layout: the low two bits say how indices are stored; bit 2 and bits 3-4 describe the table.
+_CONSTANT, _PACKED, _CODED, _BITMAP = 0, 1, 2, 4
+_WIDTHS = (1, 2, 4, 0)  # bytes per count, by bits 3-4 of the layout
 _CRC = struct.Struct("<I")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -68,7 +72,9 @@ class CodecConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.m <= MAX_BITS:
-            raise ConfigError(f"codec m={self.m} is out of range; use 1 <= m <= {MAX_BITS} (thesis: 4)")
+            raise ConfigError(
+                f"codec m={self.m} is out of range; use 1 <= m <= {MAX_BITS} (thesis: 4)"
+            )
         if not 0 <= self.c <= MAX_BITS - self.m:
             raise ConfigError(
                 f"codec c={self.c} with m={self.m} can exceed {MAX_BITS} bits; use 0 <= c <= {MAX_BITS - self.m} (thesis: c=6, m=4)"
@@ -76,7 +82,9 @@ class CodecConfig:
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"codec fraction={self.fraction} must be in (0, 1]; thesis: 0.03")
         if self.bits is not None and not 1 <= self.bits <= MAX_BITS:
-            raise ConfigError(f"codec bits={self.bits} is out of range; use 1 <= bits <= {MAX_BITS}")
+            raise ConfigError(
+                f"codec bits={self.bits} is out of range; use 1 <= bits <= {MAX_BITS}"
+            )
 
 
 @dataclass(frozen=True)
@@ -203,8 +211,49 @@ def _model(counts: np.ndarray):
     return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
 
 
+def _coded(q: np.ndarray, bits: int) -> tuple[int, bytes, bytes, int]:
+    """Range-coded sections of bin indices ``q``: (layout, table bytes, payload bytes, used bins)."""
+    histogram = np.bincount(q, minlength=1 << bits)
+    bins = np.flatnonzero(histogram)
+    counts = histogram[bins]
+    width = next(w for w in (1, 2, 4) if int(counts.max()) < 256**w)
+    bitmap = ((1 << bits) + 7) // 8 < 2 * len(bins)
+    bins_bytes = np.packbits(histogram > 0).tobytes() if bitmap else bins.astype("<u2").tobytes()
+    # Code the rank of each bin among those that occur: the model has no unused symbols.
+    rank_of_bin = np.zeros(1 << bits, np.int32)
+    rank_of_bin[bins] = np.arange(len(bins), dtype=np.int32)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(rank_of_bin[q], _model(counts))
+    payload = encoder.get_compressed().astype("<u4").tobytes()
+    layout = _CODED | (_BITMAP if bitmap else 0) | ({1: 0, 2: 1, 4: 2}[width] << 3)
+    return layout, bins_bytes + counts.astype(f"<u{width}").tobytes(), payload, len(bins)
+
+
+def _pack(q: np.ndarray, bits: int) -> bytes:
+    """Bin indices as ``bits``-bit big-endian fields, concatenated."""
+    fields = np.unpackbits(q.astype(">u2").view(np.uint8)).reshape(-1, 16)[:, 16 - bits :]
+    return np.packbits(fields).tobytes()
+
+
+def _unpack(payload: bytes, bits: int, numel: int) -> np.ndarray:
+    fields = np.unpackbits(np.frombuffer(payload, np.uint8), count=numel * bits)
+    wide = np.zeros((numel, 16), np.uint8)
+    wide[:, 16 - bits :] = fields.reshape(numel, bits)
+    return np.packbits(wide).view(">u2").astype(np.int64)
+
+
+def _table_size(layout: int, bits: int, used: int) -> int:
+    if layout & 3 != _CODED:
+        return 0
+    bins = ((1 << bits) + 7) // 8 if layout & _BITMAP else 2 * used
+    return bins + used * _WIDTHS[(layout >> 3) & 3]
+
+
 def encode(tensor: torch.Tensor, name: str, config: CodecConfig = CodecConfig()) -> bytes:
     """One layer's package (thesis Algorithm 1): quantise to N bits, range-code, add a checksum.
+
+    The bin indices are range-coded with the layer's histogram as model, or stored as plain
+    N-bit fields when that is smaller (small layers, where the histogram costs more than it saves).
 
     Args:
         tensor: a floating-point tensor of any shape (float16, bfloat16, float32, float64).
@@ -217,41 +266,39 @@ def encode(tensor: torch.Tensor, name: str, config: CodecConfig = CodecConfig())
     flat = _as_float64(tensor, name)
     lo = hi = 0.0
     bits = 0
-    bins = np.zeros(0, np.uint16)
-    counts = np.zeros(0, np.uint32)
-    payload = np.zeros(0, np.uint32)
+    layout, table, payload, used = _CONSTANT, b"", b"", 0
     if flat.numel() > 0:
         lo, hi = _bounds(flat, name)
         bits = _choose(flat, lo, hi, config)
     if bits > 0:
         q = _bin_indices(flat, lo, hi, bits).numpy()
-        histogram = np.bincount(q, minlength=1 << bits)
-        bins = np.flatnonzero(histogram).astype(np.uint16)
-        counts = histogram[bins].astype(np.uint32)
-        # Code the rank of each bin among those that occur: the model has no unused symbols.
-        rank_of_bin = np.zeros(1 << bits, np.int32)
-        rank_of_bin[bins] = np.arange(len(bins), dtype=np.int32)
-        encoder = constriction.stream.queue.RangeEncoder()
-        encoder.encode(rank_of_bin[q], _model(counts))
-        payload = encoder.get_compressed()
+        layout, table, payload, used = _coded(q, bits)
+        if (len(q) * bits + 7) // 8 <= len(table) + len(payload):
+            layout, table, payload, used = _PACKED, b"", _pack(q, bits), 0
     encoded_name = name.encode()
-    parts = [
-        _HEAD.pack(
-            _MAGIC, _VERSION, _DTYPES.index(tensor.dtype), bits, tensor.dim(), len(encoded_name)
-        ),
-        struct.pack(f"<{tensor.dim()}Q", *tensor.shape),
-        _RANGE.pack(lo, hi, len(bins), len(payload)),
-        encoded_name,
-        bins.tobytes(),
-        counts.tobytes(),
-        payload.astype("<u4").tobytes(),
-    ]
-    body = b"".join(parts)
+    body = b"".join(
+        [
+            _HEAD.pack(
+                _MAGIC,
+                _VERSION,
+                _DTYPES.index(tensor.dtype),
+                bits,
+                layout,
+                tensor.dim(),
+                len(encoded_name),
+            ),
+            struct.pack(f"<{tensor.dim()}Q", *tensor.shape),
+            _RANGE.pack(lo, hi, used, len(payload)),
+            encoded_name,
+            table,
+            payload,
+        ]
+    )
     return body + _CRC.pack(zlib.crc32(body))
 
 
 def _parse(package: bytes, name: str | None, rank: int | None):
-    """Header fields and array offsets of a package whose checksum and length are verified."""
+    """Header fields and the table's offset of a package whose checksum and length are verified."""
     package = bytes(package)
     claimed = _peek_name(package)
     label = _where(name, rank) if name is not None else _where(claimed, rank, as_read=True)
@@ -265,15 +312,15 @@ def _parse(package: bytes, name: str | None, rank: int | None):
         raise CompressionError(
             f"compressed package for {label} is corrupt or truncated (checksum mismatch); re-send it and check the link or file"
         )
-    magic, version, dtype_code, bits, ndim, name_len = _HEAD.unpack_from(package)
-    if magic != _MAGIC or version != _VERSION or dtype_code >= len(_DTYPES):
+    magic, version, dtype_code, bits, layout, ndim, name_len = _HEAD.unpack_from(package)
+    if magic != _MAGIC or version != _VERSION or dtype_code >= len(_DTYPES) or bits > MAX_BITS:
         raise CompressionError(
             f"package for {label} is not a smallfoot package of version {_VERSION}; encode it with this smallfoot"
         )
     offset = _HEAD.size
     shape = struct.unpack_from(f"<{ndim}Q", package, offset)
     offset += 8 * ndim
-    lo, hi, used, words = _RANGE.unpack_from(package, offset)
+    lo, hi, used, payload_bytes = _RANGE.unpack_from(package, offset)
     offset += _RANGE.size
     label = _where(claimed, rank)
     if name is not None and claimed != name:
@@ -282,19 +329,20 @@ def _parse(package: bytes, name: str | None, rank: int | None):
             if rank is not None
             else f"package holds layer {claimed!r}, expected {name!r}; decode it with name={claimed!r}"
         )
-    expected = offset + name_len + 6 * used + 4 * words + _CRC.size
-    if expected != len(package):
+    offset += name_len
+    table = _table_size(layout, bits, used)
+    if offset + table + payload_bytes + _CRC.size != len(package):
         raise CompressionError(
-            f"compressed package for {label} has {len(package)} bytes, its header says {expected}; re-encode it"
+            f"compressed package for {label} has {len(package)} bytes, its header disagrees; re-encode it"
         )
-    header = (claimed, tuple(shape), _DTYPES[dtype_code], bits, lo, hi, used, words)
-    return package, header, offset + name_len
+    header = (claimed, tuple(shape), _DTYPES[dtype_code], bits, layout, lo, hi, used)
+    return package, header, offset, table
 
 
 def _peek_name(package: bytes) -> str | None:
     """The name a (possibly damaged) package claims, or None when it cannot be read."""
     try:
-        _, _, _, _, ndim, name_len = _HEAD.unpack_from(package)
+        ndim, name_len = _HEAD.unpack_from(package)[-2:]
         start = _HEAD.size + 8 * ndim + _RANGE.size
         return package[start : start + name_len].decode()
     except (struct.error, UnicodeDecodeError):
@@ -303,7 +351,7 @@ def _peek_name(package: bytes) -> str | None:
 
 def read_info(package: bytes, name: str | None = None, rank: int | None = None) -> PackageInfo:
     """The header of a verified package (checksum and length checked), without decoding it."""
-    package, (claimed, shape, dtype, bits, *_), _ = _parse(package, name, rank)
+    package, (claimed, shape, dtype, bits, *_), _, _ = _parse(package, name, rank)
     return PackageInfo(claimed, shape, dtype, bits, len(package))
 
 
@@ -319,27 +367,34 @@ def decode(package: bytes, name: str | None = None, rank: int | None = None) -> 
         CompressionError: the package is truncated, corrupt, or for another layer; the message
             names the layer (and the rank when given).
     """
-    package, header, offset = _parse(package, name, rank)
-    claimed, shape, dtype, bits, lo, hi, used, words = header
+    package, header, offset, table = _parse(package, name, rank)
+    claimed, shape, dtype, bits, layout, lo, hi, used = header
     numel = math.prod(shape)
-    if bits == 0:
+    if layout & 3 == _CONSTANT:
         return torch.full(shape, lo, dtype=dtype)
-    bins = np.frombuffer(package, "<u2", used, offset).astype(np.int64)
-    counts = np.frombuffer(package, "<u4", used, offset + 2 * used)
-    payload = np.frombuffer(package, "<u4", words, offset + 6 * used).astype(np.uint32)
-    if used == 0 or int(counts.sum()) != numel or (bins >= 1 << bits).any():
-        raise CompressionError(
-            f"compressed package for {_where(claimed, rank)} has an inconsistent histogram; re-encode it"
-        )
-    decoder = constriction.stream.queue.RangeDecoder(payload)
-    ranks = decoder.decode(_model(counts), numel)
-    q = torch.from_numpy(bins[ranks])
-    return _bin_centres(q, lo, hi, bits).to(dtype).reshape(shape)
+    payload = package[offset + table : -_CRC.size]
+    if layout & 3 == _PACKED:
+        q = _unpack(payload, bits, numel)
+    else:
+        width = _WIDTHS[(layout >> 3) & 3]
+        counts_at = offset + table - used * width
+        if layout & _BITMAP:
+            bitmap = np.frombuffer(package, np.uint8, counts_at - offset, offset)
+            bins = np.flatnonzero(np.unpackbits(bitmap, count=1 << bits))
+        else:
+            bins = np.frombuffer(package, "<u2", used, offset).astype(np.int64)
+        counts = np.frombuffer(package, f"<u{width}", used, counts_at)
+        if len(bins) != used or int(counts.sum()) != numel or (bins >= 1 << bits).any():
+            raise CompressionError(
+                f"compressed package for {_where(claimed, rank)} has an inconsistent histogram; re-encode it"
+            )
+        words = np.frombuffer(payload, "<u4").astype(np.uint32)
+        ranks = constriction.stream.queue.RangeDecoder(words).decode(_model(counts), numel)
+        q = bins[ranks]
+    return _bin_centres(torch.from_numpy(q), lo, hi, bits).to(dtype).reshape(shape)
 
 
-def encode_state(
-    tensors: Mapping[str, torch.Tensor], config: CodecConfig = CodecConfig()
-) -> bytes:
+def encode_state(tensors: Mapping[str, torch.Tensor], config: CodecConfig = CodecConfig()) -> bytes:
     """Packages of several named tensors in one buffer: b"SFS1", count, then (length, package)s."""
     packages = [encode(t, n, config) for n, t in tensors.items()]
     parts = [_STATE_MAGIC, struct.pack("<I", len(packages))]
@@ -357,7 +412,7 @@ def split_state(buffer: bytes, rank: int | None = None) -> list[bytes]:
         )
     (count,) = struct.unpack_from("<I", buffer, 4)
     offset, packages = 8, []
-    for index in range(count):
+    for _ in range(count):
         if offset + 8 > len(buffer):
             break
         (length,) = struct.unpack_from("<Q", buffer, offset)
