@@ -1,7 +1,8 @@
 """Data-parallel training on torch.distributed, with the thesis' compressed exchanges.
 
 ``average_parameters(model)`` averages entropy-coded parameters across ranks (thesis
-chapter 3); ``entropy_hook`` is a DDP communication hook for gradients with error feedback.
+chapter 3); ``entropy_hook`` is a DDP communication hook for gradients with error feedback;
+``launch(config, nproc)`` runs the normal training data-parallel on local processes.
 """
 
 from smallfoot.distributed.averaging import (
@@ -10,11 +11,23 @@ from smallfoot.distributed.averaging import (
     average_parameters,
 )
 from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
+from smallfoot.distributed.launcher import (
+    DistributedTrainer,
+    ShardedLoader,
+    check_launch,
+    launch,
+    train_rank,
+)
 
 __all__ = [
     "CompressedAveraging",
+    "DistributedTrainer",
     "EntropyHookState",
+    "ShardedLoader",
     "all_gather_bytes",
     "average_parameters",
+    "check_launch",
     "entropy_hook",
+    "launch",
+    "train_rank",
 ]
