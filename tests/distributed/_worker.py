@@ -3,6 +3,7 @@ environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Saves ``OUT_DIR/rank<r
 
 import datetime
 import hashlib
+import os
 import sys
 
 import torch
@@ -11,7 +12,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from smallfoot.compress import CodecConfig, quantise
-from smallfoot.distributed import EntropyHookState, average_parameters, entropy_hook
+from smallfoot.config import RunConfig
+from smallfoot.distributed import (
+    EntropyHookState,
+    average_parameters,
+    entropy_hook,
+    train_rank,
+)
+from smallfoot.errors import ConfigError
 
 
 def model(dtype: torch.dtype, seed: int = 0) -> nn.Module:
@@ -93,8 +101,21 @@ def average(rank: int, world: int) -> dict:
     }
 
 
+def mismatch(rank: int, out_dir: str) -> dict:
+    """``train_rank`` started with a different seed and model on rank 1 (its own process group)."""
+    config = RunConfig(seed=rank, model="cnn4" if rank else "mlp", out_dir=out_dir, device="cpu")
+    try:
+        return {"returned": train_rank(config, "ddp", CodecConfig(), 1)}
+    except ConfigError as error:
+        return {"error": str(error)}
+
+
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
+    if scenario == "mismatch":
+        rank = int(os.environ["RANK"])
+        torch.save(mismatch(rank, out_dir), f"{out_dir}/rank{rank}.pt")
+        return
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
     rank, world = dist.get_rank(), dist.get_world_size()
     result = {"ddp_grads": ddp_grads, "average": average}[scenario](rank, world)

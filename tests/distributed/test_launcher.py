@@ -84,3 +84,11 @@ def test_a_failing_rank_stops_the_run_with_one_line_naming_it(tmp_path):
     (tmp_path / "taken" / "summary.json").write_text("{}")
     with pytest.raises(TrainingError, match="rank 0 failed .*run directory .* exists"):
         launch(_config(tmp_path, "taken", epochs=1), 2)
+
+
+def test_ranks_started_with_different_configurations_are_refused(run_ranks):
+    ranks = run_ranks("mismatch")
+    assert ranks[0]["error"] == (
+        "rank 1's configuration differs from rank 0's in model, seed; start every rank with the same config"
+    )
+    assert ranks[1] == {"returned": None}

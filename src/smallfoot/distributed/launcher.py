@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from smallfoot._io import atomic_write_json
 from smallfoot.compress import CodecConfig
-from smallfoot.config import RunConfig, save_config
+from smallfoot.config import RunConfig, config_to_dict, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.averaging import CompressedAveraging
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
@@ -136,6 +136,21 @@ class DistributedTrainer(Trainer):
         }
 
 
+def differing_fields(settings: dict[str, Any]) -> dict[int, list[str]]:
+    """Per rank, the keys of ``settings`` whose values differ from rank 0's; empty when all agree.
+
+    A collective (``all_gather_object``): every rank of the default group must call it.
+    """
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, settings)
+    first = everyone[0]
+    return {
+        rank: sorted(k for k in set(theirs) | set(first) if theirs.get(k) != first.get(k))
+        for rank, theirs in enumerate(everyone)
+        if theirs != first
+    }
+
+
 def check_launch(config: RunConfig, nproc: int, sync: str) -> None:
     """Refuse, with one ``ConfigError`` line, a data-parallel run that cannot work as configured."""
     from smallfoot.methods import Method, get_method
@@ -220,6 +235,15 @@ def train_rank(
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         threads = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         torch.set_num_threads(threads)
+        settings = {**config_to_dict(config), "sync": sync, "codec": repr(codec), "every": every}
+        differ = differing_fields(settings)
+        if differ:
+            if rank != 0:
+                return None  # rank 0 reports it
+            rank_, fields = min(differ.items())
+            raise ConfigError(
+                f"rank {rank_}'s configuration differs from rank 0's in {', '.join(fields)}; start every rank with the same config"
+            )
         method = get_method(config.method, config.method_options)
         # rank 0 makes the run directory; the others learn whether it could, so none hangs
         made: list[Any] = [None]
