@@ -71,14 +71,6 @@ def test_two_ddp_processes_reach_the_single_process_accuracy(tmp_path):
 
 
 @pytest.mark.slow
-def test_compressed_averaging_run(tmp_path):
-    summary = launch(_config(tmp_path, "average", epochs=1), 2, sync="average")
-    assert summary["sync"] == "average"
-    assert summary["test_accuracy"] > 0.5
-    assert summary["compression"]["last_sync"]["bits_per_value"] < 32
-
-
-@pytest.mark.slow
 def test_a_failing_rank_stops_the_run_with_one_line_naming_it(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "summary.json").write_text("{}")
