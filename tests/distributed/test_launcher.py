@@ -35,7 +35,7 @@ def test_shards_cover_the_set_equally_and_reshuffle_per_epoch(n):
 
 
 def test_launch_refuses_what_it_cannot_split():
-    with pytest.raises(ConfigError, match="use a multiple of 3"):
+    with pytest.raises(ConfigError, match="set batch_size to a multiple of 3"):
         check_launch(RunConfig(batch_size=64, device="cpu"), 3, "ddp")
     with pytest.raises(ConfigError, match="unknown sync 'allreduce'"):
         check_launch(RunConfig(device="cpu"), 2, "allreduce")

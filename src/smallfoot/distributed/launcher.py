@@ -90,12 +90,12 @@ class DistributedTrainer(Trainer):
         self.rank, self.world, self.sync, self.data_seed = rank, world, sync, data_seed
         super().__init__(*args, **kwargs)
         if sync == "ddp":
-            self.ddp = DistributedDataParallel(self.model)
+            self.forward_model = DistributedDataParallel(self.model)
         else:
             with torch.no_grad():
                 for tensor in self.model.state_dict().values():
                     dist.broadcast(tensor, 0)
-            self.ddp = self.model
+            self.forward_model = self.model  # ranks train alone; CompressedAveraging syncs
 
     def loader(self) -> ShardedLoader:
         """This rank's shard of every epoch."""
@@ -116,7 +116,7 @@ class DistributedTrainer(Trainer):
 
     def forward_backward_step(self, x, y):
         """Loss and gradients of one batch through DDP (gradients averaged over ranks)."""
-        output = self.ddp(x)
+        output = self.forward_model(x)
         loss = self.loss_fn(output, y)
         loss.backward()
         return loss.detach(), output.detach()
@@ -161,10 +161,12 @@ def check_launch(config: RunConfig, nproc: int, sync: str) -> None:
         raise ConfigError(f"unknown sync {sync!r}; choose one of: {', '.join(SYNCS)}")
     if config.batch_size % nproc:
         raise ConfigError(
-            f"batch size {config.batch_size} does not split over {nproc} processes; use a multiple of {nproc} (--batch-size)"
+            f"batch size {config.batch_size} does not split over {nproc} processes; set batch_size to a multiple of {nproc}"
         )
     if resolve_device(config.device) != "cpu":
-        raise ConfigError("data-parallel runs use gloo on the CPU for now; pass --device cpu")
+        raise ConfigError(
+            f'data-parallel runs use gloo on the CPU for now, not {config.device!r}; set device = "cpu" in the config'
+        )
     method = type(get_method(config.method, config.method_options))
     if method.train is not Method.train or method.make_trainer is not Method.make_trainer:
         raise ConfigError(
