@@ -110,13 +110,36 @@ def mismatch(rank: int, out_dir: str) -> dict:
         return {"error": str(error)}
 
 
+def resume(rank: int, out_dir: str) -> dict:
+    """A 1-epoch DDP run, then the same run resumed from its directory for a second epoch."""
+    config = RunConfig(
+        dataset="checkerboard",
+        model="mlp",
+        epochs=1,
+        batch_size=64,
+        train_limit=512,
+        test_limit=256,
+        device="cpu",
+        out_dir=out_dir,
+        run_name="run",
+        progress=False,
+        measure_memory=False,
+    )
+    first = train_rank(config, "ddp", CodecConfig(), 1)
+    config.epochs = 2
+    os.environ["MASTER_PORT"] = os.environ["SECOND_PORT"]  # a fresh rendezvous
+    second = train_rank(config, "ddp", CodecConfig(), 1, resume_dir=f"{out_dir}/run")
+    return {"first": first, "second": second}
+
+
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    if scenario == "mismatch":
+    if scenario in ("mismatch", "resume"):  # these start their own process groups
         rank = int(os.environ["RANK"])
-        torch.save(mismatch(rank, out_dir), f"{out_dir}/rank{rank}.pt")
+        result = {"mismatch": mismatch, "resume": resume}[scenario](rank, out_dir)
+        torch.save(result, f"{out_dir}/rank{rank}.pt")
         return
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
     result = {"ddp_grads": ddp_grads, "average": average}[scenario](rank, world)
     torch.save(result, f"{out_dir}/rank{rank}.pt")

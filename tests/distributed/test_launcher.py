@@ -43,9 +43,9 @@ def test_launch_refuses_what_it_cannot_split():
         check_launch(RunConfig(method="facto", device="cpu"), 2, "ddp")
 
 
-def _config(tmp_path, name: str, epochs: int = 2) -> RunConfig:
+def _config(tmp_path, name: str, epochs: int = 2, dataset: str = "digits") -> RunConfig:
     return RunConfig(
-        dataset="digits",
+        dataset=dataset,
         model="mlp",
         epochs=epochs,
         batch_size=64,
@@ -75,7 +75,7 @@ def test_a_failing_rank_stops_the_run_with_one_line_naming_it(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "summary.json").write_text("{}")
     with pytest.raises(TrainingError, match="rank 0 failed .*run directory .* exists"):
-        launch(_config(tmp_path, "taken", epochs=1), 2)
+        launch(_config(tmp_path, "taken", epochs=1, dataset="checkerboard"), 2)
 
 
 def test_ranks_started_with_different_configurations_are_refused(run_ranks):
@@ -84,3 +84,17 @@ def test_ranks_started_with_different_configurations_are_refused(run_ranks):
         "rank 1's configuration differs from rank 0's in model, seed; start every rank with the same config"
     )
     assert ranks[1] == {"returned": None}
+
+
+@pytest.mark.slow
+def test_a_ddp_run_resumes_from_its_checkpoint_on_every_rank(run_ranks, tmp_path):
+    ranks = run_ranks("resume")
+    first, second = ranks[0]["first"], ranks[0]["second"]
+    assert ranks[1] == {"first": None, "second": None}
+    assert second["resumed"] and second["epochs"] == 2 and second["world_size"] == 2
+    lines = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(lines) == 2
+    assert lines[0]["test_accuracy"] == first["test_accuracy"]
+    assert lines[1]["test_accuracy"] == second["test_accuracy"]

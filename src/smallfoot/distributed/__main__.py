@@ -4,6 +4,7 @@
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
         -m smallfoot.distributed --config run.toml --sync average
     python -m smallfoot.distributed --nproc 2 --config run.toml      # torchrun's launcher, locally
+    python -m smallfoot.distributed --nproc 2 --resume runs/<id>     # continue from its checkpoint
 
 Under torchrun (``RANK`` and ``LOCAL_WORLD_SIZE`` set) each process runs one rank; otherwise
 ``launch`` starts ``--nproc`` local processes. Rank 0 prints the summary as JSON.
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from smallfoot.compress import CodecConfig
 from smallfoot.config import load_config
@@ -27,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m smallfoot.distributed", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--config", required=True, help="TOML run configuration")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="TOML run configuration")
+    source.add_argument("--resume", help="continue this run directory from its checkpoint")
     parser.add_argument(
         "--nproc", type=int, default=1, help="local processes (ignored under torchrun)"
     )
@@ -40,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config or Path(args.resume) / "config.toml")
         config.validate()
         codec = CodecConfig(c=args.c, m=args.m, fraction=args.fraction)
         if "RANK" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
             check_launch(config, int(os.environ["WORLD_SIZE"]), args.sync)
-            summary = train_rank(config, args.sync, codec, args.every)
+            summary = train_rank(config, args.sync, codec, args.every, args.resume)
         else:
-            summary = launch(config, args.nproc, args.sync, codec, args.every)
+            summary = launch(config, args.nproc, args.sync, codec, args.every, args.resume)
     except SmallfootError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from smallfoot._io import atomic_write_json
 from smallfoot.compress import CodecConfig
-from smallfoot.config import RunConfig, config_to_dict, save_config
+from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.averaging import CompressedAveraging
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
@@ -35,7 +36,9 @@ from smallfoot.train.run import load_run_data, new_run_dir, resolve_device, seed
 from smallfoot.train.trainer import TrainConfig, Trainer, default_augment
 
 SYNCS = ("ddp", "average")
-_TIMEOUT = datetime.timedelta(seconds=120)
+# How long a collective may wait for a slow rank (rank 0 writing a checkpoint, a loaded
+# machine); a rank that dies is noticed sooner, by the elastic agent.
+_TIMEOUT = datetime.timedelta(seconds=300)
 
 
 class ShardedLoader(BatchLoader):
@@ -180,6 +183,7 @@ def launch(
     sync: str = "ddp",
     codec: CodecConfig = CodecConfig(),
     every: int = 1,
+    resume_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` data-parallel on ``nproc`` local processes; return rank 0's summary.
 
@@ -191,12 +195,16 @@ def launch(
             (entropy-coded parameters averaged after every ``every`` steps, thesis chapter 3).
         codec: quantiser settings for ``sync="average"``.
         every: steps between parameter averages.
+        resume_dir: continue this run directory from its checkpoint instead (``config`` is then
+            read from its ``config.toml``, as ``run_training`` does); every rank loads it.
 
     Raises:
         ConfigError: a run that cannot be split (see :func:`check_launch`).
         TrainingError: a rank failed (the message names it and its error); the others were
             stopped.
     """
+    if resume_dir is not None:
+        config = load_config(Path(resume_dir) / "config.toml")
     config.validate()
     check_launch(config, nproc, sync)
     launcher = LaunchConfig(
@@ -211,7 +219,7 @@ def launch(
         start_method="spawn",
     )
     try:
-        results = elastic_launch(launcher, train_rank)(config, sync, codec, every)
+        results = elastic_launch(launcher, train_rank)(config, sync, codec, every, resume_dir)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         message = failure.message
@@ -224,10 +232,17 @@ def launch(
 
 
 def train_rank(
-    config: RunConfig, sync: str, codec: CodecConfig, every: int
+    config: RunConfig,
+    sync: str,
+    codec: CodecConfig,
+    every: int,
+    resume_dir: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """One rank's training, run by ``launch`` or by ``torchrun`` (reads RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT from the environment). Returns the summary on rank 0."""
+    MASTER_ADDR, MASTER_PORT from the environment). Returns the summary on rank 0.
+
+    With ``resume_dir`` (which every rank must be able to read) all ranks load its checkpoint
+    and rank 0 goes on writing there."""
     from smallfoot.methods import RunContext, get_method
 
     dist.init_process_group("gloo", timeout=_TIMEOUT)
@@ -248,8 +263,8 @@ def train_rank(
             )
         method = get_method(config.method, config.method_options)
         # rank 0 makes the run directory; the others learn whether it could, so none hangs
-        made: list[Any] = [None]
-        if rank == 0:
+        made: list[Any] = [None if resume_dir is None else Path(resume_dir)]
+        if rank == 0 and resume_dir is None:
             try:
                 made[0] = new_run_dir(config)
                 save_config(config, made[0] / "config.toml")
@@ -264,7 +279,9 @@ def train_rank(
         seed_everything(config.seed)
         train_set, test_set, _ = load_run_data(config)
         seed_everything(config.seed)
-        ctx = RunContext(config, method.options, train_set, test_set, run_dir, "cpu")
+        ctx = RunContext(
+            config, method.options, train_set, test_set, run_dir, "cpu", resume_dir is not None
+        )
         method.check_run(ctx)
         model = method.build_model(ctx)
         loss_fn, predict_fn = method.make_loss(ctx)
@@ -292,6 +309,8 @@ def train_rank(
             sync=sync,
             data_seed=config.seed,
         )
+        if resume_dir is not None:
+            trainer.load_checkpoint(Path(resume_dir) / "checkpoint.pt")
         start = time.perf_counter()
         metrics = trainer.fit()
         seconds = time.perf_counter() - start
@@ -315,6 +334,7 @@ def train_rank(
             "threads_per_rank": threads,
             "sync": sync,
             "batch_size_per_rank": train_config.batch_size,
+            **({"resumed": True} if resume_dir is not None else {}),
         }
         if averaging is not None:
             summary["compression"] = {
