@@ -277,7 +277,9 @@ def train_rank(
             return None  # rank 0's error is the one to report
         run_dir = made[0] if rank == 0 else None
         seed_everything(config.seed)
-        train_set, test_set, _ = load_run_data(config)
+        train_set, test_set, data_record = load_run_data(config)
+        if data_record and rank == 0:
+            atomic_write_json(run_dir / "data.json", data_record)
         seed_everything(config.seed)
         ctx = RunContext(
             config, method.options, train_set, test_set, run_dir, "cpu", resume_dir is not None
@@ -335,6 +337,7 @@ def train_rank(
             "sync": sync,
             "batch_size_per_rank": train_config.batch_size,
             **({"resumed": True} if resume_dir is not None else {}),
+            **({"data": data_record} if data_record else {}),
         }
         if averaging is not None:
             summary["compression"] = {
