@@ -1,0 +1,150 @@
+"""One rank of a distributed test; run as ``python _worker.py SCENARIO OUT_DIR`` with torchrun's
+environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Saves ``OUT_DIR/rank<r>.pt``."""
+
+import datetime
+import hashlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from smallfoot.compress import CodecConfig, quantise
+from smallfoot.config import RunConfig
+from smallfoot.distributed import (
+    EntropyHookState,
+    average_parameters,
+    entropy_hook,
+    train_rank,
+)
+from smallfoot.errors import ConfigError
+
+
+def model(dtype: torch.dtype, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).to(dtype)
+
+
+def batch(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(123)
+    return torch.randn(8, 6, generator=generator, dtype=dtype), torch.randint(
+        3, (8,), generator=generator
+    )
+
+
+def grads(net: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in net.parameters()]
+
+
+def digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def ddp_grads(rank: int, world: int) -> dict:
+    """Plain DDP (float64) and the entropy hook (float32) on each rank's half of one batch."""
+    out = {}
+    x, y = batch(torch.float64)
+    reference = model(torch.float64)
+    nn.functional.cross_entropy(reference(x), y).backward()
+    out["reference"] = grads(reference)
+    ddp = DistributedDataParallel(model(torch.float64))
+    shard = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    nn.functional.cross_entropy(ddp(x[shard]), y[shard]).backward()
+    out["plain"] = grads(ddp.module)
+
+    x, y = x.float(), y
+    ddp = DistributedDataParallel(model(torch.float32))
+    state = EntropyHookState(CodecConfig(c=6, m=4))
+    inputs, errors = [], []
+
+    def recording_hook(state, bucket):
+        inputs.append(bucket.buffer().clone())
+        future = entropy_hook(state, bucket)
+        errors.append(state.errors[bucket.index()].clone())
+        return future
+
+    ddp.register_comm_hook(state, recording_hook)
+    for _ in range(2):
+        ddp.zero_grad()
+        nn.functional.cross_entropy(ddp(x[shard]), y[shard]).backward()
+        out.setdefault("hooked", []).append(grads(ddp.module))
+    out["inputs"], out["errors"] = inputs, errors
+    out["hash"] = digest(out["hooked"][-1])
+    out["bits"] = 8 * state.bytes_sent / state.values_sent
+    return out
+
+
+def average(rank: int, world: int) -> dict:
+    """Models that differ per rank are averaged through compressed packages."""
+    net = nn.Sequential(nn.Linear(20, 30), nn.BatchNorm1d(30), nn.Linear(30, 4))
+    torch.manual_seed(rank)
+    for p in net.parameters():
+        p.data.normal_(0, 0.1 * (rank + 1))
+    net[1].running_mean.normal_()
+    before = {n: t.clone() for n, t in net.state_dict().items()}
+    stats = average_parameters(net, CodecConfig(c=6, m=4))
+    after = {n: t.clone() for n, t in net.state_dict().items()}
+    quantised = {
+        n: quantise(before[n], CodecConfig(c=6, m=4), n) for n, _ in net.named_parameters()
+    }
+    return {
+        "before": before,
+        "after": after,
+        "quantised": quantised,
+        "hash": digest(after.values()),
+        "stats": stats,
+    }
+
+
+def mismatch(rank: int, out_dir: str) -> dict:
+    """``train_rank`` started with a different seed and model on rank 1 (its own process group)."""
+    config = RunConfig(seed=rank, model="cnn4" if rank else "mlp", out_dir=out_dir, device="cpu")
+    try:
+        return {"returned": train_rank(config, "ddp", CodecConfig(), 1)}
+    except ConfigError as error:
+        return {"error": str(error)}
+
+
+def resume(rank: int, out_dir: str) -> dict:
+    """A 1-epoch DDP run, then the same run resumed from its directory for a second epoch."""
+    config = RunConfig(
+        dataset="checkerboard",
+        model="mlp",
+        epochs=1,
+        batch_size=64,
+        train_limit=512,
+        test_limit=256,
+        device="cpu",
+        out_dir=out_dir,
+        run_name="run",
+        progress=False,
+        measure_memory=False,
+    )
+    first = train_rank(config, "ddp", CodecConfig(), 1)
+    config.epochs = 2
+    os.environ["MASTER_PORT"] = os.environ["SECOND_PORT"]  # a fresh rendezvous
+    second = train_rank(config, "ddp", CodecConfig(), 1, resume_dir=f"{out_dir}/run")
+    return {"first": first, "second": second}
+
+
+def main() -> None:
+    scenario, out_dir = sys.argv[1], sys.argv[2]
+    if scenario in ("mismatch", "resume"):  # these start their own process groups
+        rank = int(os.environ["RANK"])
+        result = {"mismatch": mismatch, "resume": resume}[scenario](rank, out_dir)
+        torch.save(result, f"{out_dir}/rank{rank}.pt")
+        return
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    result = {"ddp_grads": ddp_grads, "average": average}[scenario](rank, world)
+    torch.save(result, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

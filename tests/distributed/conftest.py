@@ -1,0 +1,68 @@
+"""``run_ranks``: start worker processes on the loopback interface, torchrun-style, and collect
+what each rank saved; every process is killed when the time is up or the test ends.
+
+The time limit guards against hangs, not speed: it is generous because the test machine may be
+shared by many jobs (each test takes 10-25 s of wall time on a quiet 2-core machine)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("_worker.py")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def run_ranks(tmp_path):
+    def run(scenario: str, nproc: int = 2, timeout: float = 150.0) -> list[dict]:
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "SECOND_PORT": str(free_port()),  # for workers that start a second process group
+            "WORLD_SIZE": str(nproc),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(WORKER), scenario, str(tmp_path)],
+                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for rank in range(nproc)
+        ]
+        deadline = time.monotonic() + timeout
+        outputs, timed_out = [], False
+        for p in procs:
+            try:
+                outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                for q in procs:
+                    if q.poll() is None:
+                        q.kill()
+                outputs.append(p.communicate()[0])
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+            assert not timed_out and p.returncode == 0, (
+                f"rank {rank} {'timed out' if timed_out else 'failed'}:\n{out.decode()[-3000:]}"
+            )
+        return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+
+    return run

@@ -1,0 +1,35 @@
+"""DDP across 2 processes: plain gradients equal the single-process gradients of the combined
+batch; the entropy hook's are bit-identical across ranks, within quantisation of them, and
+carry their quantisation error into the next step."""
+
+import pytest
+import torch
+
+from smallfoot.compress import CodecConfig, quantise
+
+
+@pytest.mark.slow
+def test_ddp_and_entropy_hook_gradients(run_ranks):
+    ranks = run_ranks("ddp_grads")
+    for rank in ranks:
+        for got, want in zip(rank["plain"], rank["reference"], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+    assert ranks[0]["hash"] == ranks[1]["hash"]
+    config = CodecConfig(c=6, m=4)
+    for rank in ranks:
+        first, second = rank["inputs"]
+        error_after_first, error_after_second = rank["errors"]
+        # error feedback: what quantisation dropped is kept, and added to the next gradient
+        torch.testing.assert_close(
+            error_after_first, first - quantise(first, config), rtol=0, atol=0
+        )
+        corrected = second + error_after_first
+        torch.testing.assert_close(
+            error_after_second, corrected - quantise(corrected, config), rtol=0, atol=0
+        )
+        # the first step's averaged gradient is within half a bin (N >= c = 6) of the exact one
+        half_bin = max(float(r["inputs"][0].max() - r["inputs"][0].min()) for r in ranks) / 2**7
+        for got, want in zip(rank["hooked"][0], rank["reference"], strict=True):
+            assert (got.double() - want).abs().max() <= half_bin * 1.001
+    assert ranks[0]["bits"] < 32
