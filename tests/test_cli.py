@@ -29,6 +29,8 @@ def run_cli(monkeypatch, capsys, *args):
         (["train", "--method", "nope"], "unknown method 'nope'"),
         (["train", "--epochs", "0"], "epochs must be a positive integer"),
         (["train", "--optimizer", "adam"], "choose one of: sgd, adamw"),
+        (["train", "--nproc", "0"], "--nproc must be a positive integer"),
+        (["train", "--sync", "average"], "--sync and --sync-every need --nproc 2 or more"),
         (
             ["train", "--dataset", "digits", "--bogus", "3"],
             "no such option --bogus (flags: `smallfoot train --help`; method options: none, see "

@@ -340,11 +340,31 @@ def train(
         "--memory/--no-memory",
         help="Measure a training step's memory. [default: memory]",
     ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        help="Train data-parallel on this many local processes (torch.distributed, gloo on CPU); "
+        "several machines: torchrun ... -m smallfoot.distributed.",
+    ),
+    sync: str = typer.Option(
+        "ddp",
+        "--sync",
+        help="With --nproc: ddp (gradients all-reduced) or average (entropy-coded parameters "
+        "averaged, thesis ch. 3).",
+    ),
+    sync_every: int = typer.Option(
+        1, "--sync-every", help="With --sync average: steps between parameter averages."
+    ),
     run_flags: dict[str, Any] | None = None,
 ):
     """Train a model with a method; writes a run directory and prints a summary."""
     from smallfoot.config import RunConfig
     from smallfoot.train import run_training
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer, got {nproc}")
+    if nproc == 1 and (sync != "ddp" or sync_every != 1):
+        raise ConfigError("--sync and --sync-every need --nproc 2 or more")
 
     own = {
         "method": method,
@@ -362,9 +382,26 @@ def train(
 
             all_methods = [cls.name for cls in list_methods()]
             overrides["method_options"] = method_options_from_flags(ctx, all_methods)
+        if nproc > 1:
+            from smallfoot.distributed import launch
+
+            if overrides or config is not None:
+                raise ConfigError(
+                    "--resume with --nproc continues the run as it was; drop the other flags"
+                )
+            print_summary(
+                launch(RunConfig(), nproc, sync=sync, every=sync_every, resume_dir=resume)
+            )
+            return
         print_summary(run_training(RunConfig(), resume_dir=resume, resume_overrides=overrides))
         return
-    print_summary(run_training(build_run_config(ctx, config, overrides)))
+    run_config = build_run_config(ctx, config, overrides)
+    if nproc > 1:
+        from smallfoot.distributed import launch
+
+        print_summary(launch(run_config, nproc, sync=sync, every=sync_every))
+        return
+    print_summary(run_training(run_config))
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -379,6 +416,17 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{summary['dataset']} / {summary['model']} / {summary['method']}",
         ),
         ("epochs", str(summary["epochs"])),
+        *(
+            [
+                (
+                    "processes",
+                    f"{summary['world_size']} ({summary.get('sync', 'ddp')}, "
+                    f"{summary.get('threads_per_rank', '?')} threads each)",
+                )
+            ]
+            if summary.get("world_size", 1) > 1
+            else []
+        ),
         ("train accuracy", _pct(summary.get("train_accuracy"))),
         ("test accuracy", _pct(summary.get("test_accuracy"))),
         (
@@ -392,7 +440,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         rows += [
             (
                 "peak memory (one step)",
-                f"{_mib(memory.get('peak'))} ({memory.get('peak_phase', '?')})",
+                f"{_mib(memory.get('peak'))} ({memory.get('peak_phase', '?')}"
+                + (f", stage {memory['stage']})" if memory.get("stage") else ")"),
             ),
             ("saved activations", _mib(memory.get("saved_activations"))),
         ]
