@@ -611,6 +611,8 @@ def compare(
     from smallfoot.compare import compare_methods, plot_comparison
     from smallfoot.methods import list_methods
 
+    if plot is not None:
+        check_writable(plot, "--plot")
     chosen = methods_.split(",") if methods_ else [cls.name for cls in list_methods()]
     base = build_run_config(ctx, config, run_overrides(run_flags), chosen)
     rows = compare_methods(
