@@ -663,9 +663,10 @@ def bench(
     name: str | None = typer.Argument(None, help="Benchmark name; omit to list them."),
     quick: bool = typer.Option(False, "--quick", help="The minutes-long version."),
     results: Path = typer.Option(Path("results"), "--results", help="Results directory."),
+    claims_only: bool = typer.Option(False, "--claims-only", help="Recompute the claims only."),
 ):
     """Run a benchmark: writes results/NAME.json, NAME.md and plots (quick: NAME-quick.*)."""
-    from smallfoot.bench import list_benchmarks, run_benchmark
+    from smallfoot.bench import list_benchmarks, recompute_claims, run_benchmark
 
     if name is None:
         table = Table(title="benchmarks")
@@ -674,6 +675,11 @@ def bench(
         for info in list_benchmarks():
             table.add_row(info.name, info.description)
         console.print(table)
+        return
+    if claims_only:
+        document = recompute_claims(name, quick=quick, results_dir=results)
+        met = sum(claim["met"] for claim in document["claims"])
+        console.print(f"{len(document['claims'])} claims ({met} met) from the committed rows")
         return
     document = run_benchmark(name, quick=quick, results_dir=results)
     stem = f"{name}-quick" if quick else name
