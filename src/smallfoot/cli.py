@@ -686,6 +686,35 @@ def bench(
     console.print(f"{len(document['rows'])} rows in {document['seconds']} s: {results / stem}.md")
 
 
+@app.command()
+def claims(
+    results: Path = typer.Option(Path("results"), "--results", help="Results directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Every claim of every committed benchmark result (results/*.json): met or not."""
+    from smallfoot.claims import claims_summary, collect_claims
+
+    summary = claims_summary(collect_claims(results))
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"claims in {results}/*.json")
+    for column in ("id", "claim", "paper", "measured", "target", "met"):
+        table.add_column(column, overflow="fold")
+    for item in summary["claims"]:
+        unit = f" {item['unit']}" if item["unit"] else ""
+        target = item["target"]
+        target = (
+            f"within {target[0]:g}-{target[1]:g}"
+            if isinstance(target, list)
+            else (f"{item['comparison']} {target:g}")
+        )
+        table.add_row(item["id"], item["claim"], item["paper"], f"{item['measured']:.4g}{unit}",
+                      f"{target}{unit}", "yes" if item["met"] else "no")  # fmt: skip
+    console.print(table)
+    console.print(f"{summary['met']} met, {summary['not_met']} not met")
+
+
 def main() -> None:
     """Entry point: run the app; user errors print one line and exit with status 2."""
     try:
