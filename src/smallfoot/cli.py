@@ -694,23 +694,16 @@ def claims(
     """Every claim of every committed benchmark result (results/*.json): met or not."""
     from smallfoot.claims import claims_summary, collect_claims
 
-    summary = claims_summary(collect_claims(results))
+    collected = collect_claims(results)
+    summary = claims_summary(collected)
     if as_json:
         print_json(summary)
         return
     table = Table(title=f"claims in {results}/*.json")
     for column in ("id", "claim", "paper", "measured", "target", "met"):
         table.add_column(column, overflow="fold")
-    for item in summary["claims"]:
-        unit = f" {item['unit']}" if item["unit"] else ""
-        target = item["target"]
-        target = (
-            f"within {target[0]:g}-{target[1]:g}"
-            if isinstance(target, list)
-            else (f"{item['comparison']} {target:g}")
-        )
-        table.add_row(item["id"], item["claim"], item["paper"], f"{item['measured']:.4g}{unit}",
-                      f"{target}{unit}", "yes" if item["met"] else "no")  # fmt: skip
+    for item in collected:
+        table.add_row(*item.claim.display().values())
     console.print(table)
     console.print(f"{summary['met']} met, {summary['not_met']} not met")
 

@@ -128,11 +128,21 @@ class Claim:
                              f"{claim.measured} {claim.comparison} {claim.target} is {claim.met}")  # fmt: skip
         return claim
 
-    def target_text(self) -> str:
-        """The target as a reader writes it: ``<= 1``, ``within 76-84``."""
+    def display(self) -> dict[str, str]:
+        """The claim as table cells: id, claim, paper, measured and target with their unit
+        (``3.04 points``, ``<= 1 points``, ``within 76-84 %``), met (yes / no)."""
         if self.comparison == "within":
-            return f"within {_cell(self.target[0])}-{_cell(self.target[1])}"
-        return f"{self.comparison} {_cell(self.target)}"
+            target = f"within {_cell(self.target[0])}-{_cell(self.target[1])}"
+        else:
+            target = f"{self.comparison} {_cell(self.target)}"
+        return {
+            "id": self.id,
+            "claim": self.claim,
+            "paper": self.paper,
+            "measured": f"{_cell(self.measured)} {self.unit}".strip(),
+            "target": f"{target} {self.unit}".strip(),
+            "met": _cell(self.met),
+        }
 
 
 @dataclass
@@ -259,19 +269,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def claims_table(claims: list[Claim]) -> str:
     """A markdown table of ``claims``: id, claim, paper, measured, target, met."""
-    rows = [
-        {
-            "id": claim.id,
-            "claim": claim.claim,
-            "paper": claim.paper,
-            "measured": f"{_cell(claim.measured)} {claim.unit}".strip(),
-            "target": f"{claim.target_text()} {claim.unit}".strip(),
-            "met": claim.met,
-            "seeds": claim.seeds,
-        }
-        for claim in claims
-    ]
-    return markdown_table(rows)
+    return markdown_table([{**claim.display(), "seeds": claim.seeds} for claim in claims])
 
 
 def render_markdown(name: str, description: str, result: BenchResult, meta: dict) -> str:
@@ -389,6 +387,7 @@ def recompute_claims(
         raise ConfigError(f"{path} is not a benchmark result ({exc}): re-run "
                           f"`smallfoot bench {name}`") from exc  # fmt: skip
     claims = compute_claims(name, rows, claims_command(name, quick, command))
+    # A result written before claims existed gets them where run_benchmark puts them.
     updated = {}
     for key, value in document.items():
         if key == "notes" and "claims" not in document:

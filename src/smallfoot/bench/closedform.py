@@ -264,14 +264,14 @@ def closedform_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
     claims = []
     toys = [
         ("closedform.checkerboard_train", "checkerboard", "train_accuracy", ">=", 95.0,
-         "memorises the 8x8 checkerboard to >= 95% training accuracy",
-         "figure 7.11 and table 7.1: checkerboard fitted to ~95-100% (4-layer ReLU MLPs)"),
+         "memorise the 8x8 checkerboard to >= 95% training accuracy",
+         "figure 7.11: 4-layer ReLU MLP, width 1024, 95.62% (99.84% at 2048), 5 tries"),
         ("closedform.spirals_train", "two-spirals", "train_accuracy", ">=", 99.9,
-         "memorises the two spirals to >= 99.9% training accuracy",
-         "section 7.6: two spirals memorised by a 2-32-32-32-32-1 tanh net"),
+         "memorise the two spirals to >= 99.9% training accuracy",
+         "table 7.1: two spirals, pinv, alpha 1, beta 2, up to 99.93% mean over 1,000 runs"),
         ("closedform.sine_mse", "sine", "train_mse", "<=", 2e-5,
-         "fits the sine to a training MSE of about 2e-5 (met at or below it)",
-         "figures 7.4-7.6: 1-16-16-1 MLP fitted to a sinusoid, MSE about 2e-5"),
+         "fit the sine to a training MSE of about 2e-5 (met at or below it)",
+         "section 7.5, figure 7.4: a 1-16-16-1 MLP fits a sinusoid with MSE 2e-5"),
     ]  # fmt: skip
     for claim_id, problem, key, comparison, target, what, paper in toys:
         mine = [r for r in rows if r.get("problem") == problem and r.get(key) is not None]

@@ -341,7 +341,7 @@ def subspace_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
             f"accuracy within half of SGD's epochs, sampling epochs included, on "
             f"{', '.join(gaps)} (measured: the worst model's points short of SGD; Fashion-MNIST "
             f"subset, SGD for {'/'.join(map(str, sorted(epochs)))} epochs, not 150+).",
-            "DLDR talk: P-BFGS reaches SGD's accuracy in 20 epochs after sampling (CIFAR)",
+            "P-BFGS table: ResNet20 CIFAR-10 91.72% after 80 sampling + 20 epochs; SGD 91.55% at 150",
             max(gaps.values()), "<=", 0.0, seeds=1, command=command, unit="points",
         ))  # fmt: skip
     diffs = {}
@@ -355,7 +355,7 @@ def subspace_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
             f"Under 20% wrong training labels P-SGD's final test accuracy is at least SGD's on "
             f"{', '.join(diffs)} (measured: the worst model's P-SGD minus SGD, largest d; "
             f"Fashion-MNIST subset, few epochs).",
-            "DLDR talk: P-SGD is more robust to label noise than SGD",
+            "DLDR figure: P-SGD holds up better than SGD under label noise",
             min(diffs.values()), ">=", 0.0, seeds=1, command=command, unit="points",
         ))  # fmt: skip
     diffs = {}
@@ -368,7 +368,7 @@ def subspace_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
             f"P-SGD in 15 dimensions reaches at least SGD's final test accuracy on "
             f"{', '.join(diffs)} (measured: the worst model's P-SGD minus SGD; Fashion-MNIST "
             f"subset, few epochs, not CIFAR-10).",
-            "DLDR talk: ResNet8 on CIFAR-10 in 15 dimensions 85.18% vs 83.84% for full SGD",
+            "DLDR table: ResNet8 on CIFAR-10 in 15 dimensions 85.18% vs 83.84% for full SGD",
             min(diffs.values()), ">=", 0.0, seeds=1, command=command, unit="points",
         ))  # fmt: skip
     return claims
