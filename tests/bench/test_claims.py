@@ -120,3 +120,19 @@ def test_a_claim_whose_figures_are_missing_is_left_out():
     ids = [c.id for c in compute_claims("facto", trained_only, "smallfoot bench facto")]
     assert ids == ["facto.cut_at_1pt"]
     assert compute_claims("facto", [], "smallfoot bench facto") == []
+
+
+def test_cli_claims_only_rewrites_the_claims(tmp_path, toy_with_claims):
+    from typer.testing import CliRunner
+
+    from smallfoot.cli import app
+
+    bench.run_benchmark("toy-claims", results_dir=tmp_path, command="smallfoot bench toy-claims")
+    path = tmp_path / "toy-claims.json"
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "claims": []}))
+    args = ["bench", "toy-claims", "--claims-only", "--results", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 claims (0 met)" in result.output
+    assert json.loads(path.read_text()) == stored
