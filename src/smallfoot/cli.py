@@ -939,9 +939,10 @@ def bench(
     name: str | None = typer.Argument(None, help="Benchmark name; omit to list them."),
     quick: bool = typer.Option(False, "--quick", help="The minutes-long version."),
     results: Path = typer.Option(Path("results"), "--results", help="Results directory."),
+    claims_only: bool = typer.Option(False, "--claims-only", help="Recompute the claims only."),
 ):
     """Run a benchmark: writes results/NAME.json, NAME.md and plots (quick: NAME-quick.*)."""
-    from smallfoot.bench import list_benchmarks, run_benchmark
+    from smallfoot.bench import list_benchmarks, recompute_claims, run_benchmark
 
     if name is None:
         table = Table(title="benchmarks")
@@ -951,9 +952,36 @@ def bench(
             table.add_row(info.name, info.description)
         console.print(table)
         return
+    if claims_only:
+        document = recompute_claims(name, quick=quick, results_dir=results)
+        met = sum(claim["met"] for claim in document["claims"])
+        console.print(f"{len(document['claims'])} claims ({met} met) from the committed rows")
+        return
     document = run_benchmark(name, quick=quick, results_dir=results)
     stem = f"{name}-quick" if quick else name
     console.print(f"{len(document['rows'])} rows in {document['seconds']} s: {results / stem}.md")
+
+
+@app.command()
+def claims(
+    results: Path = typer.Option(Path("results"), "--results", help="Results directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Every claim of every committed benchmark result (results/*.json): met or not."""
+    from smallfoot.claims import claims_summary, collect_claims
+
+    collected = collect_claims(results)
+    summary = claims_summary(collected)
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"claims in {results}/*.json")
+    for column in ("id", "claim", "paper", "measured", "target", "met"):
+        table.add_column(column, overflow="fold")
+    for item in collected:
+        table.add_row(*item.claim.display().values())
+    console.print(table)
+    console.print(f"{summary['met']} met, {summary['not_met']} not met")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from smallfoot.bench import BenchResult, register_benchmark
+from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.memory import CATEGORIES, plot_timeline
 from smallfoot.memory.configured import configured_step
 from smallfoot.memory.crosscheck import memtracker_peak
@@ -241,3 +241,20 @@ def meter_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "indicative only."
     )
     return BenchResult(rows=rows, figures=figures, notes=notes)
+
+
+@register_claims("meter")
+def meter_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
+    """``meter.estimate_matches_measure``: the fake-tensor estimate of one training step against
+    the measured step, largest relative difference over every category and model."""
+    diffs = [r["max_relative_difference"] for r in rows
+             if r.get("section") == "estimate vs measure"]  # fmt: skip
+    if not diffs:
+        return []
+    return [Claim(
+        "meter.estimate_matches_measure",
+        f"The memory estimate on fake tensors equals the measured training step in every "
+        f"category ({len(diffs)} models; met within 2%).",
+        "eq. 5-10: M = M_theta + M_z + M_g; issue 3: estimate within 2% of measure",
+        max(diffs), "<=", 0.02, seeds=1, command=command,
+    )]  # fmt: skip

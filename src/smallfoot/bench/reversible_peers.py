@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from smallfoot.bench import BenchResult, register_benchmark
+from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.errors import ConfigError
 from smallfoot.memory import measure
 from smallfoot.reversible import RevSequence, basic_rev_block
@@ -337,3 +337,21 @@ def run_reversible_peers_bench(quick: bool, out_dir: Path) -> BenchResult:
         "time of 25 steps after a warm-up, the three models timed in turns."
     )
     return BenchResult(rows=rows, notes=notes)
+
+
+@register_claims("reversible-peers")
+def reversible_peers_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
+    """``reversible.exact_gradients``: smallfoot's reversible blocks give plain backprop's
+    gradients (largest relative error, with dropout inside the blocks, float64)."""
+    errors = [max(r["input_grad_rel_err"], r["param_grad_rel_err"]) for r in rows
+              if str(r.get("section")).startswith("dropout")
+              and r.get("implementation") == "smallfoot RevSequence"]  # fmt: skip
+    if not errors:
+        return []
+    return [Claim(
+        "reversible.exact_gradients",
+        "Reversible blocks that recompute their input from their output give the gradients of "
+        "plain backprop, dropout included (float64, relative error; met below 1e-12).",
+        "section 3: reversible blocks recompute activations instead of storing them",
+        max(errors), "<=", 1e-12, seeds=1, command=command,
+    )]  # fmt: skip
