@@ -125,3 +125,13 @@ def test_cli_exits_non_zero_when_a_method_failed(tmp_path, monkeypatch, capsys):
     assert "1 of 2 methods failed: test-fails-on-build" in out.err
     assert "test-fails-on-build failed: this method needs 32x32 inputs" in out.out
     assert "[2/2] test-fails-on-build" in out.out
+
+
+def test_a_refused_run_leaves_no_run_directory(tmp_path):
+    from smallfoot.errors import ConfigError
+    from smallfoot.train import run_training
+
+    config = tiny_base(method="test-needs-two-epochs", out_dir=str(tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="needs --epochs 2"):
+        run_training(config)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -212,6 +212,8 @@ def run_training(
         check_init_file(config.init)
     seed_everything(config.seed)
     train_set, test_set, data_record = load_run_data(config)
+    # a run the method cannot honour is refused before its directory exists
+    method.check_run(RunContext(config, method.options, train_set, test_set, None, device))
     if resume_dir is None:
         run_dir = new_run_dir(config)
         save_config(config, run_dir / "config.toml")
@@ -221,7 +223,6 @@ def run_training(
     # a run stopped before its first checkpoint has nothing to restore: it starts again
     resume = resume_dir is not None and any(run_dir.rglob("checkpoint.pt"))
     ctx = RunContext(config, method.options, train_set, test_set, run_dir, device, resume=resume)
-    method.check_run(ctx)
     start = time.perf_counter()
     outcome = method.train(ctx)
     seconds = time.perf_counter() - start
