@@ -56,3 +56,12 @@ def test_registry():
         get_method("nope")
     with pytest.raises(ConfigError, match="its options: none"):
         get_method("baseline", {"x": 1})
+
+
+def test_unknown_option_lists_keyword_options_as_their_flags():
+    from smallfoot.errors import ConfigError
+    from smallfoot.methods import get_method
+
+    with pytest.raises(ConfigError) as error:
+        get_method("manifold", {"bogus": 1})
+    assert "--lambda," in str(error.value) and "--lambda-" not in str(error.value)

@@ -335,7 +335,7 @@ def parse_options(options_cls: type, values: dict[str, Any], owner: str = "metho
         if name not in fields and name + "_" in fields:
             name += "_"  # a Python keyword option (lambda) is spelled lambda_ in its dataclass
         if name not in fields:
-            valid = ", ".join("--" + f.replace("_", "-") for f in fields) or "none"
+            valid = ", ".join("--" + f.rstrip("_").replace("_", "-") for f in fields) or "none"
             raise ConfigError(f"{owner} has no option {key!r}; its options: {valid}")
         kwargs[name] = _convert(value, fields[name], f"{owner} option {key!r}")
     try:
