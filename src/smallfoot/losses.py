@@ -4,7 +4,7 @@ Every loss comes with a ``predict_fn`` turning raw outputs into class indices, s
 Trainer reports accuracy the same way whatever the output activation.
 
 Besides softmax + cross-entropy, this module holds the gradient-amplifying (GA) losses of
-chapter 4 of the thesis (``efficient-deep-learning-thesis.txt``). All of them share the
+chapter 4 of the thesis (Øland, *Efficient Deep Learning*, CMU PhD thesis, 2024). All of them share the
 canonical error gradient ``dL/dx = y - t`` with respect to the raw network output ``x`` (the
 pre-activation of the output layer), but with a non-saturating activation ``y = f(x)``:
 

@@ -1,4 +1,4 @@
-"""Benchmark ``facto``: Facto-CNN against plain backprop (facto-cnn.txt, table 3 and figure 6).
+"""Benchmark ``facto``: Facto-CNN against plain backprop (Lee, Ko, Hong, *Facto-CNN*, table 3 and figure 6).
 
 Part 1 trains a VGG-style CNN (VGG-11 at 1/4 width) and ``cnn4`` (16-32-64-64), both without
 batch norm as in the paper, on a Fashion-MNIST subset: the baseline, then Facto-CNN at

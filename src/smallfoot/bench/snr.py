@@ -1,5 +1,5 @@
 """Benchmark ``snr``: numerical error of layer-wise and hybrid reconstruction (sections 4.1,
-5.1 of ``reversible-designs.txt``).
+5.1 of Hascoet et al., *Reversible designs for extreme memory cost reduction of CNN training*).
 
 1. The SNR factor ``alpha`` of one invertible batch norm: the toy layer against eq. 19c
    (the paper's figure 6) and random parameterisations against the general formula.

@@ -1,4 +1,4 @@
-"""Benchmark ``subspace``: SGD against DLDR + P-SGD / P-BFGS (dldr-tiny-subspaces.txt).
+"""Benchmark ``subspace``: SGD against DLDR + P-SGD / P-BFGS (Li et al., *Low dimensional landscape hypothesis is true: DNNs can be trained in tiny subspaces*).
 
 For ``cnn4`` and ``resnet8`` on a Fashion-MNIST subset, clean and with 20% of the training
 labels made wrong: SGD for E epochs; SGD for e < E epochs while sampling the trajectory;

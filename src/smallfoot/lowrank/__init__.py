@@ -1,4 +1,4 @@
-"""Facto-CNN (facto-cnn.txt): low-rank training with compressed feature maps.
+"""Facto-CNN (Lee, Ko, Hong, *Facto-CNN*): low-rank training with compressed feature maps.
 
 ``convert(model, inr=0.3, kernel=2, apply_ratio=0.6)`` swaps a CNN's layers for the ones
 below; :class:`FactoSchedule` runs full-rank then low-rank training with merge/redraw;

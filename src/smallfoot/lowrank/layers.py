@@ -1,4 +1,4 @@
-"""Facto-CNN layers (facto-cnn.txt, section 3): low-rank training with compressed feature maps.
+"""Facto-CNN layers (Lee, Ko, Hong, *Facto-CNN*, section 3): low-rank training with compressed feature maps.
 
 * :class:`FactoLinear` / :class:`FactoConv2d`: ``W`` is frozen, ``Omega = W + M D`` (eq. 8-10),
   only the magnitude ``M`` trains and backward keeps ``D X`` (optionally mean-pooled) instead

@@ -29,7 +29,7 @@ class Facto(Method):
 
     @dataclass
     class Options:
-        """Facto-CNN knobs (facto-cnn.txt section 3-4)."""
+        """Facto-CNN knobs (Lee, Ko, Hong, *Facto-CNN* section 3-4)."""
 
         inr: float = field(default=0.3, metadata={"help": "internal node ratio R/I (C_R/C_I)"})
         kernel: int = field(

@@ -1,6 +1,6 @@
 """The timeline of one measured step: bytes live after every allocation or release, stacked
 by category, with the forward/backward/optimizer phases and the forward's module boundaries
-marked (the kind of figure in section 4.4 of manifold-regularization.txt)."""
+marked (the kind of figure in section 4.4 of Sartipi, Bernal, *Manifold regularization for memory-efficient training of deep neural networks*)."""
 
 from __future__ import annotations
 

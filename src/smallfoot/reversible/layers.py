@@ -1,4 +1,4 @@
-"""Layer-wise invertible layers (section 4.1 of ``reversible-designs.txt``).
+"""Layer-wise invertible layers (section 4.1 of Hascoet et al., *Reversible designs for extreme memory cost reduction of CNN training*).
 
 Each layer has ``forward`` and an exact ``inverse`` and the class attribute
 ``invertible = True``, so it can sit in a :class:`~smallfoot.reversible.RevSequence` chain

@@ -1,5 +1,5 @@
 """Numerical-error analysis of invertible layers and chains (sections 4.1 and 5.1 of
-``reversible-designs.txt``).
+Hascoet et al., *Reversible designs for extreme memory cost reduction of CNN training*).
 
 A memory-free backward pass reconstructs every activation from the layer above it, so any
 error in an output ``y`` reaches the input ``x`` through the layer's inverse. The signal to

@@ -1,4 +1,4 @@
-"""Training in tiny subspaces (dldr-tiny-subspaces.txt): DLDR, P-SGD and P-BFGS.
+"""Training in tiny subspaces (Li et al., *Low dimensional landscape hypothesis is true: DNNs can be trained in tiny subspaces*): DLDR, P-SGD and P-BFGS.
 
 Sample the parameter trajectory of ordinary training with :class:`TrajectorySampler`,
 extract a d-dimensional basis with :func:`dldr`, and continue training inside it with

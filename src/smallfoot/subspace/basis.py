@@ -1,4 +1,4 @@
-"""Dynamic linear dimensionality reduction (dldr-tiny-subspaces.txt, algorithm 1).
+"""Dynamic linear dimensionality reduction (Li et al., *Low dimensional landscape hypothesis is true: DNNs can be trained in tiny subspaces*, algorithm 1).
 
 Given ``t`` sampled parameter vectors ``w_1..w_t`` (each of length ``n``): centre them,
 ``W = [w_1 - w_mean, ..., w_t - w_mean]`` (n x t), eigendecompose the small ``W^T W``

@@ -205,7 +205,7 @@ class Subspace(Method):
     name = "subspace"
     description = (
         "sample the SGD trajectory, extract a d-dim basis (DLDR), continue with P-SGD or "
-        "P-BFGS in it (dldr-tiny-subspaces.txt)"
+        "P-BFGS in it (Li et al., *Low dimensional landscape hypothesis is true: DNNs can be trained in tiny subspaces*)"
     )
     Options = SubspaceOptions
     changes_optimizer = True

@@ -1,4 +1,4 @@
-"""Optimizers that move the parameters only inside ``span(P)`` (dldr-tiny-subspaces.txt).
+"""Optimizers that move the parameters only inside ``span(P)`` (Li et al., *Low dimensional landscape hypothesis is true: DNNs can be trained in tiny subspaces*).
 
 :class:`PSGD` projects the gradient, ``g~ = P^T g`` (d values), keeps its momentum in those d
 dimensions and steps ``w <- w - lr P m``. :class:`PBFGS` (algorithm 2) keeps a d x d

@@ -1,4 +1,4 @@
-"""Sampling the parameter trajectory of ordinary training (dldr-tiny-subspaces.txt, algorithm 1, step 1).
+"""Sampling the parameter trajectory of ordinary training (Li et al., *Low dimensional landscape hypothesis is true: DNNs can be trained in tiny subspaces*, algorithm 1, step 1).
 
 A :class:`TrajectoryStore` holds ``t`` flattened parameter vectors of length ``n`` as a
 ``(t, n)`` float32 array, in RAM or in a disk memmap, so a model with millions of parameters
