@@ -73,8 +73,11 @@ def test_quantisation_error_is_at_most_half_a_bin(tensor):
     bits = choose_bits(tensor)
     error = (quantise(tensor).double() - wide).abs().max().item()
     half_bin = (hi - lo) / 2 ** (bits + 1) if bits else 0.0
-    # the centre's rounding to the dtype, plus float64 arithmetic on the bin edges
-    rounding = (float(torch.finfo(tensor.dtype).eps) + 4 * 2.0**-52) * (abs(lo) + abs(hi))
+    # the centre's rounding to the dtype (relative, or one subnormal step near zero), plus
+    # float64 arithmetic on the bin edges
+    info = torch.finfo(tensor.dtype)
+    rounding = (float(info.eps) + 4 * 2.0**-52) * (abs(lo) + abs(hi))
+    rounding += float(info.smallest_normal) * float(info.eps)
     assert error <= half_bin + rounding
 
 
