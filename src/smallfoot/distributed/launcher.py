@@ -31,8 +31,13 @@ from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.averaging import CompressedAveraging
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
-from smallfoot.models import parameter_count
-from smallfoot.train.run import load_run_data, new_run_dir, resolve_device, seed_everything
+from smallfoot.train.run import (
+    load_run_data,
+    new_run_dir,
+    resolve_device,
+    run_summary,
+    seed_everything,
+)
 from smallfoot.train.trainer import TrainConfig, Trainer, default_augment
 
 SYNCS = ("ddp", "average")
@@ -319,25 +324,23 @@ def train_rank(
         if rank != 0:
             return None
         summary = {
-            "dataset": config.dataset,
-            "model": method.model_name(ctx),
-            "method": config.method,
-            "train_samples": len(train_set),
-            "test_samples": len(test_set),
-            "epochs": len(trainer.history),
-            "train_accuracy": metrics.get("train_accuracy"),
-            "test_accuracy": metrics.get("test_accuracy"),
-            "test_loss": metrics.get("test_loss"),
-            "seconds": seconds,
-            "parameters": parameter_count(model),
-            "device": "cpu",
-            "run_dir": str(run_dir),
+            **run_summary(
+                config,
+                method.model_name(ctx),
+                (train_set, test_set),
+                metrics,
+                len(trainer.history),
+                seconds,
+                model,
+                "cpu",
+                run_dir,
+                resumed=resume_dir is not None,
+                data_record=data_record,
+            ),
             "world_size": world,
             "threads_per_rank": threads,
             "sync": sync,
             "batch_size_per_rank": train_config.batch_size,
-            **({"resumed": True} if resume_dir is not None else {}),
-            **({"data": data_record} if data_record else {}),
         }
         if averaging is not None:
             summary["compression"] = {

@@ -183,6 +183,44 @@ def check_init_file(path: str) -> None:
         )
 
 
+def run_summary(
+    config: RunConfig,
+    model_name: str,
+    datasets: tuple[Any, Any],
+    metrics: dict[str, Any],
+    epochs: int,
+    seconds: float,
+    model: torch.nn.Module,
+    device: str,
+    run_dir: Path,
+    *,
+    resumed: bool = False,
+    data_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The fields every run's ``summary.json`` holds: what trained (dataset, the model that
+    actually trained, method), on how many (train, test) samples, for how many epochs, its
+    final accuracies (fractions) and test loss, wall ``seconds``, parameters, device and run
+    directory."""
+    train_set, test_set = datasets
+    return {
+        "dataset": config.dataset,
+        "model": model_name,
+        "method": config.method,
+        "train_samples": len(train_set),
+        "test_samples": len(test_set),
+        "epochs": epochs,
+        "train_accuracy": metrics.get("train_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "test_loss": metrics.get("test_loss"),
+        "seconds": seconds,
+        "parameters": parameter_count(model),
+        "device": device,
+        "run_dir": str(run_dir),
+        **({"resumed": True} if resumed else {}),
+        **({"data": data_record} if data_record else {}),
+    }
+
+
 def run_training(
     config: RunConfig,
     resume_dir: str | Path | None = None,
@@ -227,21 +265,19 @@ def run_training(
     outcome = method.train(ctx)
     seconds = time.perf_counter() - start
     summary = {
-        "dataset": config.dataset,
-        "model": method.model_name(ctx),
-        "method": config.method,
-        "train_samples": len(train_set),
-        "test_samples": len(test_set),
-        "epochs": len(outcome.history) if outcome.history else config.epochs,
-        "train_accuracy": outcome.metrics.get("train_accuracy"),
-        "test_accuracy": outcome.metrics.get("test_accuracy"),
-        "test_loss": outcome.metrics.get("test_loss"),
-        "seconds": seconds,
-        "parameters": parameter_count(outcome.model),
-        "device": device,
-        "run_dir": str(run_dir),
-        **({"resumed": True} if resume else {}),
-        **({"data": data_record} if data_record else {}),
+        **run_summary(
+            config,
+            method.model_name(ctx),
+            (train_set, test_set),
+            outcome.metrics,
+            len(outcome.history) if outcome.history else config.epochs,
+            seconds,
+            outcome.model,
+            device,
+            run_dir,
+            resumed=resume,
+            data_record=data_record,
+        ),
         **({"memory": outcome.memory} if outcome.memory is not None else {}),
         **outcome.extra,
     }
