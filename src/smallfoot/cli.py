@@ -670,31 +670,38 @@ def _compare_finished(index: int, total: int, row: dict[str, Any]) -> None:
 
 def print_comparison(rows: list[dict[str, Any]], title: str) -> None:
     """Print ``compare`` rows as one table (what each row trained, its figures and ratios to
-    baseline), then each failed method's full error and each adaptation on a line of its own."""
+    baseline), then the stage each staged method was metered in, each adaptation and each
+    failed method's full error on a line of its own. Nothing is cut: a console narrower than
+    the table (or output to a file) gets the table at its full width."""
     table = Table(title=f"{title} (memory from smallfoot.memory)")
-    table.add_column("method", no_wrap=True)
-    table.add_column("model", no_wrap=True)
-    table.add_column("epochs", justify="right")
-    for column in ("test acc", "peak", "x base", "saved act.", "x base", "seconds", "x base"):
-        table.add_column(column, justify="right", no_wrap=True)
+    for column in ("method", "model", "epochs", "test acc", "peak", "x base"):
+        table.add_column(
+            column, no_wrap=True, justify="left" if column in ("method", "model") else "right"
+        )
+    for column in ("saved act.", "x base", "seconds", "x base"):
+        table.add_column(column, no_wrap=True, justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(row["method"], "-", "-", "[red]failed[/red]", *[""] * 6)
+            table.add_row(row["method"], "-", "-", "failed", *[""] * 6)
             continue
-        stage = f" ({row['stage']})" if row.get("stage") else ""
         table.add_row(
             row["method"] + ("*" if row.get("adapted") else ""),
             row["model"],
             str(row["epochs"]),
             _pct(row["test_accuracy"]),
-            _mib(row["peak"]) + stage,
+            _mib(row["peak"]),
             _ratio(row.get("peak_ratio")),
             _mib(row["saved_activations"]),
             _ratio(row.get("saved_activations_ratio")),
             f"{row['seconds']:.1f}",
             _ratio(row.get("seconds_ratio")),
         )
-    console.print(table)
+    width = Console(width=500).measure(table).maximum
+    wide = console if console.is_terminal and console.width >= width else Console(width=width)
+    wide.print(table)
+    for row in rows:
+        if row.get("stage"):
+            console.print(f"{row['method']}: memory of its {row['stage']} stage", soft_wrap=True)
     for row in rows:
         for note in row.get("adapted") or []:
             console.print(f"* {row['method']}: {note}", soft_wrap=True)
