@@ -14,6 +14,7 @@ from smallfoot.manifold import (
     alpha_schedule,
     distance_mismatch,
     pairwise_distances,
+    relative_mismatch,
 )
 from smallfoot.manifold.method import RegularisedNet
 from smallfoot.memory import measure
@@ -228,3 +229,40 @@ def test_distance_terms_do_not_keep_the_pairwise_differences():
             wrapped, batch, loss_fn=wrapped.objective(nn.functional.cross_entropy)
         ).peak
     assert 0 < peaks[True] - peaks[False] < 64 * 64 * 256 * 4 / 4
+
+
+def test_relative_mismatch_is_scale_free():
+    # Scaling the inputs by 10 scales every distance by 10 through a bias-free ReLU layer: the
+    # absolute mismatch grows 100x, the relative (stress-normalised) one stays the same.
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(6, 3, bias=False, dtype=torch.float64), nn.ReLU())
+    layer.requires_grad_(False)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    small = relative_mismatch(x, layer(x)).detach()
+    large = relative_mismatch(10 * x, layer(10 * x)).detach()
+    assert float(small) > 0
+    assert float(large) == pytest.approx(float(small), rel=1e-12)
+    absolute = distance_mismatch(10 * x, layer(10 * x)) / distance_mismatch(x, layer(x))
+    assert float(absolute) == pytest.approx(100.0, rel=1e-12)
+    # The normaliser is the mean squared input-space distance over the pairs n != m.
+    d = pairwise_distances(x)
+    expected = distance_mismatch(x, layer(x)) / (d.pow(2).sum() / (8 * 7))
+    assert float(small) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_relative_loss_is_scale_free_and_zero_for_one_sample():
+    torch.manual_seed(0)
+    head = BottleneckHead(12, 3, [8, 4, 2])
+    loss = DistancePreservingLoss(head.layers, [0.5, 1.0], relative=True)
+    z = torch.randn(6, 12)
+    # Biases break exact homogeneity, so zero them: the head is then positively homogeneous.
+    with torch.no_grad():
+        for layer in head.layers:
+            for m in layer.modules():
+                if isinstance(m, nn.Linear):
+                    m.bias.zero_()
+    _, acts = head.forward_activations(z)
+    _, scaled = head.forward_activations(10 * z)
+    assert float(loss(scaled).detach()) == pytest.approx(float(loss(acts).detach()), rel=1e-5)
+    _, one = head.forward_activations(z[:1])
+    assert float(loss(one).detach()) == 0.0

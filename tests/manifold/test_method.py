@@ -37,6 +37,26 @@ def test_options_from_cli_strings_including_lambda():
         get_method("manifold", {"lambda": -1})
 
 
+def test_relative_option_makes_the_regulariser_scale_free():
+    net = tiny_net()
+    torch.manual_seed(1)
+    _, acts = net.head.forward_activations(net.features(torch.randn(6, 1, 8, 8)))
+    big = [10 * a for a in acts]  # the same net with activations 10x larger (no new forward)
+
+    def ratio(options):
+        reg = get_method("manifold", options).regulariser(net)
+        reg.lam = 0.0
+        return float(reg(big).detach()) / float(reg(acts).detach())
+
+    # The regulariser recomputes the layers from acts[k-1]; a bias-free homogeneous head makes
+    # 10x inputs give 10x activations, so compare the loss at z and at 10 z.
+    with torch.no_grad():
+        for layer in net.head.layers:
+            layer[0].bias.zero_()
+    assert ratio({"relative": "true"}) == pytest.approx(1.0, rel=1e-4)
+    assert ratio({}) == pytest.approx(100.0, rel=1e-4)
+
+
 def test_regulariser_alpha_schedule_and_explicit_alphas():
     net = tiny_net()  # widths 16, 8, 4: two terms
     assert make_regulariser(net.head, None, 1.0, 0.1, 0.0).alphas == [0.1, 1.0]

@@ -11,6 +11,13 @@ from smallfoot.manifold.loss import (
     alpha_schedule,
     distance_mismatch,
     pairwise_distances,
+    relative_mismatch,
 )
 
-__all__ = ["DistancePreservingLoss", "alpha_schedule", "distance_mismatch", "pairwise_distances"]
+__all__ = [
+    "DistancePreservingLoss",
+    "alpha_schedule",
+    "distance_mismatch",
+    "pairwise_distances",
+    "relative_mismatch",
+]

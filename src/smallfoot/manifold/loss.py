@@ -52,6 +52,23 @@ def distance_mismatch(previous: torch.Tensor, current: torch.Tensor) -> torch.Te
     return total / max(n * (n - 1), 1)
 
 
+def relative_mismatch(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """:func:`distance_mismatch` divided by the batch's mean squared input-space distance
+    ``mean_{n != m} d(previous_n, previous_m)^2`` (Kruskal's stress normalisation): a pure number,
+    unchanged when ``previous`` and ``current`` are scaled by the same factor, so the term's
+    weight does not depend on how large the activations have grown. ``previous`` ``(N, D1)``,
+    ``current`` ``(N, D2)``; a batch of one sample, or of coincident inputs, gives an exact zero."""
+    if previous.shape[0] != current.shape[0]:
+        raise ShapeError(
+            f"both activations need the same batch, got {previous.shape[0]} and {current.shape[0]}"
+        )
+    d_prev = pairwise_distances(previous)
+    mismatch = (pairwise_distances(current) - d_prev).pow(2).sum()
+    spread = d_prev.pow(2).sum()
+    # Zero spread (no pair, or identical inputs) comes with a zero mismatch: 0 / tiny = 0, not NaN.
+    return mismatch / spread.clamp_min(torch.finfo(spread.dtype).tiny)
+
+
 def alpha_schedule(terms: int, alpha: float, first_half_ratio: float) -> list[float]:
     """Weights ``alpha_1 .. alpha_{terms}``: ``alpha * first_half_ratio`` for the first half of the
     bottleneck (terms ``k <= terms // 2``), ``alpha`` for the rest (section 4.2: smaller weights
@@ -74,9 +91,18 @@ class DistancePreservingLoss(nn.Module):
     ``forward(activations)`` takes ``[z, x^(0), ..., x^(L-1)]`` as returned by
     ``BottleneckHead.forward_activations`` and returns the scalar ``L_u``; only
     ``activations[k-1]`` (detached) is read for term ``k``, the layers are recomputed from it.
+
+    ``relative``: use :func:`relative_mismatch` (scale-free, ``--relative true``) instead of
+    eq. 4's absolute :func:`distance_mismatch` (the paper's, the default).
     """
 
-    def __init__(self, layers: Sequence[nn.Module], alphas: Sequence[float], lam: float = 0.0):
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        alphas: Sequence[float],
+        lam: float = 0.0,
+        relative: bool = False,
+    ):
         super().__init__()
         if len(layers) < 2:
             raise ConfigError(
@@ -94,6 +120,7 @@ class DistancePreservingLoss(nn.Module):
         self.layers = list(layers)
         self.alphas = [float(a) for a in alphas]
         self.lam = float(lam)
+        self.mismatch = relative_mismatch if relative else distance_mismatch
 
     def terms(self, activations: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``[L_u^(1), ..., L_u^(L-1)]`` (unweighted by alpha), each a scalar whose gradient reaches
@@ -108,7 +135,7 @@ class DistancePreservingLoss(nn.Module):
             # Recompute from a detached input so the graph of this term stops at layer k-1.
             previous = self.layers[k - 1](activations[k - 1].detach())
             current = self.layers[k](previous)
-            term = distance_mismatch(previous, current)
+            term = self.mismatch(previous, current)
             if self.lam:
                 term = term + self.lam * (
                     squared_norm(self.layers[k - 1]) + squared_norm(self.layers[k])

@@ -92,12 +92,14 @@ def make_regulariser(
     alpha: float,
     alpha_ratio: float,
     lam: float,
+    relative: bool = False,
 ) -> DistancePreservingLoss:
     """The loss over ``head.layers``: explicit ``alphas`` (one per consecutive pair), or ``alpha``
-    for the second half of the bottleneck and ``alpha * alpha_ratio`` for the first half."""
+    for the second half of the bottleneck and ``alpha * alpha_ratio`` for the first half;
+    ``relative`` picks the scale-free mismatch (see :class:`DistancePreservingLoss`)."""
     terms = len(head.layers) - 1
     weights = list(alphas) if alphas is not None else alpha_schedule(terms, alpha, alpha_ratio)
-    return DistancePreservingLoss(head.layers, weights, lam)
+    return DistancePreservingLoss(head.layers, weights, lam, relative=relative)
 
 
 @register_method
@@ -118,7 +120,7 @@ class Manifold(Method):
             default=256, metadata={"help": "widest layer K; widths halve from K down to W"}
         )
         alpha: float = field(
-            default=1e-2,
+            default=1e-3,
             metadata={"help": "weight of the terms in the second half of the bottleneck"},
         )
         alpha_ratio: float = field(
@@ -130,6 +132,13 @@ class Manifold(Method):
         )
         lambda_: float = field(
             default=1e-4, metadata={"help": "weight of the squared parameter norm of each pair"}
+        )
+        relative: bool = field(
+            default=False,
+            metadata={
+                "help": "divide each term's distance mismatch by the batch's mean squared "
+                "input-space distance (scale-free); false: eq. 4's absolute mismatch"
+            },
         )
         regularize: bool = field(
             default=True, metadata={"help": "false: the same bottleneck net, cross-entropy only"}
@@ -234,7 +243,9 @@ class Manifold(Method):
         if not self.options.regularize:
             return None
         o = self.options
-        return make_regulariser(model.head, o.alphas, o.alpha, o.alpha_ratio, o.lambda_)
+        return make_regulariser(
+            model.head, o.alphas, o.alpha, o.alpha_ratio, o.lambda_, relative=o.relative
+        )
 
     def make_trainer(self, ctx: RunContext, model: FeatureNet) -> ManifoldTrainer:
         """A :class:`ManifoldTrainer` with the run's loss, optimizer and callbacks."""
