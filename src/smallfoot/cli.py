@@ -635,13 +635,7 @@ def compare(
         raise typer.Exit(1)
 
 
-_compare_clock: dict[str, float] = {}
-
-
 def _compare_started(index: int, total: int, name: str, config, notes: list[str]) -> None:
-    import time
-
-    _compare_clock.setdefault("start", time.perf_counter())
     adapted = f"; adapted: {'; '.join(notes)}" if notes else ""
     console.print(
         f"[bold][{index + 1}/{total}][/bold] {name}: {config.model}, {config.epochs} epochs"
@@ -650,10 +644,7 @@ def _compare_started(index: int, total: int, name: str, config, notes: list[str]
     )
 
 
-def _compare_finished(index: int, total: int, row: dict[str, Any]) -> None:
-    import time
-
-    elapsed = time.perf_counter() - _compare_clock.get("start", time.perf_counter())
+def _compare_finished(index: int, total: int, row: dict[str, Any], elapsed: float) -> None:
     left = elapsed / (index + 1) * (total - index - 1)
     if "error" in row:
         outcome = f"[red]failed[/red]: {row['error']}"

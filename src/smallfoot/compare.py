@@ -81,7 +81,7 @@ def compare_methods(
     *,
     warm: bool = True,
     on_start: Callable[[int, int, str, RunConfig, list[str]], None] | None = None,
-    on_row: Callable[[int, int, dict[str, Any]], None] | None = None,
+    on_row: Callable[[int, int, dict[str, Any], float], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``base`` once per method (default: every registered method, baseline first) and
     return one row each.
@@ -92,7 +92,8 @@ def compare_methods(
     staged methods) and their ratios to the baseline. A method that still cannot run gets a
     row with its ``error``; any exception is caught that way, except an interruption
     (Ctrl-C), which writes ``compare.json`` with the finished rows and propagates.
-    ``on_start(i, n, name, config, notes)`` and ``on_row(i, n, row)`` report progress.
+    ``on_start(i, n, name, config, notes)`` and ``on_row(i, n, row, seconds_since_start)``
+    report progress.
     ``warm`` runs :func:`warm_up` first so time ratios compare steady-state runs.
     """
     names = methods or [cls.name for cls in list_methods()]
@@ -106,6 +107,7 @@ def compare_methods(
     if warm:
         warm_up(base)
     rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
     for index, name in enumerate(names):
         try:
             config, notes = method_config(base, name, input_shape)
@@ -120,7 +122,7 @@ def compare_methods(
         _add_ratios(rows)
         atomic_write_json(out_dir / "compare.json", rows)
         if on_row is not None:
-            on_row(index, len(names), row)
+            on_row(index, len(names), row, time.perf_counter() - started)
     return rows
 
 

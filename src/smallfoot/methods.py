@@ -158,27 +158,32 @@ class Method:
         padding, more epochs) and one note per change, for ``compare``; unchanged by default."""
         return config, []
 
+    def metered_step(self, ctx: RunContext) -> tuple[nn.Module, Any, torch.optim.Optimizer]:
+        """``(module, loss_fn, optimizer)`` that one training step of this method runs, for
+        :meth:`step_memory` (built under fake tensors there when estimating)."""
+        loss_fn, _ = self.make_loss(ctx)
+        net = self.build_model(ctx)
+        return net, loss_fn, self.make_optimizer(ctx, net)
+
     def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
-        """The meter's report of one training step as this method trains: its model, loss and
-        optimizer on a batch of ``config.batch_size`` random inputs of ``ctx.input_shape``
-        (estimated on fake tensors when ``fake``). Staged methods report their largest stage
-        (``report.stage`` names it); a method without a backprop step raises ``ConfigError``."""
+        """The meter's report of one training step as this method trains: its
+        :meth:`metered_step` on a batch of ``config.batch_size`` random inputs of
+        ``ctx.input_shape`` (estimated on fake tensors when ``fake``). Staged methods report
+        their largest stage (``report.stage`` names it); a method without a backprop step
+        raises ``ConfigError``."""
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         from smallfoot.memory import estimate, measure
 
-        loss_fn, _ = self.make_loss(ctx)
         batch, shape = ctx.config.batch_size, ctx.input_shape
         torch.manual_seed(ctx.config.seed)
         if fake:
             with FakeTensorMode():
-                net = self.build_model(ctx)
-                opt = self.make_optimizer(ctx, net)
+                net, loss_fn, opt = self.metered_step(ctx)
                 x = torch.randn(batch, *shape)
                 y = torch.randint(ctx.num_classes, (batch,))
             return estimate(net, (x, y), loss_fn=loss_fn, optimizer=opt)
-        net = self.build_model(ctx)
-        opt = self.make_optimizer(ctx, net)
+        net, loss_fn, opt = self.metered_step(ctx)
         x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
         return measure(net, (x, y), loss_fn=loss_fn, optimizer=opt)
 

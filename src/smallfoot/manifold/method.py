@@ -11,7 +11,6 @@ from torch import nn
 
 from smallfoot.errors import ConfigError, SmallfootError
 from smallfoot.manifold.loss import DistancePreservingLoss, alpha_schedule
-from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, register_method
 from smallfoot.models import build_model
 from smallfoot.models.bottleneck import (
@@ -270,30 +269,14 @@ class Manifold(Method):
         outcome.extra["lr_used"] = self.learning_rate(ctx)
         return outcome
 
-    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+    def metered_step(self, ctx: RunContext) -> tuple[nn.Module, Any, torch.optim.Optimizer]:
         """One training step as manifold training runs it: the bottleneck net, cross-entropy
-        plus the regulariser (its recomputed head layers and distance matrices included), the
-        run's optimizer, at ``config.batch_size`` random inputs (fake tensors when ``fake``)."""
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        from smallfoot.memory import estimate, measure
-
+        plus the regulariser (its recomputed head layers and distance matrices included) and
+        the run's optimizer."""
         loss_fn, _ = self.make_loss(ctx)
-        batch, shape = ctx.config.batch_size, ctx.input_shape
-        torch.manual_seed(ctx.config.seed)
-        if fake:
-            with FakeTensorMode():
-                model = self.build_model(ctx)
-                net = RegularisedNet(model, self.regulariser(model))
-                opt = self.make_optimizer(ctx, model)
-                x = torch.randn(batch, *shape)
-                y = torch.randint(ctx.num_classes, (batch,))
-            return estimate(net, (x, y), loss_fn=net.objective(loss_fn), optimizer=opt)
         model = self.build_model(ctx)
         net = RegularisedNet(model, self.regulariser(model))
-        opt = self.make_optimizer(ctx, model)
-        x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
-        return measure(net, (x, y), loss_fn=net.objective(loss_fn), optimizer=opt)
+        return net, net.objective(loss_fn), self.make_optimizer(ctx, model)
 
     def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
         """The meter's report of one training step, the regulariser included."""
