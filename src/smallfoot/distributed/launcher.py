@@ -10,6 +10,7 @@ directory (config, metrics, checkpoints, summary) and prints.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -157,6 +158,14 @@ def differing_fields(settings: dict[str, Any]) -> dict[int, list[str]]:
         for rank, theirs in enumerate(everyone)
         if theirs != first
     }
+
+
+def _rank_record(rank: int, threads: int, memory: dict[str, Any] | None) -> dict[str, Any]:
+    """What the summary lists per rank: threads, and the meter's peak (bytes) and its phase."""
+    record: dict[str, Any] = {"rank": rank, "threads": threads}
+    if memory is not None:
+        record.update(peak_memory=memory["peak"], peak_phase=memory["peak_phase"])
+    return record
 
 
 def check_launch(config: RunConfig, nproc: int, sync: str) -> None:
@@ -321,6 +330,13 @@ def train_rank(
         start = time.perf_counter()
         metrics = trainer.fit()
         seconds = time.perf_counter() - start
+        memory = None
+        if config.measure_memory:
+            # the meter's step of this rank's module at its own share of the batch
+            own_batch = dataclasses.replace(config, batch_size=train_config.batch_size)
+            memory = method.measure_memory(dataclasses.replace(ctx, config=own_batch), trainer)
+        ranks: list[Any] = [None] * world
+        dist.all_gather_object(ranks, _rank_record(rank, threads, memory))
         if rank != 0:
             return None
         summary = {
@@ -337,8 +353,10 @@ def train_rank(
                 resumed=resume_dir is not None,
                 data_record=data_record,
             ),
+            **({"memory": memory} if memory is not None else {}),
             "world_size": world,
             "threads_per_rank": threads,
+            "ranks": ranks,
             "sync": sync,
             "batch_size_per_rank": train_config.batch_size,
         }
