@@ -10,10 +10,13 @@ directory (config, metrics, checkpoints, summary) and prints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -160,6 +163,22 @@ def differing_fields(settings: dict[str, Any]) -> dict[int, list[str]]:
     }
 
 
+def _lost_peer(error: RuntimeError, rank: int, world: int, run_dir: Path) -> Exception:
+    """The one-line ``TrainingError`` for a collective that failed because a peer died or hung
+    (gloo: connection reset, or the collective timed out); other errors are returned as they are."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, dist.DistError) and "gloo" not in text:
+        return error
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]
+    lost = f"rank {1 - rank}" if world == 2 else "another rank"
+    hint = ""
+    if (run_dir / "checkpoint.pt").exists():
+        hint = f"; continue from its last checkpoint with --resume {run_dir} --nproc {world}"
+    return TrainingError(
+        f"data-parallel run stopped: rank {rank} lost {lost}, which died or hung ({text}){hint}"
+    )
+
+
 def _rank_record(rank: int, threads: int, memory: dict[str, Any] | None) -> dict[str, Any]:
     """What the summary lists per rank: threads, and the meter's peak (bytes) and its phase."""
     record: dict[str, Any] = {"rank": rank, "threads": threads}
@@ -233,16 +252,48 @@ def launch(
         start_method="spawn",
     )
     try:
-        results = elastic_launch(launcher, train_rank)(config, sync, codec, every, resume_dir)
+        with _quiet_agent():
+            results = elastic_launch(launcher, train_rank)(config, sync, codec, every, resume_dir)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", message)
+        run_dir = resume_dir or (
+            Path(config.out_dir) / config.run_name if config.run_name else None
+        )
+        hint = ""
+        if run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists():
+            hint = f"; continue from its last checkpoint with --resume {run_dir} --nproc {nproc}"
+        elif failure.exitcode < 0:  # killed by a signal: rank 0 may have checkpointed
+            hint = f"; continue from its last checkpoint with --resume RUN_DIR --nproc {nproc} (RUN_DIR: the run's directory under {config.out_dir})"
         raise TrainingError(
-            f"data-parallel run stopped: rank {rank} failed ({message}); the other ranks were stopped"
+            f"data-parallel run stopped: rank {rank} failed ({message}); the other ranks were stopped{hint}"
         ) from None
     return results[0]
+
+
+@contextlib.contextmanager
+def _quiet_agent() -> Iterator[None]:
+    """Mute the elastic agent's own log lines (a worker's traceback, "closing signal SIGTERM")
+    so that a failure reads as ``launch``'s one line; ``LOGLEVEL`` set in the environment
+    (torch's own switch) keeps them."""
+    if "LOGLEVEL" in os.environ:
+        yield
+        return
+    names = [
+        name
+        for name in logging.root.manager.loggerDict
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))
+    ]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def train_rank(
@@ -325,10 +376,14 @@ def train_rank(
             sync=sync,
             data_seed=config.seed,
         )
-        if resume_dir is not None:
+        # a run stopped before its first checkpoint has nothing to restore: it starts again
+        if resume_dir is not None and (Path(resume_dir) / "checkpoint.pt").exists():
             trainer.load_checkpoint(Path(resume_dir) / "checkpoint.pt")
         start = time.perf_counter()
-        metrics = trainer.fit()
+        try:
+            metrics = trainer.fit()
+        except RuntimeError as error:
+            raise _lost_peer(error, rank, world, made[0]) from None
         seconds = time.perf_counter() - start
         memory = None
         if config.measure_memory:
