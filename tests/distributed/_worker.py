@@ -171,13 +171,34 @@ def lost_rank(rank: int, out_dir: str) -> dict:
     return {"error": None}
 
 
+def syncs(rank: int, out_dir: str) -> dict:
+    """One short run per DDP communication hook (each with its own rendezvous port)."""
+    out = {}
+    for sync, port in zip(
+        ("ddp-entropy", "ddp-fp16", "ddp-powersgd"), ("MASTER", "SECOND", "THIRD"), strict=True
+    ):
+        os.environ["MASTER_PORT"] = os.environ[f"{port}_PORT"]
+        config = RunConfig(
+            dataset="digits",
+            model="mlp",
+            epochs=1,
+            batch_size=64,
+            device="cpu",
+            out_dir=out_dir,
+            run_name=sync,
+            progress=False,
+            measure_memory=False,
+        )
+        out[sync] = train_rank(config, sync, CodecConfig(), 1)
+    return out
+
+
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    if scenario in ("mismatch", "resume", "lost_rank"):  # these start their own process groups
+    scenarios = {"mismatch": mismatch, "resume": resume, "lost_rank": lost_rank, "syncs": syncs}
+    if scenario in scenarios:  # these start their own process groups
         rank = int(os.environ["RANK"])
-        result = {"mismatch": mismatch, "resume": resume, "lost_rank": lost_rank}[scenario](
-            rank, out_dir
-        )
+        result = scenarios[scenario](rank, out_dir)
         torch.save(result, f"{out_dir}/rank{rank}.pt")
         return
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))

@@ -36,7 +36,9 @@ def run_ranks(tmp_path):
             **os.environ,
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port()),
-            "SECOND_PORT": str(free_port()),  # for workers that start a second process group
+            # for workers that start further process groups
+            "SECOND_PORT": str(free_port()),
+            "THIRD_PORT": str(free_port()),
             "WORLD_SIZE": str(nproc),
             "OMP_NUM_THREADS": "1",
         }

@@ -107,3 +107,16 @@ def test_a_ddp_run_resumes_from_its_checkpoint_on_every_rank(run_ranks, tmp_path
     assert len(lines) == 2
     assert lines[0]["test_accuracy"] == first["test_accuracy"]
     assert lines[1]["test_accuracy"] == second["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_ddp_communication_hooks_train_and_count_what_they_send(run_ranks):
+    runs = run_ranks("syncs")[0]
+    float32 = runs["ddp-fp16"]["communication"]["float32_bytes_per_step"]
+    assert runs["ddp-fp16"]["communication"]["bytes_per_step"] == float32 / 2
+    for sync, summary in runs.items():
+        assert summary["sync"] == sync and summary["test_accuracy"] > 0.5, sync
+        assert 0 < summary["communication"]["bytes_per_step"] < float32
+        assert summary["communication"]["step_seconds"] > 0
+    bits = runs["ddp-entropy"]["compression"]["gradient_bits_per_value"]
+    assert bits == 8 * runs["ddp-entropy"]["communication"]["bytes_per_step"] / (float32 / 4)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
@@ -34,7 +35,9 @@ from smallfoot.compress import CodecConfig
 from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.averaging import CompressedAveraging
+from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
+from smallfoot.models import parameter_count
 from smallfoot.train.run import (
     load_run_data,
     new_run_dir,
@@ -44,7 +47,10 @@ from smallfoot.train.run import (
 )
 from smallfoot.train.trainer import TrainConfig, Trainer, default_augment
 
-SYNCS = ("ddp", "average")
+SYNCS = ("ddp", "average", "ddp-entropy", "ddp-fp16", "ddp-powersgd")
+"""How ranks synchronise: DDP's all-reduce of float32 gradients, the thesis' compressed
+parameter averaging, or DDP with a communication hook: ours (entropy-coded gradients with error
+feedback), DDP's ``fp16_compress_hook`` or its ``powerSGD_hook`` (rank 1, from step 2)."""
 # How long a collective may wait for a slow rank (rank 0 writing a checkpoint, a loaded
 # machine); a rank that dies is noticed sooner, by the elastic agent.
 _TIMEOUT = datetime.timedelta(seconds=300)
@@ -93,16 +99,48 @@ class ShardedLoader(BatchLoader):
             yield x, self.dataset.y[index]
 
 
+def _register_hook(ddp: DistributedDataParallel, sync: str, codec: CodecConfig):
+    """Register the communication hook ``sync`` names on ``ddp``; returns the hook's state."""
+    if sync == "ddp-entropy":
+        state = EntropyHookState(codec)
+        ddp.register_comm_hook(state, entropy_hook)
+        return state
+    if sync == "ddp-fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return None
+    if sync == "ddp-powersgd":
+        state = powerSGD_hook.PowerSGDState(
+            None, matrix_approximation_rank=1, start_powerSGD_iter=2
+        )
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return state
+    return None
+
+
 class DistributedTrainer(Trainer):
-    """A :class:`Trainer` for one rank: sharded batches, DDP forward (``sync="ddp"``), and
-    training metrics summed over ranks. ``self.model`` stays the plain module, so checkpoints
+    """A :class:`Trainer` for one rank: sharded batches, DDP forward (``sync`` ``"ddp"`` or
+    ``"ddp-<hook>"``), training metrics summed over ranks, and the wall time of its training
+    epochs (``step_seconds`` over ``steps``: loading, steps and the callbacks after each step,
+    without evaluation). ``self.model`` stays the plain module, so checkpoints
     and evaluation are those of single-process runs."""
 
-    def __init__(self, *args, rank: int, world: int, sync: str, data_seed: int, **kwargs):
+    def __init__(
+        self,
+        *args,
+        rank: int,
+        world: int,
+        sync: str,
+        data_seed: int,
+        codec: CodecConfig = CodecConfig(),
+        **kwargs,
+    ):
         self.rank, self.world, self.sync, self.data_seed = rank, world, sync, data_seed
         super().__init__(*args, **kwargs)
-        if sync == "ddp":
+        self.hook_state = None
+        self.step_seconds, self.steps = 0.0, 0
+        if sync.startswith("ddp"):
             self.forward_model = DistributedDataParallel(self.model)
+            self.hook_state = _register_hook(self.forward_model, sync, codec)
         else:
             with torch.no_grad():
                 for tensor in self.model.state_dict().values():
@@ -126,6 +164,24 @@ class DistributedTrainer(Trainer):
         """Batches per epoch on every rank."""
         return len(self.loader())
 
+    def bytes_per_step(self, averaging: CompressedAveraging | None) -> float:
+        """Bytes this rank handed to the collectives per training step, for the gradients or
+        parameters (not the metrics): the float32 gradients for plain DDP, half of that for
+        fp16, what PowerSGD's matrices and the uncompressed tensors hold, what the packages of
+        the entropy hook or of the parameter averaging took."""
+        values = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        state, steps = self.hook_state, max(self.steps, 1)
+        if self.sync == "average":
+            return averaging.bytes_sent / steps
+        if self.sync == "ddp-entropy":
+            return state.bytes_sent / steps
+        if self.sync == "ddp-fp16":
+            return 2.0 * values
+        if self.sync == "ddp-powersgd" and state.total_numel_before_compression:
+            ratio = state.total_numel_after_compression / state.total_numel_before_compression
+            return 4.0 * values * ratio
+        return 4.0 * values
+
     def forward_backward_step(self, x, y):
         """Loss and gradients of one batch through DDP (gradients averaged over ranks)."""
         output = self.forward_model(x)
@@ -135,7 +191,11 @@ class DistributedTrainer(Trainer):
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch on this rank's shard; loss and accuracy averaged over all ranks' samples."""
+        start = time.perf_counter()
         local = super().train_epoch(epoch)
+        # batches, steps and the callbacks after them (parameter averaging), not evaluation
+        self.step_seconds += time.perf_counter() - start
+        self.steps += self.steps_per_epoch()
         seen = self.loader().shard_size()
         totals = torch.tensor(
             [local["train_loss"] * seen, local["train_accuracy"] * seen, seen],
@@ -375,6 +435,7 @@ def train_rank(
             world=world,
             sync=sync,
             data_seed=config.seed,
+            codec=codec,
         )
         # a run stopped before its first checkpoint has nothing to restore: it starts again
         if resume_dir is not None and (Path(resume_dir) / "checkpoint.pt").exists():
@@ -414,6 +475,11 @@ def train_rank(
             "ranks": ranks,
             "sync": sync,
             "batch_size_per_rank": train_config.batch_size,
+            "communication": {
+                "bytes_per_step": trainer.bytes_per_step(averaging),
+                "float32_bytes_per_step": 4 * parameter_count(model),
+                "step_seconds": trainer.step_seconds / max(trainer.steps, 1),
+            },
         }
         if averaging is not None:
             summary["compression"] = {
@@ -422,6 +488,14 @@ def train_rank(
                 "fraction": codec.fraction,
                 "every": every,
                 "last_sync": averaging.last,
+            }
+        if sync == "ddp-entropy":
+            state = trainer.hook_state
+            summary["compression"] = {
+                "c": codec.c,
+                "m": codec.m,
+                "fraction": codec.fraction,
+                "gradient_bits_per_value": 8 * state.bytes_sent / max(state.values_sent, 1),
             }
         atomic_write_json(run_dir / "summary.json", summary)
         return summary
