@@ -2,17 +2,15 @@
 model, and one-line errors for damaged files (library and CLI)."""
 
 import json
-import sys
 
 import pytest
 import torch
 
-from smallfoot import cli
 from smallfoot.compress import CodecConfig, CompressionError, quantise
 from smallfoot.compress.checkpoint import compress_run, decompress, model_accuracy, run_config
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
-from smallfoot.train.run import run_training
+from smallfoot.train import run_training
 
 
 @pytest.fixture(scope="module")
@@ -78,34 +76,21 @@ def test_a_corrupt_or_truncated_file_is_refused_with_one_line(run, tmp_path):
         compress_run(tmp_path)
 
 
-def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_compress_and_decompress(run, tmp_path, monkeypatch, capsys):
+def test_cli_compress_and_decompress(run, tmp_path, run_cli):
     run_dir, summary = run
     sfq, pt = tmp_path / "m.sfq", tmp_path / "m.pt"
-    code, out, err = _cli(
-        monkeypatch, capsys, "compress", str(run_dir), "--out", str(sfq), "--json"
-    )
+    code, out, err = run_cli("compress", str(run_dir), "--out", str(sfq), "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["test_accuracy"] == pytest.approx(summary["test_accuracy"])
     assert 0 < report["raw"] < 32 and 0 < report["coded"] < 32
-    code, out, err = _cli(monkeypatch, capsys, "decompress", str(sfq), "--out", str(pt), "--json")
+    code, out, err = run_cli("decompress", str(sfq), "--out", str(pt), "--json")
     assert code == 0, err
     assert json.loads(out)["restored_test_accuracy"] == report["restored_test_accuracy"]
     restored = torch.load(pt, weights_only=False)
     assert all(torch.equal(restored[k], v) for k, v in decompress(sfq).items())
 
     sfq.write_bytes(sfq.read_bytes()[:-1])
-    code, out, err = _cli(monkeypatch, capsys, "decompress", str(sfq))
+    code, out, err = run_cli("decompress", str(sfq))
     assert code == 2 and err.strip().count("\n") == 0
     assert err.startswith(f"error: compressed model {sfq} is corrupt or truncated")
