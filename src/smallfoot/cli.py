@@ -967,6 +967,96 @@ def memory(
     )
 
 
+# -- compress / decompress (issue 19): a self-contained block -------------------------------
+@app.command()
+def compress(
+    run_dir: Path = typer.Argument(..., help="Run directory (with checkpoint.pt) to compress."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Compressed file to write. [default: RUN_DIR/model.sfq]"
+    ),
+    c: int = typer.Option(6, "--c", help="Quantisation floor c: N = round(H) + c bits."),
+    m: int = typer.Option(4, "--m", help="Bits M of the entropy estimate."),
+    fraction: float = typer.Option(0.03, "--fraction", help="Share F of values sampled for H."),
+    bits: int | None = typer.Option(None, "--bits", help="A fixed N for every layer instead."),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Test accuracy of the float32 and restored model."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Compress a run's trained model with the thesis' entropy-coded quantisation (ch. 3)."""
+    from smallfoot.compress import CodecConfig
+    from smallfoot.compress.checkpoint import compress_run, decompress, model_accuracy, run_config
+
+    report = compress_run(run_dir, out, CodecConfig(c=c, m=m, fraction=fraction, bits=bits))
+    if evaluate:
+        config = run_config(report["path"])
+        checkpoint = torch_load_model(run_dir / "checkpoint.pt")
+        report["test_accuracy"] = model_accuracy(config, checkpoint)
+        report["restored_test_accuracy"] = model_accuracy(config, decompress(report["path"]))
+    if as_json:
+        print_json(report)
+        return
+    print_compression(report, f"smallfoot compress {run_dir}")
+
+
+@app.command()
+def decompress(
+    path: Path = typer.Argument(..., help="Compressed model file (from smallfoot compress)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="State dict to write. [default: model.pt beside the file]"
+    ),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Test accuracy of the restored model."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Restore a compressed model to a state dict (usable as `smallfoot train --init`)."""
+    from smallfoot._io import save_checked
+    from smallfoot.compress.checkpoint import decompress as restore
+    from smallfoot.compress.checkpoint import model_accuracy, run_config
+
+    state = restore(path)
+    target = out if out is not None else path.with_name("model.pt")
+    save_checked(state, target)
+    report: dict[str, Any] = {"path": str(target), "tensors": len(state)}
+    if evaluate:
+        report["restored_test_accuracy"] = model_accuracy(run_config(path), state)
+    if as_json:
+        print_json(report)
+        return
+    print_compression(report, f"smallfoot decompress {path}")
+
+
+def torch_load_model(path: Path) -> dict[str, Any]:
+    """The model state dict of a verified ``checkpoint.pt``."""
+    from smallfoot._io import load_checked
+
+    return load_checked(path, "checkpoint")["model"]
+
+
+def print_compression(report: dict[str, Any], title: str) -> None:
+    """Print what compress/decompress measured as a two-column table."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    if "values" in report:
+        table.add_row("values (floating point)", f"{report['values']:,}")
+        table.add_row(
+            "size", f"{report['bytes']:,} bytes (float32: {report['float32_bytes']:,} bytes)"
+        )
+        table.add_row(
+            "bits per parameter",
+            f"{report['raw']:.2f} quantised (N), {report['coded']:.2f} entropy-coded, "
+            f"{report['file']:.2f} whole file",
+        )
+    if "test_accuracy" in report:
+        table.add_row("test accuracy (float32)", _pct(report["test_accuracy"]))
+    if "restored_test_accuracy" in report:
+        table.add_row("test accuracy (restored)", _pct(report["restored_test_accuracy"]))
+    table.add_row("written", report["path"])
+    console.print(table)
+
+
 @app.command()
 def bench(
     name: str | None = typer.Argument(None, help="Benchmark name; omit to list them."),
