@@ -235,6 +235,7 @@ _BUILTIN_MODULES: list[str] = [
     "smallfoot.subspace.method",
     "smallfoot.reversible.method",
     "smallfoot.peers",
+    "smallfoot.distributed.partition_method",
 ]
 
 
