@@ -527,21 +527,18 @@ class PartitionWorker:
         """One schedule epoch: train (``train``), run as a frozen feednet (``feed``) or wait
         for the partitions below to finish theirs (``wait``, relaying their heartbeats)."""
         before = (self.clock.busy, self.clock.waiting)
+        forwarder = Forwarder(self.options, self.index, self.config.batch_size, self.config.seed)
+        out = self.outbox if forward else None
         if mode == "wait":
             kind, _, _, _ = self.inbox.receive()
             if kind != WAIT:
                 raise TrainingError(f"partition {self.index + 1}: expected a heartbeat")
             self.inbox.ack()
-            if self.outbox is not None:
-                self.outbox.send(WAIT, position)
-                self.outbox.drain()
-            return
-        forwarder = Forwarder(self.options, self.index, self.config.batch_size, self.config.seed)
-        out = self.outbox if forward else None
+            out = None
         torch.manual_seed(self.config.seed * 1_000_003 + position)  # dropout replays on resume
         self.net.train(mode == "train")
         total_loss, correct, seen = 0.0, 0, 0
-        for x, y in self.batches(position):
+        for x, y in self.batches(position) if mode != "wait" else ():
             start = time.perf_counter()
             if mode == "train":
                 self.optimizer.zero_grad(set_to_none=True)
@@ -739,6 +736,8 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
             },
             worker.directory() / "final.pt",
         )
+        atomic_torch_save(record, worker.directory() / "record.pt")
+        dist.barrier()  # every partition's final.pt exists before anyone assembles
         return record
     finally:
         dist.destroy_process_group()
@@ -790,3 +789,71 @@ def assemble_partitions(model: nn.Module, parts: list[Partition], run_dir: Path)
         state = torch.load(path, map_location="cpu", weights_only=False)
         part.body.load_state_dict(state["body"])
         part.decision.load_state_dict(state["decision"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun --nproc-per-node P -m smallfoot.distributed.partition RUN_DIR [--resume]``:
+    one partition per process on the run directory's ``config.toml``; rank 0 then assembles,
+    evaluates and writes ``summary.json``. Exit status 1 when a neighbour is lost, 2 on a user
+    error; the error is one line on stderr."""
+    import argparse
+
+    from smallfoot.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m smallfoot.distributed.partition")
+    parser.add_argument("run_dir", help="run directory holding config.toml")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    try:
+        config = load_config(run_dir / "config.toml")
+        start = time.perf_counter()
+        record = train_partition(config, run_dir, args.resume)
+        if int(os.environ.get("RANK", "0")) == 0:
+            finish_on_rank_zero(config, run_dir, args.resume, time.perf_counter() - start)
+    except PartitionLost:
+        return 1  # train_partition printed the line
+    except SmallfootError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0 if record is not None else 1
+
+
+def finish_on_rank_zero(config, run_dir: Path, resume: bool, seconds: float) -> dict[str, Any]:
+    """Assemble and evaluate a pipeline trained under torchrun; writes and returns the summary
+    (the records come from every partition's last checkpoint)."""
+    from smallfoot._io import atomic_write_json
+    from smallfoot.methods import RunContext, get_method
+    from smallfoot.train.run import load_run_data, run_summary, seed_everything
+
+    method = get_method(config.method, config.method_options)
+    seed_everything(config.seed)
+    train_set, test_set, data_record = load_run_data(config)
+    ctx = RunContext(config, method.options, train_set, test_set, run_dir, "cpu", resume)
+    records = []
+    for index in range(method.options.partitions):
+        directory = run_dir / f"partition-{index + 1}"
+        records.append(torch.load(directory / "record.pt", weights_only=False))
+    outcome = method.finish(ctx, records)
+    summary = {
+        **run_summary(
+            config,
+            method.model_name(ctx),
+            (train_set, test_set),
+            outcome.metrics,
+            config.epochs,
+            seconds,
+            outcome.model,
+            "cpu",
+            run_dir,
+            resumed=resume,
+            data_record=data_record,
+        ),
+        **outcome.extra,
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -92,6 +92,17 @@ class Partitionwise(Method):
             raise ConfigError("partition-wise training needs a run directory")
         reports = partition_reports(self, ctx) if ctx.config.measure_memory else None
         records = launch_partitions(ctx.config, ctx.run_dir, ctx.resume)
+        return self.finish(ctx, records, reports)
+
+    def finish(
+        self,
+        ctx: RunContext,
+        records: list[dict[str, Any]],
+        reports: list[MemoryReport] | None = None,
+    ) -> TrainOutcome:
+        """Assemble the trained partitions (their ``final.pt``) into one model, save it as
+        ``model.pt`` (state dict + model name), evaluate it and every partition's decision
+        block, and merge the partitions' ``metrics.jsonl``."""
         torch.manual_seed(ctx.config.seed)
         model = self.build_model(ctx)
         if ctx.config.init:
