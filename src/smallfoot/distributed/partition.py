@@ -725,7 +725,9 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
         start = torch.tensor([resume_position(run_dir, world) if resume else 0])
         dist.all_reduce(start, op=dist.ReduceOp.MIN)
         try:
+            begin = time.perf_counter()
             record = worker.run(int(start))
+            record["seconds"] = time.perf_counter() - begin
         except PartitionLost as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             raise
