@@ -57,6 +57,8 @@ def test_schedules_bottom_up_and_round_robin_follow_algorithm_4():
     assert phases(PartitionOptions(schedule="bottom-up"), 3) == [(0, 3), (1, 3)]
     robin = PartitionOptions(schedule="round-robin", robin_epochs=10)
     assert phases(robin, 25) == [(0, 10), (1, 10), (0, 10), (1, 10), (0, 5), (1, 5)]
+    with pytest.raises(ConfigError, match="use it with --schedule bottom-up or round-robin"):
+        PartitionOptions(feed="checkpoint").validate()
 
 
 class _Sent:
@@ -200,9 +202,10 @@ def _prepare(tmp_path, name: str, **kwargs) -> Path:
 
 @pytest.mark.slow
 def test_a_killed_partition_is_named_by_the_other_and_the_pipeline_resumes(tmp_path):
-    """Round-robin (algorithm 4), one epoch per visit: partition 2 waits while 1 trains."""
-    options = {"schedule": "round-robin", "robin_epochs": 1, "delay": 0.02}
-    run_dir = _prepare(tmp_path, "run", epochs=2, **options)
+    """Round-robin (algorithm 4), two epochs per visit, feature checkpoints: partition 2 waits
+    while 1 trains, then trains on what 1 fed it and replays it while 1 rests."""
+    options = {"schedule": "round-robin", "robin_epochs": 2, "feed": "checkpoint", "delay": 0.02}
+    run_dir = _prepare(tmp_path, "run", epochs=4, **options)
     procs = _start(run_dir)
     try:
         checkpoint = run_dir / "partition-2" / "epoch-1" / "checkpoint.pt"
@@ -231,10 +234,15 @@ def test_a_killed_partition_is_named_by_the_other_and_the_pipeline_resumes(tmp_p
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed"] and summary["test_accuracy"] > 0.8
     records = summary["partitionwise"]["partitions"]
-    assert [r["epochs_trained"] for r in records] == [2, 2]
+    assert [r["epochs_trained"] for r in records] == [4, 4]
     lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     modes = {p: [m["mode"] for m in lines if m["partition"] == p] for p in (1, 2)}
-    assert modes == {1: ["train", "feed", "train", "feed"], 2: ["wait", "train", "wait", "train"]}
+    assert modes == {
+        1: ["train", "train", "feed", "wait"] * 2,
+        2: ["wait", "wait", "train", "replay"] * 2,
+    }
+    second = [m for m in lines if m["partition"] == 2]
+    assert second[3]["images"] == second[2]["images"] == lines[4]["forwarded"] > 0
 
 
 @pytest.mark.slow

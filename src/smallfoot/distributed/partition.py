@@ -18,6 +18,9 @@ works on batch ``t`` while ``i + 1`` trains on ``t - 1``; features are those of 
 training forward pass), ``bottom-up`` (partition 0 trains all its epochs, then serves as a
 frozen feednet for partition 1, ...) and ``round-robin`` (thesis algorithm 4: rounds over
 the partitions, ``robin_epochs`` epochs per visit, the lower partitions frozen feednets).
+With ``feed="checkpoint"`` (the thesis' alternative to a feednet) the trained partition keeps
+in RAM what arrives in the first epoch of a visit and replays it for the visit's other epochs
+while the partitions below rest.
 Filtering at a boundary (section 6.8.2): ``loss`` drops the lowest-loss ``filter_fraction``
 of every batch a partition forwards (loss of its decision block); ``k`` k-filters blocks of
 ``k_batch`` forwarded samples in the boundary's representation
@@ -89,6 +92,13 @@ class PartitionOptions:
     robin_epochs: int = field(
         default=10, metadata={"help": "epochs per partition per round (round-robin)"}
     )
+    feed: Literal["feednet", "checkpoint"] = field(
+        default="feednet",
+        metadata={
+            "help": "bottom-up/round-robin: the partitions below feed every epoch (feednet) or "
+            "once per visit, kept in RAM by the trained partition (checkpoint)"
+        },
+    )
     lr_factor: float = field(
         default=0.5, metadata={"help": "learning rate of partition i: lr * lr_factor**i"}
     )
@@ -153,6 +163,11 @@ class PartitionOptions:
             raise ConfigError(f"--k must be >= 1 and --k-batch >= 2, got {self.k}, {self.k_batch}")
         if self.filter_from < 1:
             raise ConfigError(f"--filter-from is a 1-based epoch, got {self.filter_from}")
+        if self.feed == "checkpoint" and self.schedule == "concurrent":
+            raise ConfigError(
+                "--feed checkpoint replays features within a visit of a partition; use it with "
+                "--schedule bottom-up or round-robin"
+            )
         if self.timeout <= 0 or self.delay < 0:
             raise ConfigError("--timeout must be positive and --delay at least 0")
 
@@ -475,6 +490,7 @@ class PartitionWorker:
         )
         self.phases = phases(options, epochs)
         self.position = 0  # schedule epochs done
+        self.kept: ArrayDataset | None = None  # features kept for replay (--feed checkpoint)
         self.epochs_trained = 0
         self.history: list[dict[str, Any]] = []
 
@@ -488,25 +504,41 @@ class PartitionWorker:
         if resume_at:
             self.load(resume_at)
         flat = [(trainee, p) for p, (trainee, n) in enumerate(self.phases) for _ in range(n)]
-        for position in range(self.position, len(flat)):
-            trainee, _ = flat[position]
+        first = self.position
+        for position in range(first, len(flat)):
+            trainee, phase = flat[position]
+            # feature checkpoints: after the first epoch of a visit (or of this process) the
+            # trained partition replays what it kept; the partitions below it rest
+            replay = (
+                self.options.feed == "checkpoint"
+                and bool(trainee)  # partition 1 reads the data itself
+                and position > first
+                and flat[position - 1][1] == phase
+            )
             if trainee is None or trainee == self.index:
                 mode = "train"
+            elif self.index < trainee:
+                mode = "wait" if replay else "feed"
             else:
-                mode = "feed" if self.index < trainee else "wait"
-            self.run_epoch(position, mode, forward=trainee is None or self.index < trainee)
+                mode = "wait"
+            forward = trainee is None or (self.index < trainee and not replay)
+            self.run_epoch(position, mode, forward, replay and trainee == self.index)
             self.position = position + 1
             self.save()
         for work in self.inbox.credits if self.inbox else []:
             work.wait()
         return self.record()
 
-    def batches(self, position: int):
-        """Partition 0: its loader's batches of this epoch; the others: what arrives until END."""
-        if self.inbox is None:
-            augment = default_augment(self.train_set.input_shape) if self.config.augment else None
+    def batches(self, position: int, replay: bool = False, keep: bool = False):
+        """Partition 0: its loader's batches of this epoch; the others: what arrives until END
+        (kept for replay with ``keep``), or with ``replay`` the kept features."""
+        if self.inbox is None or replay:
+            dataset = self.kept if replay else self.train_set
+            augment = None
+            if self.config.augment and not replay:
+                augment = default_augment(dataset.input_shape)
             loader = BatchLoader(
-                self.train_set,
+                dataset,
                 self.config.batch_size,
                 shuffle=True,
                 seed=self.config.seed,
@@ -515,30 +547,41 @@ class PartitionWorker:
             for x, y in loader.epoch(position):
                 yield x, y
             return
+        xs, ys = [], []
         while True:
             kind, _, x, y = self.inbox.receive()
             if kind == END:
                 self.inbox.ack()
+                if keep and ys:
+                    self.kept = ArrayDataset(
+                        torch.cat(xs), torch.cat(ys), self.train_set.num_classes, "features"
+                    )
                 return
+            if keep:
+                xs.append(x)
+                ys.append(y)
             yield x, y
             self.inbox.ack()
 
-    def run_epoch(self, position: int, mode: str, forward: bool) -> None:
-        """One schedule epoch: train (``train``), run as a frozen feednet (``feed``) or wait
-        for the partitions below to finish theirs (``wait``, relaying their heartbeats)."""
+    def run_epoch(self, position: int, mode: str, forward: bool, replay: bool = False) -> None:
+        """One schedule epoch: train (``train``; with ``replay`` on the kept features), run
+        as a frozen feednet (``feed``) or wait for the partitions below to finish theirs
+        (``wait``, relaying their heartbeats)."""
         before = (self.clock.busy, self.clock.waiting)
         forwarder = Forwarder(self.options, self.index, self.config.batch_size, self.config.seed)
         out = self.outbox if forward else None
-        if mode == "wait":
+        if (mode == "wait" or replay) and self.inbox is not None:
             kind, _, _, _ = self.inbox.receive()
             if kind != WAIT:
                 raise TrainingError(f"partition {self.index + 1}: expected a heartbeat")
             self.inbox.ack()
+        if mode == "wait":
             out = None
         torch.manual_seed(self.config.seed * 1_000_003 + position)  # dropout replays on resume
         self.net.train(mode == "train")
         total_loss, correct, seen = 0.0, 0, 0
-        for x, y in self.batches(position) if mode != "wait" else ():
+        keep = mode == "train" and self.options.feed == "checkpoint" and not replay
+        for x, y in self.batches(position, replay, keep) if mode != "wait" else ():
             start = time.perf_counter()
             if mode == "train":
                 self.optimizer.zero_grad(set_to_none=True)
@@ -582,7 +625,7 @@ class PartitionWorker:
         line = {
             "partition": self.index + 1,
             "epoch": position + 1,
-            "mode": mode,
+            "mode": "replay" if replay else mode,
             "images": seen if mode == "train" else None,
             "train_loss": total_loss / seen if seen else None,
             "train_accuracy": correct / seen if seen else None,
