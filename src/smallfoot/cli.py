@@ -389,7 +389,7 @@ def train(
 ):
     """Train a model with a method; writes a run directory and prints a summary."""
     from smallfoot.config import RunConfig
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     if nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {nproc}")
@@ -643,8 +643,8 @@ def compare(
 ):
     """Train one dataset/model with the baseline and every method; print one table, save one
     plot. Takes the run flags of `train`; method options follow as --flags."""
-    from smallfoot.compare import compare_methods, plot_comparison
     from smallfoot.methods import list_methods
+    from smallfoot.runner.compare import compare_methods, plot_comparison
 
     if plot is not None:
         check_writable(plot, "--plot")
@@ -820,7 +820,7 @@ def fit(
     """Fit an MLP in closed form (Platonic projections, no gradients); writes a run directory
     whose model.pt initialises `smallfoot train --model mlp --init`."""
     from smallfoot.config import RunConfig
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     layer_widths = parse_positive_ints(widths, "--widths", "784,392")
     names = targets.split(",")
@@ -903,7 +903,7 @@ def memory(
     import time
 
     from smallfoot.memory import plot_timeline, save_timeline
-    from smallfoot.memory.configured import configured_step, dataset_input
+    from smallfoot.runner.step import dataset_input, method_step_memory
 
     if dataset is not None:
         if input_shape is not None or classes is not None:
@@ -918,7 +918,7 @@ def memory(
         if path is not None:
             check_writable(path, flag)
     start = time.perf_counter()
-    report = configured_step(
+    report = method_step_memory(
         model,
         parse_input_shape(input_shape),
         batch_size,

@@ -25,7 +25,7 @@ from smallfoot.distributed.partition import (
 from smallfoot.errors import ConfigError
 from smallfoot.methods import load_initial_weights
 from smallfoot.models import build_model
-from smallfoot.train.run import load_run_data, run_training
+from smallfoot.runner.run import load_run_data, run_training
 from smallfoot.train.trainer import TrainConfig, Trainer
 
 from .conftest import free_port

@@ -31,7 +31,7 @@ from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.averaging import CompressedAveraging
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
-from smallfoot.train.run import (
+from smallfoot.runner.run import (
     load_run_data,
     new_run_dir,
     resolve_device,

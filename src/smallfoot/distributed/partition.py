@@ -730,7 +730,7 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
     or by ``torchrun`` (reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Trains, saves
     ``partition-<i>/final.pt`` (units and decision block) and returns the partition's record."""
     from smallfoot.methods import RunContext, get_method, load_initial_weights
-    from smallfoot.train.run import load_run_data, seed_everything
+    from smallfoot.runner.run import load_run_data, seed_everything
 
     method = get_method(config.method, config.method_options)
     options = method.options
@@ -869,7 +869,7 @@ def finish_on_rank_zero(config, run_dir: Path, resume: bool, seconds: float) -> 
     (the records come from every partition's last checkpoint)."""
     from smallfoot._io import atomic_write_json
     from smallfoot.methods import RunContext, get_method
-    from smallfoot.train.run import load_run_data, run_summary, seed_everything
+    from smallfoot.runner.run import load_run_data, run_summary, seed_everything
 
     method = get_method(config.method, config.method_options)
     seed_everything(config.seed)

@@ -72,7 +72,7 @@ class Partitionwise(Method):
 
     def check_run(self, ctx: RunContext) -> None:
         """Refuse a model that cannot be split as asked, or a device other than the CPU."""
-        from smallfoot.train.run import resolve_device
+        from smallfoot.runner.run import resolve_device
 
         if resolve_device(ctx.config.device) != "cpu":
             raise ConfigError(

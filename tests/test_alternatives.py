@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from smallfoot.alternatives import OFFLOAD_CPU_NOTE, CheckpointSequential, Offloaded, checkpointed
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
 from smallfoot.memory import measure
 from smallfoot.methods import get_method
-from smallfoot.peers import OFFLOAD_CPU_NOTE, CheckpointSequential, Offloaded, checkpointed
-from smallfoot.train.run import run_training
+from smallfoot.runner.run import run_training
 
 
 def net():
