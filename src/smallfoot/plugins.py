@@ -18,6 +18,7 @@ TECHNIQUE_MODULES: tuple[str, ...] = (
     "smallfoot.subspace.method",
     "smallfoot.reversible.method",
     "smallfoot.alternatives",
+    "smallfoot.distributed.partition_method",
 )
 
 _loaded = False
