@@ -3,10 +3,10 @@
 The public pieces live in sub-packages: ``smallfoot.data``, ``smallfoot.models``,
 ``smallfoot.train``, ``smallfoot.memory``, ``smallfoot.methods`` and one package per
 technique (``smallfoot.reversible``, ``smallfoot.lowrank``, ...). ``smallfoot.plan(model,
-example_input, budget)`` answers which of them train a model in a memory budget (the module's
-other names: ``from smallfoot.plan import verify, Plan, ...``).
+example_input, budget)`` answers which of them train a model in a memory budget (the module
+``smallfoot.plan`` is callable as its function ``plan``).
 """
 
 __version__ = "0.1.0"
 
-from smallfoot.plan import plan as plan  # noqa: E402  (after __version__, which it reads)
+from smallfoot import plan as plan  # noqa: E402  (a callable module; after __version__)

@@ -18,7 +18,9 @@ import json
 import math
 import os
 import re
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,11 +444,17 @@ def _evidence(methods: list[str], claims: dict[str, Any]) -> list[dict]:
                     "comparison": claim.comparison,
                     "target": target,
                     "met": claim.met,
-                    "datasets": [d for d in datasets if d.lower() in text],
+                    "datasets": [d for d in datasets if _names(d, text)],
                     "claim_text": claim.claim,
                 }
             )
     return evidence
+
+
+def _names(dataset: str, text: str) -> bool:
+    """Whether ``text`` (lower case) names ``dataset`` as a whole word (mnist is not named by
+    fashion-mnist)."""
+    return re.search(rf"(?<![\w-]){re.escape(dataset.lower())}(?![\w-])", text) is not None
 
 
 def plan(
@@ -701,3 +709,14 @@ def verify_plan(
             "report it with this command"
         )
     return result
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`plan`: ``smallfoot.plan(model, example_input, budget)``
+    is the library call while ``smallfoot.plan.verify_plan`` etc. stay reachable."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Plan:
+        return plan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
