@@ -1095,8 +1095,8 @@ def torch_cuda_available() -> bool:
 
 
 def print_plan(result, where: str) -> None:
-    """Print a :class:`smallfoot.plan.Plan`: the candidates that fit, ranked, then why each
-    other one does not."""
+    """Print a :class:`smallfoot.plan.Plan` (at the table's full width): the candidates that
+    fit, ranked, then why each other one does not."""
     from smallfoot.plan import format_bytes
 
     title = (
@@ -1105,45 +1105,39 @@ def print_plan(result, where: str) -> None:
         f"{result.seconds:.1f} s"
     )
     table = Table(title=title)
-    for column in (
-        "#",
-        "candidate",
-        "flags",
-        "est. peak",
-        "overhead",
-        "s/step",
-        "accuracy evidence",
-    ):
-        table.add_column(column, overflow="fold")
+    for column in ("#", "candidate", "est. peak", "overhead", "s/step", "accuracy evidence"):
+        table.add_column(column)
     fits = [c for c in result.candidates if c.fits]
     for rank, c in enumerate(fits, start=1):
         overhead = f"{c.time_overhead:+.0%}" if c.time_overhead is not None else "-"
         seconds = f"{c.seconds_per_step:.2f}" if c.seconds_per_step is not None else "-"
         table.add_row(
-            str(rank), c.name, c.command_flags(), format_bytes(c.estimated_peak), overhead,
-            seconds, _evidence_text(c.accuracy_evidence),
+            str(rank), c.name, format_bytes(c.estimated_peak), overhead, seconds,
+            _evidence_text(c.accuracy_evidence),
         )  # fmt: skip
-    console.print(table)
+    width = Console(width=500).measure(table).maximum
+    wide = console if console.is_terminal and console.width >= width else Console(width=width)
+    wide.print(table)
     others = [c for c in result.candidates if not c.fits]
     if others:
-        console.print("does not fit:")
+        wide.print("does not fit:")
         for c in others:
-            console.print(f"  {c.name}: {c.reason}")
+            wide.print(f"  {c.name}: {c.reason}")
     console.print(f"[dim]{result.timing}[/dim]")
     if result.chosen is not None:
-        console.print(f"chosen: {result.chosen.name} ({result.chosen.command_flags()})")
+        wide.print(f"chosen: {result.chosen.name} ({result.chosen.command_flags()})")
 
 
 def _evidence_text(evidence: list[dict[str, Any]]) -> str:
     parts = []
     for item in evidence:
         if "construction" in item:
-            parts.append("exact gradients by construction" if "plain back" in item["construction"]
-                         else item["construction"])  # fmt: skip
+            parts.append(item["summary"])
         else:
             met = "met" if item["met"] else "not met"
             where = f", {'/'.join(item['datasets'])}" if item["datasets"] else ""
-            parts.append(f"{item['claim']}: {item['measured']:g} {item['unit']} ({met}{where})")
+            figure = f"{item['measured']:.3g} {item['unit']}".strip()
+            parts.append(f"{item['claim']} {figure} ({met}{where})")
     return "; ".join(parts) or "-"
 
 

@@ -57,10 +57,15 @@ TIMING_BATCH = 2
 TIMING_STEPS = 2
 """Timed real steps per candidate (after one untimed warm-up step); the fastest counts."""
 
+TIE_MARGIN = 0.1
+"""Time overheads are ranked to the nearest this fraction; ties keep the candidates' order."""
+
 TIMING_NOTE = (
     f"time per step: the fastest of {TIMING_STEPS} real steps (after one warm-up) at batch "
     f"{TIMING_BATCH}, image sides halved while above 128 px, scaled linearly in samples and "
-    "pixels; overhead = candidate / baseline - 1. Micro-batches take the baseline's time per "
+    f"pixels; overhead = candidate / baseline - 1, ranked to the nearest {TIE_MARGIN:.0%} (ties: "
+    "baseline, micro-batches, checkpointing, reversible, Facto, layer-wise). Micro-batches take "
+    "the baseline's time per "
     "sample (the linear model ignores what smaller batches lose in efficiency); staged "
     "methods are not timed"
 )
@@ -73,15 +78,23 @@ EVIDENCE_CLAIMS = {
     "reversible": ("reversible.exact_gradients", "reversible.hybrid_time"),
 }
 
-# methods whose gradients are those of plain backprop by construction
+# methods whose gradients are those of plain backprop by construction: (summary, why)
 EXACT_BY_CONSTRUCTION = {
-    "baseline": "plain backpropagation: the reference",
-    "checkpoint": "recomputes the same forward (same RNG state, batch-norm statistics kept): "
-    "the gradients of plain backpropagation",
-    "offload": "saved tensors copied out and back unchanged: the gradients of plain "
-    "backpropagation",
-    "accumulate": "the full batch's gradient of a batch-mean loss; batch-norm statistics are "
-    "those of each micro-batch",
+    "baseline": ("reference", "plain backpropagation: the reference"),
+    "checkpoint": (
+        "exact gradients",
+        "recomputes the same forward (same RNG state, batch-norm statistics kept): the "
+        "gradients of plain backpropagation",
+    ),
+    "offload": (
+        "exact gradients",
+        "saved tensors copied out and back unchanged: the gradients of plain backpropagation",
+    ),
+    "accumulate": (
+        "exact; BN per micro-batch",
+        "the full batch's gradient of a batch-mean loss; batch-norm statistics are those of "
+        "each micro-batch",
+    ),
 }
 
 
@@ -428,7 +441,8 @@ def _evidence(methods: list[str], claims: dict[str, Any]) -> list[dict]:
     evidence: list[dict] = []
     for method in methods:
         if method in EXACT_BY_CONSTRUCTION:
-            evidence.append({"method": method, "construction": EXACT_BY_CONSTRUCTION[method]})
+            summary, why = EXACT_BY_CONSTRUCTION[method]
+            evidence.append({"method": method, "summary": summary, "construction": why})
         for claim_id in EVIDENCE_CLAIMS.get(method, ()):
             claim = claims.get(claim_id)
             if claim is None:
@@ -543,11 +557,11 @@ def plan(
         _candidate(spec, estimates[spec], times.get(spec), base_time, budget, claims)
         for spec in specs
     ]
-    # ties (the baseline and micro-batches under the linear time model) keep the order of
-    # the specs: the baseline first, then fewer micro-batches
+    # overheads count to the nearest TIE_MARGIN (what repeated timings on a loaded machine
+    # differ by); ties keep the order of the specs: baseline, micro-batches, checkpointing...
     fit = sorted(
         (c for c in candidates if c.fits),
-        key=lambda c: (c.time_overhead is None, c.time_overhead or 0.0),
+        key=lambda c: (c.time_overhead is None, round((c.time_overhead or 0.0) / TIE_MARGIN)),
     )
     rest = sorted(
         (c for c in candidates if not c.fits),
