@@ -1139,9 +1139,9 @@ def plan(
     ),
 ):
     """What fits a memory budget: every method configuration estimated, timed and ranked."""
-    from smallfoot.memory.configured import dataset_input
     from smallfoot.plan import default_cache_path, format_bytes, verify_plan
     from smallfoot.plan import plan as make_plan
+    from smallfoot.runner.step import dataset_input
 
     if dataset is not None:
         if input_shape is not None or classes is not None:
@@ -1196,7 +1196,7 @@ def plan(
         )
     if train:
         from smallfoot.config import RunConfig
-        from smallfoot.train import run_training
+        from smallfoot.runner import run_training
 
         config = RunConfig(
             dataset=dataset,
