@@ -5,16 +5,16 @@ import heapq
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
-
-from smallfoot.bench import compute_claims, get_benchmark
-from smallfoot.bench.compression import (
+from benchmarks.compression import (
     codec_rows,
     epoch_rows,
     huffman_bits,
     summary_rows,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smallfoot.bench import compute_claims, get_benchmark
 
 
 def _code_lengths(counts: list[int]) -> list[int]:

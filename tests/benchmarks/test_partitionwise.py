@@ -1,6 +1,6 @@
 """The partitionwise benchmark's claims are computed from its rows."""
 
-from smallfoot.bench.partitionwise import partitionwise_claims
+from benchmarks.partitionwise import partitionwise_claims
 
 
 def _row(label: str, seed: int, **figures) -> dict:
