@@ -89,18 +89,43 @@ def test_resolve_reference_rejects_non_callables(user_module):
         resolve_reference("user_nets:torch", "--model")  # a module is no builder
 
 
+ANY_MODULE = ["baseline", "accumulate", "checkpoint", "offload", "facto", "subspace", "layerwise"]
+"""Methods that train a user's module as it is (layer-wise: units from an nn.Sequential)."""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["baseline", "checkpoint", "facto"])
+@pytest.mark.parametrize("method", [*ANY_MODULE, "manifold"])
 def test_train_a_user_model_on_user_data_through_the_cli(user_module, run_cli, tmp_path, method):
     code, out, err = run_cli(
         "train", "--model", f"{user_module}:small_cnn", "--dataset", f"{user_module}:blobs",
-        "--method", method, "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
+        "--method", method, "--epochs", "3", "--batch-size", "16", "--lr", "0.05",
         "--no-progress", "--out-dir", str(tmp_path), "--run-name", method,
+        *(["--dim", "8"] if method == "subspace" else []),  # 12 samples from 90 images
     )  # fmt: skip
     assert code == 0, err
     summary = json.loads((tmp_path / method / "summary.json").read_text())
-    assert summary["model"] == f"{user_module}:small_cnn" and summary["method"] == method
+    # manifold swaps the head for its bottleneck cascade, and says so
+    suffix = "_bottleneck" if method == "manifold" else ""
+    assert summary["model"] == f"{user_module}:small_cnn{suffix}" and summary["method"] == method
     assert summary["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("reversible", "cannot make user_nets:small_cnn invertible"),
+        ("closedform", "fits the 'mlp'"),
+    ],
+)
+def test_methods_that_need_their_own_architecture_refuse_a_user_model(
+    user_module, run_cli, tmp_path, method, message
+):
+    code, _, err = run_cli(
+        "train", "--model", f"{user_module}:small_cnn", "--dataset", f"{user_module}:blobs",
+        "--method", method, "--out-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_memory_of_a_referenced_model_equals_the_same_module(user_module, run_cli):
