@@ -190,3 +190,17 @@ def test_conversion_runs_on_fake_tensors_for_estimates():
         convert(model, apply_ratio=1.0)
     scales = [m for m in model.modules() if isinstance(m, PooledScale)]
     assert scales and all(isinstance(m.weight, FakeTensor) for m in scales)
+
+
+@pytest.mark.parametrize("apply_ratio", [0.3, 0.6])
+def test_apply_ratio_counts_the_scaling_layers_of_a_fixup_resnet(apply_ratio):
+    model = build_model("fixup_resnet18", (3, 16, 16), 10, width=4)
+    rows = convert(model, apply_ratio=apply_ratio).layers
+    counted = [r for r in rows if r.kind in ("conv", "scale")]
+    converted = [r for r in counted if r.converted]
+    assert len(converted) == round(apply_ratio * len(counted))
+    assert {r.kind for r in converted} == {"conv", "scale"}
+    # input side first: the converted ones are the first after the input layer
+    assert [r.converted for r in counted] == [False] + [True] * len(converted) + [False] * (
+        len(counted) - 1 - len(converted)
+    )
