@@ -137,12 +137,13 @@ def test_paper_plan_refuses_short_runs_and_frt_epochs(tmp_path):
         get_method("facto", {"drops": "0.3,1.5"})
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize(("batch_norm", "compact"), [(False, True), (True, True), (True, False)])
 def test_summary_memory_names_the_phases_that_ran_and_what_batch_norm_keeps(
-    tmp_path, batch_norm, capsys
+    tmp_path, batch_norm, compact, capsys
 ):
     config = facto_config(tmp_path, epochs=2, measure_memory=True, progress=True)
     config.model_options = {**config.model_options, "batch_norm": batch_norm}
+    config.method_options = {**config.method_options, "compact_bn": compact}
     summary = run_training(config)
     memory = summary["memory"]
     stages = memory["stages"]
@@ -154,13 +155,20 @@ def test_summary_memory_names_the_phases_that_ran_and_what_batch_norm_keeps(
     if not batch_norm:
         assert memory["batchnorm_saved_activations"] == 0 and "facto_note" not in summary
         return
-    # each BN keeps at least its float32 input (B x C x H x W) of a batch of 16 8x8 images
+    # the BN inputs: B x C x H x W elements of a batch of 16 8x8 images; compacted BN layers
+    # keep one byte per element (+ two (C,) vectors each), the others their float32 input
     widths, sizes = (4, 8, 8, 8), (8 * 8, 4 * 4, 2 * 2, 2 * 2)
-    inputs = sum(16 * c * hw * 4 for c, hw in zip(widths, sizes, strict=True))
-    assert memory["batchnorm_saved_activations"] >= inputs
-    share = memory["batchnorm_saved_activations"] / memory["saved_activations"]
+    elements = sum(16 * c * hw for c, hw in zip(widths, sizes, strict=True))
+    kept = memory["batchnorm_saved_activations"]
+    if compact:
+        assert elements <= kept <= elements + 4 * 2 * 4 * 8
+        assert memory["batchnorm_full_inputs"] == 0
+    else:
+        assert kept >= 4 * elements and memory["batchnorm_full_inputs"] == kept
+    share = kept / memory["saved_activations"]
     assert memory["batchnorm_share"] == pytest.approx(share) and 0 < share < 1
     assert f"batch norm keeps {100 * share:.0f}% of the" in summary["facto_note"]
+    assert f"{memory['batchnorm_full_inputs']:,} of them are full inputs" in summary["facto_note"]
     assert summary["facto_note"] in printed
 
 

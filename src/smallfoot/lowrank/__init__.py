@@ -19,6 +19,8 @@ from smallfoot.lowrank.convert import (
     trainable_elements,
 )
 from smallfoot.lowrank.layers import (
+    CompactBatchNorm2d,
+    CompactBatchNormFunction,
     FactoConv2d,
     FactoConv2dFunction,
     FactoLinear,
@@ -32,6 +34,8 @@ from smallfoot.lowrank.layers import (
 from smallfoot.lowrank.schedule import FactoSchedule, decay_amount, drop_epochs, step_scheduler
 
 __all__ = [
+    "CompactBatchNorm2d",
+    "CompactBatchNormFunction",
     "Conversion",
     "FactoConv2d",
     "FactoConv2dFunction",

@@ -12,6 +12,7 @@ from torch import nn
 from smallfoot.config import apply_overrides
 from smallfoot.errors import ConfigError
 from smallfoot.lowrank.convert import Conversion, convert, factorized_layers, set_low_rank
+from smallfoot.lowrank.layers import CompactBatchNorm2d
 from smallfoot.lowrank.schedule import FactoSchedule, drop_epochs, step_scheduler
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, example_batch, register_method
@@ -68,6 +69,12 @@ class Facto(Method):
             default=True,
             metadata={"help": "eq. 14: W := W - lambda Omega, lambda = full-rank decay per step"},
         )
+        compact_bn: bool = field(
+            default=True,
+            metadata={
+                "help": "converted batch norms keep an int8 normalised input, not the float input"
+            },
+        )
 
         def validate(self) -> None:
             """Raise ``ConfigError`` for values outside their range or options of the other plan."""
@@ -110,7 +117,9 @@ class Facto(Method):
         full rank for the full-rank epochs."""
         model = super().build_model(ctx)
         o = self.options
-        self.conversion = convert(model, o.inr, o.kernel, o.apply_ratio, seed=ctx.config.seed)
+        self.conversion = convert(
+            model, o.inr, o.kernel, o.apply_ratio, seed=ctx.config.seed, batchnorm=o.compact_bn
+        )
         return model
 
     def make_optimizer(self, ctx: RunContext, model: nn.Module) -> torch.optim.Optimizer:
@@ -188,7 +197,8 @@ class Facto(Method):
         """The meter's step of each phase that ran (``stages``: peak, saved activations,
         optimizer state); the report itself is the low-rank phase's (``stage`` names it), or
         the full-rank one's when only that ran. ``batchnorm_saved_activations`` and
-        ``batchnorm_share``: what batch-norm layers keep of the reported saved bytes."""
+        ``batchnorm_share``: what batch-norm layers keep of the reported saved bytes;
+        ``batchnorm_full_inputs``: the part kept by layers not compacted (their float input)."""
         from smallfoot.memory import measure
 
         ran = {metrics.get("facto_phase") for metrics in trainer.history}
@@ -208,7 +218,7 @@ class Facto(Method):
             models["low-rank"] = trainer.model
         stage = "low-rank" if "low-rank" in reports else "full-rank"
         report = reports[stage]
-        kept, share = batchnorm_share(models[stage], report)
+        kept, share, full = batchnorm_share(models[stage], report)
         return {
             **report.to_dict(),
             "stage": stage,
@@ -222,6 +232,7 @@ class Facto(Method):
             },
             "batchnorm_saved_activations": kept,
             "batchnorm_share": share,
+            "batchnorm_full_inputs": full,
         }
 
     def train(self, ctx: RunContext) -> TrainOutcome:
@@ -238,7 +249,11 @@ class Facto(Method):
             print(outcome.extra["facto_schedule"]["text"], flush=True)
         memory = outcome.memory or {}
         if memory.get("batchnorm_saved_activations"):
-            note = batchnorm_note(memory["batchnorm_share"], memory["saved_activations"])
+            note = batchnorm_note(
+                memory["batchnorm_share"],
+                memory["saved_activations"],
+                memory["batchnorm_full_inputs"],
+            )
             outcome.extra["facto_note"] = note
             if ctx.config.progress:
                 print(note, flush=True)
@@ -279,22 +294,28 @@ def _epochs(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
 
 
-def batchnorm_share(model: nn.Module, report: MemoryReport) -> tuple[int, float]:
-    """``(bytes, share)``: the saved-activation bytes that ``model``'s batch-norm layers keep
-    in the meter's ``report`` (its ``by_module`` breakdown) and their share of all saved bytes."""
-    names = {
-        name
+def batchnorm_share(model: nn.Module, report: MemoryReport) -> tuple[int, float, int]:
+    """``(bytes, share, full)``: the saved-activation bytes that ``model``'s batch-norm layers
+    keep in the meter's ``report`` (its ``by_module`` breakdown), their share of all saved
+    bytes, and the bytes of those kept by layers that are not :class:`CompactBatchNorm2d`
+    (their full input)."""
+    norms = {
+        name: module
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
     }
-    kept = sum(v["saved_activations"] for k, v in report.by_module.items() if k in names)
-    return kept, kept / report.saved_activations if report.saved_activations else 0.0
+    saved = {k: v["saved_activations"] for k, v in report.by_module.items() if k in norms}
+    kept = sum(saved.values())
+    full = sum(v for k, v in saved.items() if not isinstance(norms[k], CompactBatchNorm2d))
+    share = kept / report.saved_activations if report.saved_activations else 0.0
+    return kept, share, full
 
 
-def batchnorm_note(share: float, saved: int) -> str:
-    """The one-line warning that batch norm keeps ``share`` of ``saved`` bytes."""
+def batchnorm_note(share: float, saved: int, full: int) -> str:
+    """The one-line note that batch norm keeps ``share`` of ``saved`` bytes, ``full`` of them
+    as full inputs of layers that are not compacted."""
     return (
         f"facto: batch norm keeps {100 * share:.0f}% of the {saved:,} saved-activation bytes "
-        "that remain (its full input, which Facto cannot compress); a model without batch "
-        "norm keeps only compressed state"
+        f"that remain; {full:,} of them are full inputs of batch norms left as they are "
+        "(outside the converted range, or --compact-bn false), the rest int8 normalised inputs"
     )
