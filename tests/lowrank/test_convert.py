@@ -4,6 +4,7 @@ from torch import nn
 
 from smallfoot.errors import ConfigError
 from smallfoot.lowrank import (
+    CompactBatchNorm2d,
     FactoConv2d,
     FactoLinear,
     MaskMaxPool2d,
@@ -16,6 +17,7 @@ from smallfoot.lowrank import (
     set_low_rank,
     trainable_elements,
 )
+from smallfoot.memory import measure
 from smallfoot.models import build_model
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -96,10 +98,32 @@ def test_fixup_scaling_layers_and_overlapping_pool():
     assert isinstance(model.maxpool, OffsetMaxPool2d)
 
 
-def test_batch_norm_is_reported_as_kept():
-    model = build_model("cnn4", (1, 16, 16), 10, widths=(4, 8, 8, 8))
-    rows = convert(model, apply_ratio=1.0).layers
-    assert any(r.kind == "batchnorm" and not r.converted for r in rows)
+def test_batch_norm_is_compacted_in_the_converted_range_only():
+    model = build_model("vgg11_bn", (3, 32, 32), 10, width=0.125)
+    rows = convert(model, apply_ratio=0.6).layers
+    weighted = [r for r in rows if r.kind in ("conv", "linear")]
+    last = max(i for i, r in enumerate(rows) if r.kind == "conv" and r.converted)
+    after = next(i for i, r in enumerate(rows) if i > last and r.kind == "conv")
+    norms = [(i, r) for i, r in enumerate(rows) if r.kind == "batchnorm"]
+    # each BN normalises the conv before it: compacted up to the one after the last converted
+    assert [r.converted for _, r in norms] == [i < after for i, _ in norms]
+    assert weighted[0].converted is False and norms[0][1].converted  # after the input layer
+    assert all(r.saved_ratio == 0.75 for _, r in norms if r.converted)
+    compact = [m for m in model.modules() if isinstance(m, CompactBatchNorm2d)]
+    assert len(compact) == sum(r.converted for _, r in norms)
+    kept = build_model("vgg11_bn", (3, 32, 32), 10, width=0.125)
+    rows = convert(kept, apply_ratio=0.6, batchnorm=False).layers
+    assert not any(r.converted for r in rows if r.kind == "batchnorm")
+
+
+def test_meter_sees_80_percent_fewer_saved_bytes_on_vgg11_bn():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(10, (4,))
+    before = measure(build_model("vgg11_bn", (3, 32, 32), 10), (x, y)).saved_activations
+    model = build_model("vgg11_bn", (3, 32, 32), 10)
+    convert(model)  # the defaults: INR 0.3, k 2, apply ratio 0.6
+    after = measure(model, (x, y)).saved_activations
+    assert 1 - after / before >= 0.8
 
 
 def test_full_rank_conversion_trains_w_and_switches():
@@ -190,3 +214,17 @@ def test_conversion_runs_on_fake_tensors_for_estimates():
         convert(model, apply_ratio=1.0)
     scales = [m for m in model.modules() if isinstance(m, PooledScale)]
     assert scales and all(isinstance(m.weight, FakeTensor) for m in scales)
+
+
+@pytest.mark.parametrize("apply_ratio", [0.3, 0.6])
+def test_apply_ratio_counts_the_scaling_layers_of_a_fixup_resnet(apply_ratio):
+    model = build_model("fixup_resnet18", (3, 16, 16), 10, width=4)
+    rows = convert(model, apply_ratio=apply_ratio).layers
+    counted = [r for r in rows if r.kind in ("conv", "scale")]
+    converted = [r for r in counted if r.converted]
+    assert len(converted) == round(apply_ratio * len(counted))
+    assert {r.kind for r in converted} == {"conv", "scale"}
+    # input side first: the converted ones are the first after the input layer
+    assert [r.converted for r in counted] == [False] + [True] * len(converted) + [False] * (
+        len(counted) - 1 - len(converted)
+    )

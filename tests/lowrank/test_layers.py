@@ -7,6 +7,8 @@ from torch import nn
 
 from smallfoot.errors import ConfigError, ShapeError
 from smallfoot.lowrank import (
+    CompactBatchNorm2d,
+    CompactBatchNormFunction,
     FactoConv2d,
     FactoLinear,
     MaskMaxPool2d,
@@ -15,7 +17,7 @@ from smallfoot.lowrank import (
     PooledScale,
     draw_direction,
 )
-from smallfoot.lowrank.layers import mean_pool, upsample
+from smallfoot.lowrank.layers import mean_pool, quantize_per_channel, upsample
 from smallfoot.models.fixup import Scale
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -274,3 +276,111 @@ def test_offset_max_pool_gives_exactly_max_pool_gradients(pool):
     assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
     nbytes, _ = saved_activation_bytes(lambda: offset(x))
     assert nbytes == y.numel()  # one uint8 per output element
+
+
+def batch_norm_pair(momentum=0.1, affine=True, seed=0):
+    """An ``nn.BatchNorm2d`` (float64, random affine parameters and running statistics) and
+    its compact copy."""
+    torch.manual_seed(seed)
+    plain = nn.BatchNorm2d(3, momentum=momentum, affine=affine).double()
+    with torch.no_grad():
+        for t in [*plain.parameters(), plain.running_mean]:
+            t.normal_()
+        plain.running_var.uniform_(0.5, 2.0)
+    return plain, CompactBatchNorm2d.from_batchnorm(plain)
+
+
+def bn_gradients(fn, x, params, grad_y):
+    x = x.clone().requires_grad_()
+    y = fn(x)
+    grads = torch.autograd.grad(y, [x, *params], grad_y)
+    return y.detach(), grads
+
+
+def test_compact_batch_norm_function_unquantised_equals_autograd():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 6, 7, dtype=torch.float64) * 3 + 1
+    weight = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    grad_y = torch.randn(5, 3, 6, 7, dtype=torch.float64)
+    stats = [torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)]
+    ref_stats = [t.clone() for t in stats]
+    y_ref, ref = bn_gradients(
+        lambda x: F.batch_norm(x, *ref_stats, weight, bias, True, 0.1, 1e-5),
+        x,
+        [weight, bias],
+        grad_y,
+    )
+    y, got = bn_gradients(
+        lambda x: CompactBatchNormFunction.apply(x, weight, bias, *stats, 0.1, 1e-5, False),
+        x,
+        [weight, bias],
+        grad_y,
+    )
+    torch.testing.assert_close(y, y_ref, **TOL)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    for a, b in zip(stats, ref_stats, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_quantisation_error_is_half_a_step():
+    torch.manual_seed(0)
+    z = torch.randn(4, 3, 5, 5, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]).view(
+        1, 3, 1, 1
+    )
+    q, scale = quantize_per_channel(z)
+    assert q.dtype == torch.int8 and q.shape == z.shape and scale.shape == (3,)
+    error = (q.double() * scale.view(1, 3, 1, 1) - z).abs().amax((0, 2, 3))
+    assert torch.all(error <= scale / 2 + 1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_compact_batch_norm_module_matches_nn_batch_norm(momentum):
+    plain, compact = batch_norm_pair(momentum)
+    torch.manual_seed(1)
+    for _ in range(2):  # running statistics: updated once per step, as nn.BatchNorm2d
+        x = torch.randn(6, 3, 5, 5, dtype=torch.float64) * 2 - 1
+        grad_y = torch.randn(6, 3, 5, 5, dtype=torch.float64)
+        params = [plain.weight, plain.bias]
+        y_ref, ref = bn_gradients(plain, x, params, grad_y)
+        y, got = bn_gradients(compact, x, [compact.weight, compact.bias], grad_y)
+        torch.testing.assert_close(y, y_ref, **TOL)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(compact, name), getattr(plain, name), **TOL)
+        # int8 x_hat: the bias gradient is exact, the others within a percent
+        grad_x, grad_w, grad_b = got
+        torch.testing.assert_close(grad_b, ref[2], **TOL)
+        assert (grad_w - ref[1]).norm() <= 0.01 * ref[1].norm()
+        assert (grad_x - ref[0]).norm() <= 0.01 * ref[0].norm()
+        assert (grad_x - ref[0]).norm() > 0  # it is the quantised path
+    # evaluation: running statistics, nothing updated; no_grad training: updated once
+    plain.eval(), compact.eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(compact(x), plain(x), **TOL)
+    torch.testing.assert_close(compact.running_mean, plain.running_mean, **TOL)
+    plain.train(), compact.train()
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), plain(x), **TOL)
+    torch.testing.assert_close(compact.running_var, plain.running_var, **TOL)
+    assert int(compact.num_batches_tracked) == int(plain.num_batches_tracked) == 3
+
+
+def test_compact_batch_norm_keeps_one_byte_per_element():
+    plain, compact = batch_norm_pair()
+    x = torch.randn(8, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    buffers = [*compact.parameters(), *compact.buffers()]
+    kept, _ = saved_activation_bytes(lambda: compact(x), x, *buffers)
+    assert x.numel() <= kept <= x.numel() + 64  # int8 x_hat + two (C,) float64 vectors
+    full, _ = saved_activation_bytes(lambda: plain(x), x, *plain.parameters(), *plain.buffers())
+    compact.set_low_rank(False)  # full-rank mode is nn.BatchNorm2d
+    assert saved_activation_bytes(lambda: compact(x), x, *buffers)[0] == full
+
+
+def test_compact_batch_norm_without_affine_parameters():
+    plain, compact = batch_norm_pair(affine=False)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    grad_y = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    (ref,) = bn_gradients(plain, x, [], grad_y)[1]
+    (got,) = bn_gradients(compact, x, [], grad_y)[1]
+    assert (got - ref).norm() <= 0.01 * ref.norm()

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -23,7 +24,13 @@ def facto_config(tmp_path, **overrides):
         measure_memory=False,
         model_options={"widths": [4, 8, 8, 8], "batch_norm": False},
         data_options={"shape": [1, 8, 8], "num_classes": 3, "size": 48},
-        method_options={"inr": 0.5, "kernel": 2, "apply_ratio": 1.0, "frt_epochs": 1},
+        method_options={
+            "inr": 0.5,
+            "kernel": 2,
+            "apply_ratio": 1.0,
+            "lr_plan": "switch",
+            "frt_epochs": 1,
+        },
     )
     values.update(overrides)
     return RunConfig(**values)
@@ -82,16 +89,62 @@ def test_too_few_epochs_are_refused_before_any_work_and_adapted_for_compare(tmp_
     assert method.adapt(adapted, (1, 8, 8)) == (adapted, [])
     summary = run_training(dataclasses.replace(adapted, run_name="adapted"))
     assert summary["epochs"] == 2
-    no_frt = get_method("facto", {"frt_epochs": 0})
+    no_frt = get_method("facto", {"lr_plan": "switch", "frt_epochs": 0})
     assert no_frt.adapt(config, (1, 8, 8)) == (config, [])
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
+def test_paper_plan_is_the_default_full_rank_until_the_first_tenfold_drop(tmp_path):
+    options = {"inr": 0.5, "kernel": 2, "apply_ratio": 1.0}  # no plan given: the default
+    config = facto_config(tmp_path, epochs=4, lr=0.04, method_options=options, run_name="p")
+    summary = run_training(config)
+    lines = (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line) for line in lines]
+    # drops at 30/60/90% of 4 epochs: ceil(1.2), ceil(2.4) -> before epochs 3 and 4 (1-based),
+    # the third (ceil(3.6) = 4 of 4) never; full rank ends at the first
+    assert [m["facto_phase"] for m in epochs] == ["full-rank"] * 2 + ["low-rank"] * 2
+    assert [m["facto_lr"] for m in epochs] == pytest.approx([0.04, 0.04, 0.004, 4e-4])
+    record = summary["facto_schedule"]
+    assert record["plan"] == "paper"
+    assert [(p["phase"], p["first"], p["last"]) for p in record["phases"]] == [
+        ("full-rank", 1, 2),
+        ("low-rank", 3, 3),
+        ("low-rank", 4, 4),
+    ]
+    assert record["text"] == (
+        "facto (paper plan): full-rank epochs 1-2 at lr 0.04; "
+        "low-rank epochs 3-4 at lr 0.004 (3), 0.0004 (4)"
+    )
+
+
+def test_switch_plan_keeps_the_run_schedule(tmp_path):
+    summary = run_training(facto_config(tmp_path, epochs=3, lr=0.04, run_name="s"))
+    lines = (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()
+    rates = [json.loads(line)["facto_lr"] for line in lines]
+    cosine = [0.04 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]
+    assert rates == pytest.approx(cosine)
+    assert summary["facto_schedule"]["text"].startswith("facto (switch plan, cosine schedule): ")
+
+
+def test_paper_plan_refuses_short_runs_and_frt_epochs(tmp_path):
+    method = get_method("facto", {})
+    assert method.min_epochs() == 2  # the first drop (30%) of 2 epochs is at epoch 1
+    assert get_method("facto", {"drops": "0.6,0.9"}).min_epochs() == 3
+    config = facto_config(tmp_path, epochs=2, method_options={"drops": "0.6"})
+    with pytest.raises(ConfigError, match=r"first learning-rate drop \(--drops 0.6\).*--epochs 3$"):
+        run_training(config)
+    with pytest.raises(ConfigError, match="--frt-epochs applies to --lr-plan switch"):
+        get_method("facto", {"frt_epochs": "2"})
+    with pytest.raises(ConfigError, match="--drops must be fractions"):
+        get_method("facto", {"drops": "0.3,1.5"})
+
+
+@pytest.mark.parametrize(("batch_norm", "compact"), [(False, True), (True, True), (True, False)])
 def test_summary_memory_names_the_phases_that_ran_and_what_batch_norm_keeps(
-    tmp_path, batch_norm, capsys
+    tmp_path, batch_norm, compact, capsys
 ):
     config = facto_config(tmp_path, epochs=2, measure_memory=True, progress=True)
     config.model_options = {**config.model_options, "batch_norm": batch_norm}
+    config.method_options = {**config.method_options, "compact_bn": compact}
     summary = run_training(config)
     memory = summary["memory"]
     stages = memory["stages"]
@@ -103,13 +156,20 @@ def test_summary_memory_names_the_phases_that_ran_and_what_batch_norm_keeps(
     if not batch_norm:
         assert memory["batchnorm_saved_activations"] == 0 and "facto_note" not in summary
         return
-    # each BN keeps at least its float32 input (B x C x H x W) of a batch of 16 8x8 images
+    # the BN inputs: B x C x H x W elements of a batch of 16 8x8 images; compacted BN layers
+    # keep one byte per element (+ two (C,) vectors each), the others their float32 input
     widths, sizes = (4, 8, 8, 8), (8 * 8, 4 * 4, 2 * 2, 2 * 2)
-    inputs = sum(16 * c * hw * 4 for c, hw in zip(widths, sizes, strict=True))
-    assert memory["batchnorm_saved_activations"] >= inputs
-    share = memory["batchnorm_saved_activations"] / memory["saved_activations"]
+    elements = sum(16 * c * hw for c, hw in zip(widths, sizes, strict=True))
+    kept = memory["batchnorm_saved_activations"]
+    if compact:
+        assert elements <= kept <= elements + 4 * 2 * 4 * 8
+        assert memory["batchnorm_full_inputs"] == 0
+    else:
+        assert kept >= 4 * elements and memory["batchnorm_full_inputs"] == kept
+    share = kept / memory["saved_activations"]
     assert memory["batchnorm_share"] == pytest.approx(share) and 0 < share < 1
     assert f"batch norm keeps {100 * share:.0f}% of the" in summary["facto_note"]
+    assert f"{memory['batchnorm_full_inputs']:,} of them are full inputs" in summary["facto_note"]
     assert summary["facto_note"] in printed
 
 

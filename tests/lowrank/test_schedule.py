@@ -3,7 +3,15 @@ import torch
 
 from smallfoot.data import load_dataset
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank import FactoSchedule, convert, direct_decay, factorized_layers
+from smallfoot.lowrank import (
+    FactoLinear,
+    FactoSchedule,
+    convert,
+    decay_amount,
+    direct_decay,
+    factorized_layers,
+)
+from smallfoot.lowrank.schedule import drop_epochs, step_scheduler
 from smallfoot.models import build_model
 from smallfoot.train import Callback, TrainConfig, Trainer
 
@@ -94,3 +102,51 @@ def test_schedule_checks_its_arguments_and_the_model():
     )
     with pytest.raises(ConfigError, match="convert"):
         trainer.fit()
+
+
+def test_drops_fall_on_epoch_boundaries():
+    assert drop_epochs(100, (0.3, 0.6, 0.9)) == [30, 60, 90]  # the paper's schedule
+    assert drop_epochs(10, (0.3, 0.6, 0.9)) == [3, 6, 9]  # not 4: 0.3 * 10 > 3 in floats
+    assert drop_epochs(6, (0.3, 0.6, 0.9)) == [2, 4]
+    assert drop_epochs(2, (0.3, 0.6, 0.9)) == [1]
+    assert drop_epochs(3, (0.01,)) == [1]
+
+
+def test_step_scheduler_is_constant_within_an_epoch():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.5)
+    scheduler = step_scheduler(optimizer, epochs=4, steps_per_epoch=3, drops=(0.5, 0.75))
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.5] * 6 + [0.05] * 3 + [0.005] * 3)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_eq_14_decays_omega_as_full_rank_training_decays_w(kind):
+    # With a zero loss gradient, full-rank training shrinks W by its optimizer's weight decay
+    # alone; low-rank training shrinks Omega (M = 0) by eq. 14 alone. Both must agree: with
+    # SGD momentum 0.9 the decay in the momentum buffer is 10x lr * wd per step.
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(6, 4, bias=False)
+    facto = FactoLinear.from_linear(plain, inr=0.5, low_rank=True)
+    make = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
+        "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=1e-3),
+    }[kind]
+    full, low = make([plain.weight]), make([facto.magnitude])
+    for _ in range(1000):
+        plain.weight.grad = torch.zeros_like(plain.weight)
+        facto.magnitude.grad = torch.zeros_like(facto.magnitude)
+        full.step()
+        low.step()
+        direct_decay(torch.nn.Sequential(facto), decay_amount(low))
+    torch.manual_seed(0)
+    start = torch.nn.Linear(6, 4, bias=False).weight  # the same draw as ``plain``
+    shrink_full = (plain.weight.norm() / start.norm()).log()
+    shrink_low = (facto.omega().norm() / start.norm()).log()
+    # the momentum buffer needs ~10 steps to fill; over 1000 steps the shrinkage (about e^-1
+    # for SGD; e^-0.1 with lambda = lr * wd) agrees within 3%
+    assert shrink_low.item() == pytest.approx(shrink_full.item(), rel=0.03)

@@ -9,6 +9,7 @@ from torch import nn
 
 from smallfoot.errors import ConfigError
 from smallfoot.lowrank.layers import (
+    CompactBatchNorm2d,
     FactoConv2d,
     FactoLinear,
     MaskMaxPool2d,
@@ -21,7 +22,15 @@ from smallfoot.lowrank.layers import (
 )
 from smallfoot.models.fixup import Scale
 
-_CONVERTED = (FactoConv2d, FactoLinear, MaskReLU, MaskMaxPool2d, OffsetMaxPool2d, PooledScale)
+_CONVERTED = (
+    FactoConv2d,
+    FactoLinear,
+    MaskReLU,
+    MaskMaxPool2d,
+    OffsetMaxPool2d,
+    PooledScale,
+    CompactBatchNorm2d,
+)
 
 
 @dataclass
@@ -37,7 +46,8 @@ class LayerChange:
             paper: ``1 - C_R / (C_I k k)`` for a conv with compression kernel k, ``1 - R/I``
             for a linear layer, ``1 - 1/k^2`` for a scaling layer, ``1 - 1/32`` for ReLU,
             ``1 - (1/8) / (4 + 8 / (k_h k_w))`` for a max pool with a bit mask,
-            ``1 - (1/(s_h s_w)) / (4 + 8/(s_h s_w))`` with uint8 offsets), 0 when kept.
+            ``1 - (1/(s_h s_w)) / (4 + 8/(s_h s_w))`` with uint8 offsets, ``1 - 1/4`` for a
+            batch norm keeping an int8 normalised input of a float32 net), 0 when kept.
         trainable_before: trainable parameter elements before.
         trainable_after: trainable parameter elements during low-rank training.
     """
@@ -116,6 +126,17 @@ def _convert_pool(pool: nn.MaxPool2d) -> tuple[nn.Module | None, float, str]:
     return new, ratio, "uint8 window offsets (windows overlap or are padded)"
 
 
+def _convert_batchnorm(
+    bn: nn.Module, wanted: bool, low_rank: bool
+) -> tuple[nn.Module | None, float, str]:
+    """(new batch norm or None, expected saved ratio, detail) for a batch-norm layer."""
+    if not wanted:
+        return None, 0.0, "keeps its input for backward (outside the converted range)"
+    if type(bn) is not nn.BatchNorm2d:
+        return None, 0.0, f"keeps its input for backward ({type(bn).__name__} is not compacted)"
+    return CompactBatchNorm2d.from_batchnorm(bn, low_rank), 1 - 1 / 4, "int8 normalised input"
+
+
 def convert(
     model: nn.Module,
     inr: float = 0.3,
@@ -123,6 +144,7 @@ def convert(
     apply_ratio: float = 0.6,
     low_rank: bool = True,
     seed: int = 0,
+    batchnorm: bool = True,
 ) -> Conversion:
     """Replace layers of ``model`` (in place) by their Facto-CNN versions; returns the model and
     a per-layer report.
@@ -139,8 +161,11 @@ def convert(
     (M = 0). ``low_rank=False`` converts in full-rank mode (W trains; for the FRT epochs).
     Directions D are drawn from a generator seeded with ``seed``.
 
-    Batch-norm layers keep their input for backward, which undoes the saving of the
-    convolution before them: use the models' ``batch_norm=False`` variants.
+    ``BatchNorm2d`` layers after the first layer and before the first weighted layer that
+    follows the last converted one (those normalising the output of a converted layer, or of
+    the input layer) become :class:`CompactBatchNorm2d` when ``batchnorm`` is true: they keep
+    their normalised input as int8 instead of their float32 input, which otherwise would undo
+    the saving of the convolution before them (their input gradient becomes approximate).
     """
     if not 0.0 < apply_ratio <= 1.0:
         raise ConfigError(f"apply_ratio must be in (0, 1], got {apply_ratio}; the paper uses 0.6")
@@ -169,6 +194,9 @@ def convert(
     linear = [i for i in weighted[1:] if _kind(named[i][1]) == "linear"]
     chosen |= {i for i in linear if every or i < last}
     last = max(chosen, default=-1)
+    # a batch norm normalises the layer before it: compact up to the first kept layer after
+    # the last converted one
+    norm_end = next((i for i in weighted if i > last), len(named)) if chosen else -1
     changes = []
     for index, (name, module) in enumerate(named):
         kind = _kind(module)
@@ -195,14 +223,16 @@ def convert(
             new = PooledScale.from_scale(module, kernel, low_rank)
             ratio = 1 - 1 / kernel**2
             detail = f"input mean-pooled, k={kernel}"
+        elif kind == "batchnorm":
+            new, ratio, detail = _convert_batchnorm(
+                module, batchnorm and weighted[0] < index < norm_end, low_rank
+            )
         elif not 0 < index < last:
             detail = "outside the converted range"
         elif kind == "relu":
             new, ratio, detail = MaskReLU(), 1 - 1 / 32, "1-bit mask"
-        elif kind == "maxpool":
+        else:  # max pool
             new, ratio, detail = _convert_pool(module)
-        else:
-            detail = "keeps its input for backward: the conv before it saves nothing"
         if new is not None:
             _replace(model, name, new)
         after = _trainable(new) if new is not None else before
@@ -216,10 +246,10 @@ def factorized_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def set_low_rank(model: nn.Module, enabled: bool) -> None:
-    """Switch every Facto layer of ``model`` to low-rank (W frozen, compressed feature maps)
-    or full-rank mode (M D merged into W, plain autograd)."""
+    """Switch every Facto layer of ``model`` to low-rank (W frozen, compressed feature maps,
+    int8 batch-norm inputs) or full-rank mode (M D merged into W, plain autograd)."""
     for module in model.modules():
-        if isinstance(module, (_Factorized, PooledScale)):
+        if isinstance(module, (_Factorized, PooledScale, CompactBatchNorm2d)):
             module.set_low_rank(enabled)
 
 

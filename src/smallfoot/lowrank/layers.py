@@ -5,6 +5,8 @@
   of ``X``.
 * :class:`MaskReLU` / :class:`MaskMaxPool2d`: keep a bit-packed 1-bit mask (section 3.2).
 * :class:`PooledScale`: a Fixup scaling layer that keeps a mean-pooled input (section 3.3).
+* :class:`CompactBatchNorm2d`: batch norm that keeps its normalised input as int8 (1 byte
+  per element instead of the 4 of its float32 input; not in the paper, whose nets have none).
 
 Every layer has a full-rank mode (``low_rank=False``) that is the plain PyTorch layer, used
 for the full-rank epochs before low-rank training starts.
@@ -241,6 +243,72 @@ class PooledScaleFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_s = (grad_y * upsample(pooled, kernel, size)).sum().reshape(1)
         return grad_x, grad_s, None
+
+
+def quantize_per_channel(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)``: (B, C, ...) -> int8 ``q`` of the same shape and ``scale`` (C,) with
+    ``z ~ q * scale``, ``scale = max |z| / 127`` over each channel (error <= scale / 2)."""
+    dims = [0, *range(2, z.dim())]
+    scale = z.abs().amax(dims).clamp_min(torch.finfo(z.dtype).tiny) / 127
+    view = (1, -1) + (1,) * (z.dim() - 2)
+    return (z / scale.view(view)).round_().to(torch.int8), scale
+
+
+class CompactBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm ``y = weight * x_hat + bias``, ``x_hat = (x - mean) * invstd``
+    over (B, H, W) per channel, that saves ``x_hat`` quantised to int8 per channel
+    (:func:`quantize_per_channel`) instead of ``x``; ``quantize=False`` saves ``x_hat`` as
+    is (exact, no saving; for checks).
+
+    Forward updates ``running_mean`` / ``running_var`` (when given) once, with
+    ``momentum``, as ``nn.BatchNorm2d`` does. Backward, with ``N = B H W`` and ``x_hat``
+    dequantised: ``dL/dbias = sum dL/dy``, ``dL/dweight = sum dL/dy x_hat``, ``dL/dx =
+    weight invstd (dL/dy - dL/dbias / N - x_hat dL/dweight / N)``, autograd's formula, so
+    only the quantisation of ``x_hat`` separates the gradients from autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, quantize):
+        y, mean, invstd = torch.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
+        )
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        x_hat = (x - mean.view(view)).mul_(invstd.view(view))  # (B, C, H, W)
+        if quantize:
+            q, scale = quantize_per_channel(x_hat)
+            ctx.save_for_backward(weight, invstd, q, scale)
+        else:
+            ctx.save_for_backward(weight, invstd, x_hat, None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        weight, invstd, saved, scale = ctx.saved_tensors
+        view = (1, -1) + (1,) * (grad_y.dim() - 2)
+        # a fresh full-size tensor, turned into dL/dx in place: one temporary besides grad_y
+        if scale is not None:
+            x_hat = saved.to(grad_y.dtype).mul_(scale.view(view))
+        else:
+            x_hat = saved.clone()
+        dims = [0, *range(2, grad_y.dim())]
+        count = grad_y.numel() // grad_y.shape[1]
+        grad_bias = grad_y.sum(dims)  # (C,)
+        grad_weight = (grad_y * x_hat).sum(dims)  # (C,)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            gain = invstd if weight is None else weight * invstd
+            grad_x = x_hat.mul_((-grad_weight / count).view(view)).add_(grad_y)
+            grad_x.sub_((grad_bias / count).view(view)).mul_(gain.view(view))
+        return (
+            grad_x,
+            grad_weight if ctx.needs_input_grad[1] else None,
+            grad_bias if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 # -- modules --------------------------------------------------------------------------------
@@ -583,3 +651,59 @@ class PooledScale(Scale):
 
     def extra_repr(self) -> str:
         return f"compression_kernel={self.compression_kernel}, low_rank={self.low_rank}"
+
+
+class CompactBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training steps keep the normalised input as int8 per channel
+    (:class:`CompactBatchNormFunction`): 1 byte per element for backward instead of the
+    float32 input (4 bytes). The input gradient is approximate: it uses the dequantised
+    ``x_hat`` (error <= max |x_hat| / 254 per element). Evaluation, ``torch.no_grad`` and
+    full-rank mode (``low_rank=False``) are the plain ``nn.BatchNorm2d``; running statistics
+    are updated once per training forward either way."""
+
+    def __init__(self, *args, low_rank: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.low_rank = low_rank
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d, low_rank: bool = True) -> CompactBatchNorm2d:
+        """The compact version of ``bn`` with copies of its parameters and running statistics."""
+        layer = cls(
+            bn.num_features,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            low_rank=low_rank,
+            device=bn.weight.device if bn.affine else None,
+            dtype=bn.weight.dtype if bn.affine else None,
+        )
+        # new tensors, not load_state_dict's copy_: works on fake tensors (estimates) too
+        for name, value in [*bn.named_parameters(recurse=False), *bn.named_buffers()]:
+            if isinstance(value, nn.Parameter):
+                value = nn.Parameter(value.detach().clone(), value.requires_grad)
+            else:
+                value = value.clone()
+            setattr(layer, name, value)
+        return layer
+
+    def set_low_rank(self, enabled: bool) -> None:
+        """Low-rank mode keeps the int8 normalised input; full-rank mode is ``nn.BatchNorm2d``."""
+        self.low_rank = bool(enabled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> same shape."""
+        if not (self.low_rank and self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return CompactBatchNormFunction.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps, True
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, low_rank={self.low_rank}"

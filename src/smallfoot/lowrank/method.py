@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -12,7 +12,8 @@ from torch import nn
 from smallfoot.config import apply_overrides
 from smallfoot.errors import ConfigError
 from smallfoot.lowrank.convert import Conversion, convert, factorized_layers, set_low_rank
-from smallfoot.lowrank.schedule import FactoSchedule
+from smallfoot.lowrank.layers import CompactBatchNorm2d
+from smallfoot.lowrank.schedule import FactoSchedule, drop_epochs, step_scheduler
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, example_batch, register_method
 from smallfoot.train.trainer import Trainer
@@ -20,8 +21,12 @@ from smallfoot.train.trainer import Trainer
 
 @register_method
 class Facto(Method):
-    """Converts the model at build time, trains ``frt_epochs`` epochs full-rank, then
-    low-rank with merge/redraw (:class:`FactoSchedule`)."""
+    """Converts the model at build time, trains full rank, then low rank with merge/redraw
+    (:class:`FactoSchedule`). The default ``lr_plan="paper"`` is the paper's protocol
+    (section 4.1): a step schedule (rate x ``drop_factor`` at each of ``drops``, fractions
+    of the epochs) with full-rank training until the first drop, so low-rank training runs
+    only at <= ``drop_factor`` x the peak rate. ``lr_plan="switch"`` keeps the run's own
+    ``--schedule`` (cosine by default) and switches after ``frt_epochs``."""
 
     name = "facto"
     description = "Facto-CNN: train only M of W + M D, keep D X, 1-bit ReLU/max-pool masks"
@@ -37,38 +42,84 @@ class Facto(Method):
         )
         apply_ratio: float = field(
             default=0.6,
-            metadata={"help": "fraction of conv/linear/scaling layers converted, input side first"},
+            metadata={"help": "fraction of conv/scaling layers converted, input side first"},
         )
-        frt_epochs: int = field(
-            default=1, metadata={"help": "full-rank epochs before low-rank training"}
+        lr_plan: Literal["paper", "switch"] = field(
+            default="paper",
+            metadata={
+                "help": "paper: step schedule (x --drop-factor at each of --drops), full rank "
+                "until the first drop; switch: the run's --schedule, low rank from --frt-epochs"
+            },
+        )
+        drops: list[float] = field(
+            default_factory=lambda: [0.3, 0.6, 0.9],
+            metadata={"help": "paper plan: fractions of the epochs at which the rate drops"},
+        )
+        drop_factor: float = field(
+            default=0.1, metadata={"help": "paper plan: rate multiplier at each drop"}
+        )
+        frt_epochs: int | None = field(
+            default=None,
+            metadata={"help": "switch plan: full-rank epochs before low-rank training (1)"},
         )
         merge_every: int = field(
             default=1, metadata={"help": "merge M D into W and redraw every N low-rank epochs"}
         )
         direct_decay: bool = field(
-            default=True, metadata={"help": "apply W := W - lr * weight_decay * Omega (eq. 14)"}
+            default=True,
+            metadata={"help": "eq. 14: W := W - lambda Omega, lambda = full-rank decay per step"},
+        )
+        compact_bn: bool = field(
+            default=True,
+            metadata={
+                "help": "converted batch norms keep an int8 normalised input, not the float input"
+            },
         )
 
         def validate(self) -> None:
-            """Raise ``ConfigError`` for values outside their range."""
+            """Raise ``ConfigError`` for values outside their range or options of the other plan."""
             if not 0 < self.inr <= 1:
                 raise ConfigError(f"--inr must be in (0, 1], got {self.inr}")
             if self.kernel < 1:
                 raise ConfigError(f"--kernel must be >= 1 (1 = no pooling), got {self.kernel}")
             if not 0 < self.apply_ratio <= 1:
                 raise ConfigError(f"--apply-ratio must be in (0, 1], got {self.apply_ratio}")
-            if self.frt_epochs < 0 or self.merge_every < 1:
-                raise ConfigError("--frt-epochs must be >= 0 and --merge-every >= 1")
+            if self.merge_every < 1:
+                raise ConfigError(f"--merge-every must be >= 1, got {self.merge_every}")
+            if not self.drops or not all(0 < f < 1 for f in self.drops):
+                raise ConfigError(
+                    f"--drops must be fractions of the epochs in (0, 1), e.g. --drops 0.3,0.6,0.9; "
+                    f"got {self.drops}"
+                )
+            if not 0 < self.drop_factor < 1:
+                raise ConfigError(f"--drop-factor must be in (0, 1), got {self.drop_factor}")
+            if self.lr_plan == "paper" and self.frt_epochs is not None:
+                raise ConfigError(
+                    "--frt-epochs applies to --lr-plan switch; the paper plan trains full rank "
+                    "until the first drop: move it with --drops (e.g. --drops 0.3,0.6,0.9)"
+                )
+            if self.frt_epochs is not None and self.frt_epochs < 0:
+                raise ConfigError(f"--frt-epochs must be >= 0, got {self.frt_epochs}")
 
     conversion: Conversion | None = None
+
+    def full_rank_epochs(self, epochs: int) -> int:
+        """Epochs trained full rank in a run of ``epochs``: until the first drop (paper plan,
+        ``epochs`` when no drop happens) or ``frt_epochs`` (switch plan, default 1)."""
+        o = self.options
+        if o.lr_plan == "switch":
+            return 1 if o.frt_epochs is None else o.frt_epochs
+        return (drop_epochs(epochs, o.drops) or [epochs])[0]
 
     def build_model(self, ctx: RunContext) -> nn.Module:
         """The configured model, converted (identical function) in low-rank mode, the steady
         state that ``smallfoot memory --method facto`` measures; the schedule switches it to
-        full rank for the first ``frt_epochs``."""
+        full rank for the full-rank epochs."""
         model = super().build_model(ctx)
         o = self.options
-        self.conversion = convert(model, o.inr, o.kernel, o.apply_ratio, seed=ctx.config.seed)
+        self.conversion = convert(
+            model, o.inr, o.kernel, o.apply_ratio, seed=ctx.config.seed, batchnorm=o.compact_bn
+        )
         return model
 
     def make_optimizer(self, ctx: RunContext, model: nn.Module) -> torch.optim.Optimizer:
@@ -80,31 +131,59 @@ class Facto(Method):
         set_low_rank(model, True)
         return optimizer
 
+    def make_trainer(self, ctx: RunContext, model: nn.Module) -> Trainer:
+        """The default trainer; under the paper plan its rate follows :func:`step_scheduler`
+        instead of the run's ``--schedule`` (the optimizer exists only inside the trainer, so
+        the scheduler is replaced there: a ``LambdaLR`` scales each group's initial rate)."""
+        trainer = super().make_trainer(ctx, model)
+        o = self.options
+        if o.lr_plan == "paper":
+            trainer.scheduler = step_scheduler(
+                trainer.optimizer,
+                ctx.config.epochs,
+                trainer.steps_per_epoch(),
+                o.drops,
+                o.drop_factor,
+            )
+        return trainer
+
     def callbacks(self, ctx: RunContext, model: nn.Module) -> list:
         """The FRT -> LRT schedule."""
         o = self.options
-        return [FactoSchedule(o.frt_epochs, o.merge_every, o.direct_decay, ctx.config.seed)]
+        frt = self.full_rank_epochs(ctx.config.epochs)
+        return [FactoSchedule(frt, o.merge_every, o.direct_decay, ctx.config.seed)]
 
     def min_epochs(self) -> int:
-        """The fewest ``--epochs`` that reach low-rank training: ``frt_epochs + 1``."""
-        return self.options.frt_epochs + 1
+        """The fewest ``--epochs`` that reach low-rank training (switch plan: ``frt_epochs + 1``;
+        paper plan: the fewest whose first drop falls before the last epoch)."""
+        epochs = 1
+        while self.full_rank_epochs(epochs) >= epochs:
+            epochs += 1
+        return epochs
 
     def check_run(self, ctx: RunContext) -> None:
         """Refuse a run whose full-rank epochs leave none for low-rank training."""
-        need, epochs, frt = self.min_epochs(), ctx.config.epochs, self.options.frt_epochs
-        if epochs < need:
-            raise ConfigError(
-                f"--method facto trains full rank for --frt-epochs {frt}, so --epochs {epochs} "
-                f"never reaches low-rank training; use --epochs {need}"
-            )
+        need, epochs = self.min_epochs(), ctx.config.epochs
+        if epochs >= need:
+            return
+        o = self.options
+        if o.lr_plan == "switch":
+            why = f"trains full rank for --frt-epochs {self.full_rank_epochs(epochs)}"
+        else:
+            first = ",".join(f"{f:g}" for f in o.drops)
+            why = f"trains full rank until the first learning-rate drop (--drops {first})"
+        raise ConfigError(
+            f"--method facto {why}, so --epochs {epochs} never reaches low-rank training; "
+            f"use --epochs {need}"
+        )
 
     def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
         """Raise ``epochs`` to :meth:`min_epochs` when the run has fewer (for ``compare``)."""
         need = self.min_epochs()
         if config.epochs >= need:
             return config, []
-        frt = self.options.frt_epochs
-        note = f"epochs {config.epochs} -> {need}: {frt} full-rank epochs + 1 low-rank"
+        frt = self.full_rank_epochs(need)
+        note = f"epochs {config.epochs} -> {need}: {frt} full-rank epochs + {need - frt} low-rank"
         return apply_overrides(config, {"epochs": need}), [note]
 
     def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
@@ -118,7 +197,8 @@ class Facto(Method):
         """The meter's step of each phase that ran (``stages``: peak, saved activations,
         optimizer state); the report itself is the low-rank phase's (``stage`` names it), or
         the full-rank one's when only that ran. ``batchnorm_saved_activations`` and
-        ``batchnorm_share``: what batch-norm layers keep of the reported saved bytes."""
+        ``batchnorm_share``: what batch-norm layers keep of the reported saved bytes;
+        ``batchnorm_full_inputs``: the part kept by layers not compacted (their float input)."""
         from smallfoot.memory import measure
 
         ran = {metrics.get("facto_phase") for metrics in trainer.history}
@@ -138,7 +218,7 @@ class Facto(Method):
             models["low-rank"] = trainer.model
         stage = "low-rank" if "low-rank" in reports else "full-rank"
         report = reports[stage]
-        kept, share = batchnorm_share(models[stage], report)
+        kept, share, full = batchnorm_share(models[stage], report)
         return {
             **report.to_dict(),
             "stage": stage,
@@ -152,39 +232,90 @@ class Facto(Method):
             },
             "batchnorm_saved_activations": kept,
             "batchnorm_share": share,
+            "batchnorm_full_inputs": full,
         }
 
     def train(self, ctx: RunContext) -> TrainOutcome:
-        """Default training; the per-layer conversion report goes to ``extra["conversion"]``
-        and, when batch norm keeps saved bytes, a one-line note to ``extra["facto_note"]``
-        (printed with the progress)."""
+        """Default training; the per-layer conversion report goes to ``extra["conversion"]``,
+        what ran (phases, epochs, learning rates) to ``extra["facto_schedule"]`` (``plan``,
+        ``phases`` and a one-line ``text``, printed with the progress) and, when batch norm
+        keeps saved bytes, a one-line note to ``extra["facto_note"]``."""
         outcome = super().train(ctx)
         outcome.extra["conversion"] = self.conversion.rows()
+        plan = self.options.lr_plan
+        label = "paper plan" if plan == "paper" else f"switch plan, {ctx.config.schedule} schedule"
+        outcome.extra["facto_schedule"] = {"plan": plan, **schedule_record(outcome.history, label)}
+        if ctx.config.progress:
+            print(outcome.extra["facto_schedule"]["text"], flush=True)
         memory = outcome.memory or {}
         if memory.get("batchnorm_saved_activations"):
-            note = batchnorm_note(memory["batchnorm_share"], memory["saved_activations"])
+            note = batchnorm_note(
+                memory["batchnorm_share"],
+                memory["saved_activations"],
+                memory["batchnorm_full_inputs"],
+            )
             outcome.extra["facto_note"] = note
             if ctx.config.progress:
                 print(note, flush=True)
         return outcome
 
 
-def batchnorm_share(model: nn.Module, report: MemoryReport) -> tuple[int, float]:
-    """``(bytes, share)``: the saved-activation bytes that ``model``'s batch-norm layers keep
-    in the meter's ``report`` (its ``by_module`` breakdown) and their share of all saved bytes."""
-    names = {
-        name
+def schedule_record(history: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """What ran, from the epochs' metrics (``facto_phase``, ``facto_lr``): ``phases``, one
+    entry per run of consecutive epochs with the same phase and rate (``phase``, ``first`` and
+    ``last`` epoch, 1-based, ``lr``), and ``text``, one line, e.g. ``facto (paper plan):
+    full-rank epochs 1-3 at lr 0.05; low-rank epochs 4-10 at lr 0.005 (4-6), 0.0005 (7-9),
+    5e-05 (10)``; ``label`` names the plan in it."""
+    phases: list[dict[str, Any]] = []
+    for metrics in history:
+        phase, lr, epoch = metrics["facto_phase"], metrics["facto_lr"], metrics["epoch"]
+        if phases and (phases[-1]["phase"], phases[-1]["lr"]) == (phase, lr):
+            phases[-1]["last"] = epoch
+        else:
+            phases.append(
+                {"phase": phase, "first": epoch, "last": epoch, "lr": float(f"{lr:.12g}")}
+            )
+    parts = []
+    for phase in dict.fromkeys(p["phase"] for p in phases):
+        runs = [p for p in phases if p["phase"] == phase]
+        first, last = runs[0]["first"], runs[-1]["last"]
+        span = f"{phase} epoch {first}" if first == last else f"{phase} epochs {first}-{last}"
+        if len(runs) == 1:
+            parts.append(f"{span} at lr {runs[0]['lr']:.3g}")
+        elif len(runs) <= 3:
+            rates = ", ".join(f"{p['lr']:.3g} ({_epochs(p['first'], p['last'])})" for p in runs)
+            parts.append(f"{span} at lr {rates}")
+        else:
+            parts.append(f"{span} at lr {runs[0]['lr']:.3g} down to {runs[-1]['lr']:.3g}")
+    return {"phases": phases, "text": f"facto ({label}): " + "; ".join(parts)}
+
+
+def _epochs(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def batchnorm_share(model: nn.Module, report: MemoryReport) -> tuple[int, float, int]:
+    """``(bytes, share, full)``: the saved-activation bytes that ``model``'s batch-norm layers
+    keep in the meter's ``report`` (its ``by_module`` breakdown), their share of all saved
+    bytes, and the bytes of those kept by layers that are not :class:`CompactBatchNorm2d`
+    (their full input)."""
+    norms = {
+        name: module
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
     }
-    kept = sum(v["saved_activations"] for k, v in report.by_module.items() if k in names)
-    return kept, kept / report.saved_activations if report.saved_activations else 0.0
+    saved = {k: v["saved_activations"] for k, v in report.by_module.items() if k in norms}
+    kept = sum(saved.values())
+    full = sum(v for k, v in saved.items() if not isinstance(norms[k], CompactBatchNorm2d))
+    share = kept / report.saved_activations if report.saved_activations else 0.0
+    return kept, share, full
 
 
-def batchnorm_note(share: float, saved: int) -> str:
-    """The one-line warning that batch norm keeps ``share`` of ``saved`` bytes."""
+def batchnorm_note(share: float, saved: int, full: int) -> str:
+    """The one-line note that batch norm keeps ``share`` of ``saved`` bytes, ``full`` of them
+    as full inputs of layers that are not compacted."""
     return (
         f"facto: batch norm keeps {100 * share:.0f}% of the {saved:,} saved-activation bytes "
-        "that remain (its full input, which Facto cannot compress); a model without batch "
-        "norm keeps only compressed state"
+        f"that remain; {full:,} of them are full inputs of batch norms left as they are "
+        "(outside the converted range, or --compact-bn false), the rest int8 normalised inputs"
     )

@@ -45,13 +45,19 @@ def vgg(
     width: float = 1.0,
     head: str = "auto",
     dropout: float = 0.5,
+    init: str = "default",
 ) -> nn.Sequential:
     """VGG ``name`` as one ``nn.Sequential`` (features, then head).
 
     ``width`` scales every channel count (0.25 gives a CPU-sized net). ``head``: ``"cifar"``
     (a single linear layer on the 1x1 map of 32x32 inputs), ``"imagenet"`` (7x7 adaptive
     average pooling, then 4096-4096 with dropout), or ``"auto"`` (imagenet from 64 pixels up).
+    ``init="kaiming"`` draws the convolutions He-normal (fan-out) with zero bias, as
+    torchvision's VGG does; without batch norm PyTorch's default init shrinks the signal at
+    every layer and VGG-11 stalls.
     """
+    if init not in ("default", "kaiming"):
+        raise ConfigError(f"unknown VGG init {init!r}; choose default or kaiming")
     c, h, w = image_shape(name, input_shape, min_side=32)
     layers: list[nn.Module] = []
     for item in VGG_CONFIGS[name]:
@@ -61,6 +67,10 @@ def vgg(
             continue
         out = max(1, round(item * width))
         layers.append(nn.Conv2d(c, out, 3, padding=1, bias=not batch_norm))
+        if init == "kaiming":
+            nn.init.kaiming_normal_(layers[-1].weight, mode="fan_out", nonlinearity="relu")
+            if layers[-1].bias is not None:
+                nn.init.zeros_(layers[-1].bias)
         if batch_norm:
             layers.append(nn.BatchNorm2d(out))
         layers.append(nn.ReLU(inplace=True))
@@ -90,8 +100,15 @@ def vgg(
 def _register(name: str, batch_norm: bool) -> None:
     registered = f"{name}_bn" if batch_norm else name
 
-    def build(input_shape, num_classes, width: float = 1.0, head: str = "auto", dropout=0.5):
-        return vgg(name, input_shape, num_classes, batch_norm, width, head, dropout)
+    def build(
+        input_shape,
+        num_classes,
+        width: float = 1.0,
+        head: str = "auto",
+        dropout=0.5,
+        init="default",
+    ):
+        return vgg(name, input_shape, num_classes, batch_norm, width, head, dropout, init)
 
     kind = "batch norm after every convolution" if batch_norm else "no batch norm, as the paper"
     register_model(
