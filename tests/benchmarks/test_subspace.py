@@ -1,34 +1,71 @@
-import torch
-from benchmarks.subspace import FULL, QUICK, Setup, notes_for, row
+"""Benchmark ``subspace``: its grid follows the DLDR authors' protocol through the registry,
+its rows read the runs' curves, its claims compare medians over seeds."""
 
-from smallfoot.subspace import Basis
+import json
 
+import pytest
+from benchmarks.subspace import FULL, QUICK, grid, prefix_check, rows_of, subspace_claims
 
-def test_setups_allow_the_largest_dimension_and_a_pbfgs_stage():
-    for setup in (FULL, QUICK):
-        samples = setup.samples_per_epoch * setup.sample_epochs
-        assert max(setup.dims) <= samples - 1
-        assert setup.samples_per_epoch <= -(-setup.train // setup.batch_size)
-        assert setup.epochs // 2 - setup.sample_epochs >= 1
+from smallfoot.methods import get_method
 
 
-def test_rows_and_notes_check_the_targets_on_the_curves():
-    basis = Basis(
-        torch.zeros(10, 2), torch.zeros(10), torch.ones(2), torch.tensor([0.7, 0.2, 0.1]), []
+@pytest.mark.parametrize("setup", [FULL, QUICK])
+def test_grid_samples_sgds_prefix_and_gives_the_subspace_half_the_epochs(setup):
+    rows = grid(setup)
+    assert {r.extra["run"] for r in rows} == {
+        "SGD",
+        f"P-BFGS d={setup.dim}",
+        f"P-SGD d={setup.dim}",
+    }
+    for r in rows:
+        config = r.config
+        assert r.seeds == setup.seeds and config.dataset == "fashion-mnist"
+        if r.extra["run"] == "SGD":
+            assert (config.epochs, config.schedule) == (setup.epochs, "multistep")
+            # SGD's first drop comes after the sampled epochs: they run at the constant rate
+            assert min(config.milestones) * config.epochs >= setup.sample_epochs
+            continue
+        assert config.epochs == setup.epochs // 2 and config.schedule == "constant"
+        method = get_method("subspace", config.method_options)
+        options = method.options
+        assert options.initial_sample and options.start == "first"
+        assert options.sample_count() == setup.samples + 1 and options.dim == setup.dim
+        assert config.epochs > options.sample_epochs == setup.sample_epochs
+        assert (config.label_noise > 0) == (options.subspace_optimizer == "psgd")
+
+
+def fake_record(tmp_path, name, run, seed, accuracies, section="label noise 0%", model="cnn4"):
+    run_dir = tmp_path / f"{name}-{seed}"
+    run_dir.mkdir()
+    lines = [json.dumps({"epoch": i + 1, "test_accuracy": a}) for i, a in enumerate(accuracies)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return {
+        "section": section, "model_name": model, "run": run, "seed": seed, "label": name,
+        "epochs": len(accuracies), "test_accuracy": accuracies[-1], "train_accuracy": 0.9,
+        "seconds": 1.0, "run_dir": str(run_dir), "command": f"smallfoot train {name}",
+    }  # fmt: skip
+
+
+def test_rows_find_when_sgds_final_accuracy_was_reached_and_claims_take_medians(tmp_path):
+    records = []
+    for seed, (sgd, bfgs) in enumerate([(0.80, 0.81), (0.82, 0.79), (0.81, 0.815)]):
+        records.append(fake_record(tmp_path, "sgd", "SGD", seed, [0.5, 0.7, 0.75, sgd]))
+        records.append(fake_record(tmp_path, "bfgs", "P-BFGS d=3", seed, [0.5, 0.7, bfgs]))
+    for seed, (sgd, psgd) in enumerate([(0.70, 0.72), (0.71, 0.70), (0.69, 0.73)]):
+        noisy = {"section": "label noise 20%"}
+        records.append(fake_record(tmp_path, "nsgd", "SGD", seed, [0.5, 0.6, 0.65, sgd], **noisy))
+        records.append(fake_record(tmp_path, "psgd", "P-SGD d=3", seed, [0.5, 0.6, psgd], **noisy))
+    rows = rows_of(records)
+    assert [r["epochs_to_sgd_final"] for r in rows[:2]] == [4, 3]
+    assert rows[3]["epochs_to_sgd_final"] is None  # 79% never reached seed 1's 82%
+    assert rows[1]["curve"] == [50.0, 70.0, 81.0] and rows[1]["command"] == "smallfoot train bfgs"
+    assert "6 of 6 subspace runs" in prefix_check(rows, QUICK)
+    claims = {c.id: c for c in subspace_claims(rows, "smallfoot bench subspace")}
+    # medians: P-BFGS 81.0 vs SGD 81.0; P-SGD 72.0 vs SGD 70.0
+    assert claims["subspace.pbfgs_half_epochs"].measured == 0.0
+    assert (
+        claims["subspace.pbfgs_half_epochs"].met and claims["subspace.pbfgs_half_epochs"].seeds == 3
     )
-    memory = {"optimizer_state": 80 + 16}
-    sgd_curve = [(1, 70.0, 1.0), (2, 75.0, 2.0), (3, 78.0, 3.0), (4, 80.0, 4.0)]
-    fast = [(1, 72.0, 1.0), (2, 80.5, 3.0)]
-    slow = [(1, 72.0, 1.0), (2, 79.0, 3.0)]
-    rows = [
-        row("cnn4", 0.0, "SGD", None, sgd_curve, {"optimizer_state": 40}, 80.0),
-        row("cnn4", 0.0, "P-BFGS d=2", basis, fast, memory, 80.0),
-        row("cnn4", 0.2, "SGD", None, sgd_curve, {"optimizer_state": 40}, 80.0),
-        row("cnn4", 0.2, "P-SGD d=2", basis, slow, memory, 80.0),
-    ]
-    assert rows[1]["epochs_to_sgd_final"] == 2 and rows[3]["epochs_to_sgd_final"] is None
-    assert rows[1]["basis_bytes"] == 80 and rows[1]["state_without_basis_bytes"] == 16
-    assert rows[1]["explained_variance"] == 0.9
-    notes = notes_for(rows, Setup(train=8, test=8, epochs=4, sample_epochs=1, samples_per_epoch=2))
-    assert "cnn4 P-BFGS d=2: met (best 80.5%)" in notes
-    assert "cnn4 P-SGD d=2: NOT met (79.0% vs 80.0%)" in notes
+    assert claims["subspace.psgd_label_noise"].measured == 2.0
+    rows[1]["test_acc_pct"] = rows[5]["test_acc_pct"] = 70.0  # two seeds below SGD: median falls
+    assert not subspace_claims(rows, "c")[0].met

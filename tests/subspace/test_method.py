@@ -115,6 +115,43 @@ def test_a_saved_basis_is_reused_and_checked(tmp_path):
         run_training(other)
 
 
+def test_authors_sampling_starts_the_subspace_from_the_initial_weights(tmp_path, monkeypatch):
+    options = dict(initial_sample=True, start="first", samples=2, dim=2, subspace_optimizer="psgd")
+    starts, fit = [], Trainer.fit
+
+    def recording_fit(self):
+        if self.run_dir.name == "subspace":
+            starts.append(torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]))
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    run_training(subspace_config(tmp_path, name="straight", epochs=4, **options))
+    run = tmp_path / "straight"
+    basis = Basis.load(run / "basis.pt")
+    assert len(basis.explained_variance_ratio) == 3  # the initial weights + one per epoch
+    sampling = torch.load(run / "sampling" / "checkpoint.pt", weights_only=False)
+    samples = sampling["callbacks"][0]["store"]["samples"]
+    first = torch.load(run / "first_sample.pt", weights_only=True)
+    assert torch.equal(first, samples[0]) and torch.equal(starts[0], first)
+    last = torch.cat([sampling["model"][k].reshape(-1) for k, _ in basis.layout])
+    assert not torch.equal(first, last)
+    end = torch.load(run / "subspace" / "checkpoint.pt", weights_only=False)["model"]
+    # interrupted before the first subspace epoch finished: the resumed run starts there too
+    original = interrupt_at(monkeypatch, "subspace", 0)
+    with pytest.raises(TrainingInterrupted):
+        run_training(subspace_config(tmp_path, name="cut", epochs=4, **options))
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    run_training(RunConfig(), resume_dir=tmp_path / "cut")
+    assert torch.equal(starts[-1], first)
+    resumed = torch.load(tmp_path / "cut" / "subspace" / "checkpoint.pt", weights_only=False)
+    for key, value in end.items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="needs at least 4 --samples .got 2, plus the initial"):
+        get_method("subspace", {"dim": "4", "samples": "2", "initial-sample": "true"})
+    with pytest.raises(ConfigError, match="drop --start first"):
+        get_method("subspace", {"start": "first", "basis": "b.pt"})
+
+
 def interrupt_at(monkeypatch, stage: str, stage_epoch: int):
     """Make the Trainer of ``stage`` raise KeyboardInterrupt (Ctrl-C) when it starts ``stage_epoch``."""
     original = Trainer.run_epoch

@@ -17,6 +17,7 @@ from smallfoot.subspace import (
     armijo_line_search,
     backtracking_line_search,
     flatten,
+    parameter_layout,
     set_params,
 )
 
@@ -285,3 +286,44 @@ def test_same_batch_curvature_pair_is_the_secant_of_the_steps_own_batch():
         # y = H s on the step's own quadratic, whatever the next batch is
         torch.testing.assert_close(state["pair_y"], hessian @ state["pair_s"])
     assert state["skipped_updates"] == 0
+
+
+def test_pbfgs_in_the_trainer_takes_both_gradients_of_a_pair_from_the_steps_batch():
+    from smallfoot.data import ArrayDataset
+    from smallfoot.subspace.method import make_subspace_optimizer
+    from smallfoot.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    data = ArrayDataset(torch.randn(48, 6, dtype=torch.float64), torch.randint(0, 3, (48,)), 3, "t")
+    basis = random_basis(sum(p.numel() for p in model.parameters()), 4, seed=2)
+    basis.layout = parameter_layout(model)
+    optimizer = make_subspace_optimizer(
+        model, basis, "pbfgs", 1.0, 0.9, 0.0, line_search="backtrack", curvature="same-batch"
+    )
+    trainer = Trainer(
+        model,
+        data,
+        None,
+        TrainConfig(epochs=1, batch_size=16, schedule="constant"),
+        optimizer=optimizer,
+    )
+    params = list(model.parameters())
+
+    def projected_grad(weights, x, y):
+        set_params(params, weights)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        return basis.P.T @ torch.cat([p.grad.reshape(-1) for p in params])
+
+    for x, y in trainer.loader().epoch(0):
+        before = flatten(params).clone()
+        trainer.train_step(x, y)
+        after = flatten(params).clone()
+        state = optimizer.state[params[0]]
+        expected = projected_grad(after, x, y) - projected_grad(before, x, y)
+        set_params(params, after)
+        torch.testing.assert_close(state["pair_y"], expected)
+        torch.testing.assert_close(basis.P @ state["pair_s"], after - before)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["c1"], group["shrink"], group["max_evals"]) == (1.0, 0.4, 0.4, 20)

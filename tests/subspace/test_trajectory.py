@@ -17,6 +17,10 @@ class Recorder(TrajectorySampler):
         super().__init__(*args, **kwargs)
         self.after_step = []
 
+    def on_train_start(self, trainer):
+        self.before_training = flatten(trainer.model.parameters())
+        super().on_train_start(trainer)
+
     def on_batch_end(self, trainer, batch_index, loss, output):
         self.after_step.append(flatten(trainer.model.parameters()))
         super().on_batch_end(trainer, batch_index, loss, output)
@@ -42,6 +46,18 @@ def test_per_epoch_samples_evenly_and_ends_each_epoch(per_epoch, expected_steps)
     assert len(store) == len(expected_steps)
     for i, step in enumerate(expected_steps):
         assert torch.equal(store.sample(i), sampler.after_step[step])
+
+
+def test_initial_sample_stores_the_weights_before_the_first_step_once():
+    store = TrajectoryStore(8, 10)
+    sampler = Recorder(store, per_epoch=1, initial=True)
+    tiny_run(sampler)
+    assert len(store) == 3
+    assert torch.equal(store.sample(0), sampler.before_training)
+    assert torch.equal(store.sample(1), sampler.after_step[4])
+    assert torch.equal(store.sample(2), sampler.after_step[9])
+    sampler.on_train_start(type("Resumed", (), {"model": nn.Linear(3, 2), "global_step": 10}))
+    assert len(store) == 3  # a resumed run does not sample its restored weights again
 
 
 def test_every_steps_and_a_full_store_stops_sampling(tmp_path):

@@ -2,8 +2,9 @@
 
 Stage 1 trains with the run's optimizer and schedule for ``sample_epochs`` epochs while a
 :class:`TrajectorySampler` stores the parameters; DLDR turns the samples into a basis
-(``run_dir/basis.pt``); stage 2 continues from the last weights for the remaining epochs with
-P-SGD or P-BFGS inside the basis' span. Each stage keeps its checkpoint in
+(``run_dir/basis.pt``); stage 2 continues from the last weights (``start = "first"``: from the
+first sample, the DLDR authors' choice) for the remaining epochs with P-SGD or P-BFGS inside
+the basis' span. Each stage keeps its checkpoint in
 ``run_dir/sampling`` and ``run_dir/subspace``, so ``--resume`` continues the stage it stopped in;
 ``run_dir/metrics.jsonl`` holds both stages' epochs with a ``stage`` key.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-from smallfoot._io import atomic_write_text
+from smallfoot._io import atomic_torch_save, atomic_write_text
 from smallfoot.config import apply_overrides
 from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.memory.meter import MemoryReport
@@ -36,7 +37,12 @@ from smallfoot.methods import (
 )
 from smallfoot.subspace.basis import Basis, dldr
 from smallfoot.subspace.optim import PBFGS, PSGD
-from smallfoot.subspace.trajectory import TrajectorySampler, TrajectoryStore, parameter_layout
+from smallfoot.subspace.trajectory import (
+    TrajectorySampler,
+    TrajectoryStore,
+    parameter_layout,
+    set_params,
+)
 from smallfoot.train.batchnorm import RecalibrateBatchNorm
 from smallfoot.train.trainer import Trainer, make_optimizer
 
@@ -52,8 +58,14 @@ class SubspaceOptions:
     """epochs of ordinary training whose trajectory is sampled (the rest train in the subspace)"""
     samples: int = 20
     """parameter vectors sampled, evenly over the sampling epochs (rounded to a multiple of them)"""
+    initial_sample: bool = False
+    """also sample the weights before the first step (the DLDR authors sample the initial
+    weights and the end of every epoch: --samples equal to --sample-epochs plus this)"""
+    start: Literal["last", "first"] = "last"
+    """where the subspace stage starts: the sampling stage's last weights, or the first
+    sample (the authors': with --initial-sample true, the initial weights)"""
     dim: int = 15
-    """subspace dimension d (at most samples - 1)"""
+    """subspace dimension d (at most the number of samples - 1)"""
     subspace_optimizer: Literal["psgd", "pbfgs"] = "pbfgs"
     """optimizer inside the subspace: psgd or pbfgs (--optimizer picks the sampling stage's)"""
     subspace_lr: float | None = None
@@ -84,10 +96,26 @@ class SubspaceOptions:
             raise ConfigError(
                 f"--dim must be >= 1 and --samples >= 2, got {self.dim} and {self.samples}"
             )
-        if self.basis is None and self.dim > self.samples - 1:
+        if self.basis is None and self.dim > self.sample_count() - 1:
+            need = self.dim + 1 - self.initial_sample
             raise ConfigError(
-                f"--dim {self.dim} needs at least {self.dim + 1} --samples (got {self.samples})"
+                f"--dim {self.dim} needs at least {need} --samples (got {self.samples}"
+                f"{', plus the initial weights' if self.initial_sample else ''})"
             )
+        if self.basis is not None and self.start == "first":
+            raise ConfigError(
+                "--start first starts from the first sample, but --basis skips sampling; "
+                "drop --start first (the run starts from --init or a fresh model)"
+            )
+
+    def samples_per_epoch(self) -> int:
+        """Samples taken during each sampling epoch (``samples`` spread evenly, at least 1)."""
+        return max(1, round(self.samples / max(self.sample_epochs, 1)))
+
+    def sample_count(self) -> int:
+        """Parameter vectors the sampling stage stores: the per-epoch samples of every
+        sampling epoch, plus the initial weights with ``initial_sample``."""
+        return self.samples_per_epoch() * self.sample_epochs + self.initial_sample
         if self.subspace_lr is not None and not self.subspace_lr > 0:
             raise ConfigError(f"--subspace-lr must be positive, got {self.subspace_lr}")
         if self.pbfgs_batch_size is not None and self.pbfgs_batch_size < 1:
@@ -331,6 +359,7 @@ class Subspace(Method):
                 raise TrainingInterrupted(message) from None
 
         basis_path = run_dir / "basis.pt" if run_dir is not None else None
+        first_path = run_dir / "first_sample.pt" if run_dir is not None else None
         sampling_history: list[dict[str, Any]] = []
         if options.basis is not None:
             basis = Basis.load(options.basis).truncate(options.dim)
@@ -342,8 +371,18 @@ class Subspace(Method):
             )
             model.load_state_dict(state["model"])
             sampling_history = state["history"]
+            if options.start == "first":
+                set_params(self._trainable(model), torch.load(first_path, weights_only=True))
         else:
-            sampling_history, basis = self._sample(model, config, trainer, resumable, fit, run_dir)
+            sampling_history, basis, first = self._sample(
+                model, config, trainer, resumable, fit, run_dir
+            )
+            if options.start == "first":
+                # the authors restart from their first sample; batch-norm statistics are
+                # recomputed after the first subspace epoch (recalibrate_bn)
+                set_params(self._trainable(model), first)
+                if first_path is not None:
+                    atomic_torch_save(first, first_path)
             if basis_path is not None:
                 basis.save(basis_path)
         basis.check(model)
@@ -389,12 +428,16 @@ class Subspace(Method):
         }
         return TrainOutcome(model, history[-1], history, memory, extra)
 
+    @staticmethod
+    def _trainable(model: nn.Module) -> list[torch.Tensor]:
+        return [p for p in model.parameters() if p.requires_grad]
+
     def _sample(self, model, config, trainer, resumable, fit, run_dir):
-        """Stage 1: ordinary training with a trajectory sampler; returns (history, basis)."""
+        """Stage 1: ordinary training with a trajectory sampler; returns (history, basis,
+        the first sample ``(n,)``)."""
         options: SubspaceOptions = self.options
         size = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        per_epoch = max(1, round(options.samples / options.sample_epochs))
-        capacity = per_epoch * options.sample_epochs
+        per_epoch, capacity = options.samples_per_epoch(), options.sample_count()
         storage = options.storage
         if storage == "auto":
             storage = "disk" if capacity * size * 4 > RAM_LIMIT else "ram"
@@ -408,7 +451,7 @@ class Subspace(Method):
                 path = Path(scratch.name) / "trajectory.f32"
         try:
             store = TrajectoryStore(size, capacity, path)
-            sampler = TrajectorySampler(store, per_epoch=per_epoch)
+            sampler = TrajectorySampler(store, per_epoch=per_epoch, initial=options.initial_sample)
             sampling = resumable(
                 trainer(
                     dataclasses.replace(config, epochs=options.sample_epochs),
@@ -418,6 +461,7 @@ class Subspace(Method):
             )
             fit(sampling, 0)
             basis = dldr(store, min(options.dim, len(store) - 1), parameter_layout(model))
+            first = store.sample(0)
         finally:
             if scratch is not None:
                 scratch.cleanup()
@@ -426,7 +470,7 @@ class Subspace(Method):
                 f"only {len(store)} samples were taken, too few for --dim {options.dim}; "
                 "raise --samples or --sample-epochs"
             )
-        return sampling.history, basis
+        return sampling.history, basis, first
 
     def _memory(self, ctx, model, loss_fn, sgd, optimizer, basis) -> dict[str, Any]:
         """The meter's step report of the larger stage (by peak) plus ``stage``, both stages'

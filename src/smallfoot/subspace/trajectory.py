@@ -145,8 +145,9 @@ class TrajectorySampler(Callback):
     """Trainer callback: store the flattened trainable parameters along training.
 
     Exactly one of ``every_steps`` (after every k-th optimizer step) or ``per_epoch`` (``m``
-    samples per epoch, after evenly spaced batches, the last one ending the epoch). Sampling
-    stops when the store is full.
+    samples per epoch, after evenly spaced batches, the last one ending the epoch). With
+    ``initial`` the weights before the first step are stored first (the DLDR authors sample
+    the initial weights and the end of every epoch). Sampling stops when the store is full.
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class TrajectorySampler(Callback):
         store: TrajectoryStore,
         every_steps: int | None = None,
         per_epoch: int | None = None,
+        initial: bool = False,
     ):
         if (every_steps is None) == (per_epoch is None):
             raise ConfigError("give the sampler exactly one of every_steps or per_epoch")
@@ -162,14 +164,18 @@ class TrajectorySampler(Callback):
                 f"every_steps/per_epoch must be positive, got {every_steps or per_epoch}"
             )
         self.store, self.every_steps, self.per_epoch = store, every_steps, per_epoch
+        self.initial = initial
 
     def on_train_start(self, trainer: Trainer) -> None:
-        """Check that the model's parameter count matches the store."""
+        """Check that the model's parameter count matches the store; store the initial
+        weights when ``initial`` and nothing was stored yet (not again on resume)."""
         size = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         if size != self.store.size:
             raise ConfigError(
                 f"the model has {size} trainable parameters but the trajectory store holds {self.store.size}"
             )
+        if self.initial and len(self.store) == 0 and trainer.global_step == 0:
+            self.store.append(flatten(p for p in trainer.model.parameters() if p.requires_grad))
 
     def due(self, trainer: Trainer, batch_index: int) -> bool:
         """Whether a sample is taken after batch ``batch_index`` (0-based) of the current epoch."""
