@@ -10,9 +10,11 @@ import torch
 from smallfoot import cli
 from smallfoot.closedform.method import process_peak_bytes, reset_process_peak
 from smallfoot.config import RunConfig
+from smallfoot.data import load_dataset
 from smallfoot.errors import ConfigError
 from smallfoot.memory.configured import configured_step
 from smallfoot.methods import get_method, get_method_class
+from smallfoot.models import build_model
 from smallfoot.train import run_training
 
 
@@ -118,3 +120,20 @@ def test_process_peak_is_a_high_water_mark():
     after, source = process_peak_bytes()
     del block
     assert after - before >= 60 * 2**20 and source
+
+
+def test_binary_fit_has_one_output_and_saves_the_mlp_layout(tmp_path):
+    config = RunConfig(
+        dataset="checkerboard", model="mlp", method="closedform",
+        model_options={"widths": [64, 64]}, data_options={"size": 400},
+        method_options={"targets": "random", "solver": "pinv", "alpha": 0.08, "beta": 200.0},
+        out_dir=str(tmp_path), run_name="board", progress=False,
+    )  # fmt: skip
+    summary = run_training(config)
+    assert summary["fit"]["coding"] == "sign" and summary["fit"]["layers"][-1]["width"] == 1
+    mlp = build_model("mlp", (2,), 2, widths=[64, 64])
+    mlp.load_state_dict(torch.load(summary["model_file"]))
+    data = load_dataset("checkerboard", "train", size=400)
+    with torch.no_grad():
+        accuracy = float((mlp(data.x).argmax(1) == data.y).double().mean())
+    assert accuracy == pytest.approx(summary["train_accuracy"], abs=1 / 400)
