@@ -36,7 +36,7 @@ def test_registered_as_a_staged_method():
 
 def test_fit_command_writes_a_run_that_train_init_accepts(monkeypatch, capsys, tmp_path):
     code, out, err = run_cli(
-        monkeypatch, capsys, "fit", "--dataset", "digits", "--widths", "48,24",
+        monkeypatch, capsys, "fit", "--dataset", "digits", "--widths", "48,24", "--targets", "deterministic",
         "--ridge", "10", "--chunk", "500", "--out-dir", str(tmp_path), "--run-name", "fit",
     )  # fmt: skip
     assert code == 0, err
@@ -137,3 +137,17 @@ def test_binary_fit_has_one_output_and_saves_the_mlp_layout(tmp_path):
     with torch.no_grad():
         accuracy = float((mlp(data.x).argmax(1) == data.y).double().mean())
     assert accuracy == pytest.approx(summary["train_accuracy"], abs=1 / 400)
+
+
+def test_fit_command_method_and_library_share_their_defaults():
+    import inspect
+
+    from smallfoot.closedform import fit_mlp
+
+    library = inspect.signature(fit_mlp).parameters
+    command = inspect.signature(cli.fit).parameters
+    options = get_method_class("closedform").Options()
+    for name in ("targets", "activation", "alpha", "beta", "tries", "solver", "ridge", "ema"):
+        assert command[name].default.default == library[name].default, name
+        assert getattr(options, name) == library[name].default, name
+    assert options.coding == library["coding"].default

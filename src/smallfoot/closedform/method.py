@@ -97,7 +97,7 @@ class ClosedForm(Method):
 
     @dataclass
     class Options:
-        targets: str = "deterministic"
+        targets: str = "random"
         """random, platonic-pca, sorted-pca, deterministic or elm"""
         activation: str = "relu"
         """relu, tanh, celu, sigmoid or identity (the mlp model itself uses relu)"""
