@@ -239,3 +239,11 @@ def test_float32_pinv_defaults_to_the_thesis_tolerance():
         not torch.equal(tensor, pytorch.model.state_dict()[name])
         for name, tensor in default.model.state_dict().items()
     )
+
+
+def test_regression_with_several_targets():
+    x = torch.linspace(-1, 1, 200, dtype=torch.float64)[:, None]
+    y = torch.cat([torch.sin(torch.pi * x), torch.cos(torch.pi * x)], dim=1)
+    result = fit_mlp(x, y, [16], activation="tanh", num_classes=0, solver="pinv")
+    assert result.coding == "none" and result.model[-1].out_features == 2
+    assert result.train_error < 1e-2

@@ -189,7 +189,9 @@ def predicted_classes(outputs: torch.Tensor) -> torch.Tensor:
     return outputs.argmax(dim=1)
 
 
-def _output_to_scores(w_out: torch.Tensor, coding: str, offset: torch.Tensor) -> torch.Tensor:
+def _output_to_scores(
+    w_out: torch.Tensor, coding: str, offset: torch.Tensor | None
+) -> torch.Tensor:
     """The output weights ``(c, k)`` rewritten so the model's outputs estimate one-hot targets
     (row 0 is the bias): ``sign`` with several columns halves and shifts by 1/2, ``centred``
     adds the class frequencies ``offset`` ``(k,)`` back. The single ``sign`` column of a
@@ -503,7 +505,9 @@ def fit_mlp(
     else:
         w_out = output_solver.solve(targets_y)
     error, mse = _output_error(stack, targets_y, w_out, num_classes)
-    offset = nn.functional.one_hot(y.long(), num_classes).to(dtype).mean(0) if k > 1 else None
+    offset = None
+    if coding == "centred":  # the class frequencies the coding took out
+        offset = nn.functional.one_hot(y.long(), num_classes).to(dtype).mean(0)
     model = _to_sequential([*stack.weights, _output_to_scores(w_out, coding, offset)], act)
     reports.append(
         LayerReport(
