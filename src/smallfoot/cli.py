@@ -744,11 +744,11 @@ def _ratio(value) -> str:
 def filter_command(
     dataset: str = typer.Option(..., help="Dataset name (see `smallfoot datasets`)."),
     k: str = typer.Option("5,10,20,42", "--k", help="Neighbourhood sizes, e.g. 5,10,42."),
-    knn_chunk: int | None = typer.Option(
-        None,
+    knn_chunk: int = typer.Option(
+        6000,
         "--knn-chunk",
-        help="Search neighbours only within random chunks of this many samples "
-        "(approximate, faster; default: exact over the whole set).",
+        help="Search neighbours within seeded random chunks of this many samples, as the "
+        "thesis does (not a training batch size); 0: exact search over the whole set.",
     ),
     split: str = typer.Option("train", help="Dataset split."),
     train_limit: int | None = typer.Option(
@@ -796,15 +796,19 @@ def fit(
     dataset: str = typer.Option(..., help="Dataset name (see `smallfoot datasets`)."),
     widths: str = typer.Option("784,392", help="Hidden layer widths, e.g. 784,392."),
     targets: str = typer.Option(
-        "deterministic",
+        "random",
         help="random, platonic-pca, sorted-pca, deterministic, elm, or one per layer: a,b.",
     ),
     activation: str = typer.Option("relu", help="relu, tanh, celu, sigmoid or identity."),
     alpha: float = typer.Option(1.0, help="Target scale alpha in T = alpha [Z | beta Y] P."),
-    beta: float = typer.Option(1e4, help="Weight beta of the labels."),
+    beta: float = typer.Option(
+        10.0, help="Weight beta of the labels (thesis: 10 for random P, 1e4 deterministic)."
+    ),
     tries: int = typer.Option(1, help="Random projections per layer (lowest LSD kept)."),
     solver: str = typer.Option("ridge", help="ridge, pinv or lstsq."),
-    ridge: float = typer.Option(1e3, help="L2 penalty of the ridge solver."),
+    ridge: float = typer.Option(
+        1e-3, help="L2 penalty of the ridge solver (grows with the samples; thesis MNIST: 5e4)."
+    ),
     tol: float | None = typer.Option(None, help="Absolute tolerance of pinv."),
     ema: float | None = typer.Option(None, help="lambda_EMA of sample re-weighting, e.g. 0.2."),
     chunk: int | None = typer.Option(10000, help="Rows per normal-equation step (ridge)."),

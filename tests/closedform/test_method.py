@@ -2,7 +2,6 @@
 
 import json
 import re
-import sys
 
 import pytest
 import torch
@@ -10,21 +9,12 @@ import torch
 from smallfoot import cli
 from smallfoot.closedform.method import process_peak_bytes, reset_process_peak
 from smallfoot.config import RunConfig
+from smallfoot.data import load_dataset
 from smallfoot.errors import ConfigError
 from smallfoot.methods import get_method, get_method_class
+from smallfoot.models import build_model
 from smallfoot.runner import run_training
 from smallfoot.runner.step import method_step_memory
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_registered_as_a_staged_method():
@@ -32,9 +22,8 @@ def test_registered_as_a_staged_method():
     assert cls.staged and "Platonic" in cls.description
 
 
-def test_fit_command_writes_a_run_that_train_init_accepts(monkeypatch, capsys, tmp_path):
-    code, out, err = run_cli(
-        monkeypatch, capsys, "fit", "--dataset", "digits", "--widths", "48,24",
+def test_fit_command_writes_a_run_that_train_init_accepts(run_cli, tmp_path):
+    code, out, err = run_cli("fit", "--dataset", "digits", "--widths", "48,24", "--targets", "deterministic",
         "--ridge", "10", "--chunk", "500", "--out-dir", str(tmp_path), "--run-name", "fit",
     )  # fmt: skip
     assert code == 0, err
@@ -66,12 +55,11 @@ def test_closedform_needs_the_mlp_model(tmp_path):
     assert cli.parse_key_values([suggested], "--model-opt") == {"widths": [256, 128]}
 
 
-def test_memory_command_refuses_in_one_line(monkeypatch, capsys):
+def test_memory_command_refuses_in_one_line(run_cli):
     with pytest.raises(ConfigError, match="no training step .* process peak") as error:
         method_step_memory("mlp", (1, 8, 8), 16, method="closedform")
     assert "\n" not in str(error.value)
-    code, out, err = run_cli(
-        monkeypatch, capsys, "memory", "--model", "cnn4", "--input", "1x28x28", "--method",
+    code, out, err = run_cli("memory", "--model", "cnn4", "--input", "1x28x28", "--method",
         "closedform",
     )  # fmt: skip
     assert code == 2 and "no training step" in err + out and "parameters" not in out
@@ -92,9 +80,8 @@ def test_compare_adapts_another_model_to_the_mlp(tmp_path):
     assert summary["model"] == "mlp" and summary["test_accuracy"] > 0.5
 
 
-def test_fit_command_reports_bad_options_in_one_line(monkeypatch, capsys, tmp_path):
-    code, _, err = run_cli(
-        monkeypatch, capsys, "fit", "--dataset", "digits", "--widths", "8",
+def test_fit_command_reports_bad_options_in_one_line(run_cli, tmp_path):
+    code, _, err = run_cli("fit", "--dataset", "digits", "--widths", "8",
         "--dtype", "float16", "--out-dir", str(tmp_path),
     )  # fmt: skip
     assert code == 2 and "float32 or float64" in err
@@ -118,3 +105,34 @@ def test_process_peak_is_a_high_water_mark():
     after, source = process_peak_bytes()
     del block
     assert after - before >= 60 * 2**20 and source
+
+
+def test_binary_fit_has_one_output_and_saves_the_mlp_layout(tmp_path):
+    config = RunConfig(
+        dataset="checkerboard", model="mlp", method="closedform",
+        model_options={"widths": [64, 64]}, data_options={"size": 400},
+        method_options={"targets": "random", "solver": "pinv", "alpha": 0.08, "beta": 200.0},
+        out_dir=str(tmp_path), run_name="board", progress=False,
+    )  # fmt: skip
+    summary = run_training(config)
+    assert summary["fit"]["coding"] == "sign" and summary["fit"]["layers"][-1]["width"] == 1
+    mlp = build_model("mlp", (2,), 2, widths=[64, 64])
+    mlp.load_state_dict(torch.load(summary["model_file"]))
+    data = load_dataset("checkerboard", "train", size=400)
+    with torch.no_grad():
+        accuracy = float((mlp(data.x).argmax(1) == data.y).double().mean())
+    assert accuracy == pytest.approx(summary["train_accuracy"], abs=1 / 400)
+
+
+def test_fit_command_method_and_library_share_their_defaults():
+    import inspect
+
+    from smallfoot.closedform import fit_mlp
+
+    library = inspect.signature(fit_mlp).parameters
+    command = inspect.signature(cli.fit).parameters
+    options = get_method_class("closedform").Options()
+    for name in ("targets", "activation", "alpha", "beta", "tries", "solver", "ridge", "ema"):
+        assert command[name].default.default == library[name].default, name
+        assert getattr(options, name) == library[name].default, name
+    assert options.coding == library["coding"].default

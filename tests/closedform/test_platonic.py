@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from smallfoot.closedform import fit_mlp, layer_projections, sorted_pca_indices
+from smallfoot.closedform import (
+    encode_targets,
+    fit_mlp,
+    layer_projections,
+    predicted_classes,
+    sorted_pca_indices,
+)
 from smallfoot.closedform.platonic import _readout_pass, _Stack
 from smallfoot.errors import ConfigError, TrainingError
 from smallfoot.models import build_model
@@ -31,7 +37,7 @@ def test_linearly_separable_fit_is_perfect(targets):
     result = fit_mlp(x, y, [5], targets=targets, beta=10.0, ridge=1e-6)
     assert result.train_error == 0.0
     with torch.no_grad():
-        assert torch.equal(result.model(x).argmax(1), y)
+        assert torch.equal(predicted_classes(result.model(x)), y)
 
 
 def test_deterministic_fit_is_bit_for_bit_repeatable():
@@ -57,7 +63,7 @@ def test_minibatch_normal_equations_equal_full_batch(targets):
 
 def test_tries_keep_the_lowest_lsd():
     x, y = blobs(m=150, n=3)
-    y_onehot = torch.nn.functional.one_hot(y, 2).double()
+    y_sign = (2.0 * y - 1.0)[:, None].double()  # the default coding of two classes
     result = fit_mlp(x, y, [3], targets="random", tries=6, beta=0.5, seed=1)
     hidden = result.layers[0]
     assert len(hidden.tries_lsd) == 6
@@ -65,7 +71,7 @@ def test_tries_keep_the_lowest_lsd():
     assert hidden.lsd == pytest.approx(min(hidden.tries_lsd), rel=1e-7)
     with torch.no_grad():
         z = result.model[:3](x)
-    assert lsd_of(z, y_onehot) == pytest.approx(hidden.lsd, rel=1e-7)
+    assert lsd_of(z, y_sign) == pytest.approx(hidden.lsd, rel=1e-7)
 
 
 def test_more_tries_never_raise_the_first_layer_lsd():
@@ -88,7 +94,7 @@ def test_solvers_agree_on_a_well_conditioned_problem():
     reference = results["ridge"].model.state_dict()
     for solver in ("pinv", "lstsq"):
         for name, tensor in results[solver].model.state_dict().items():
-            torch.testing.assert_close(tensor, reference[name], rtol=1e-6, atol=1e-8)
+            torch.testing.assert_close(tensor, reference[name], rtol=1e-6, atol=1e-6)
 
 
 def test_singular_float32_system_raises_a_clear_error():
@@ -103,8 +109,9 @@ def test_singular_float32_system_raises_a_clear_error():
 
 def test_model_loads_into_the_mlp_baseline():
     x, y = blobs(m=120, n=6)
+    y[::3] = 2  # three classes: one output per class
     result = fit_mlp(x, y, [7, 5], targets="deterministic", dtype=torch.float32)
-    mlp = build_model("mlp", (6,), 2, widths=(7, 5))
+    mlp = build_model("mlp", (6,), 3, widths=(7, 5))
     mlp.load_state_dict(result.model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(mlp(x.float()), result.model(x.float()))
@@ -147,7 +154,7 @@ def test_sorted_pca_picks_evenly_spaced_samples_along_the_first_component():
 
 def test_bad_options_raise_config_errors():
     x, y = blobs(m=50, n=3)
-    with pytest.raises(ConfigError, match="at most 5 components"):
+    with pytest.raises(ConfigError, match="at most 4 components"):  # 3 inputs + 1 sign column
         fit_mlp(x, y, [6], targets="platonic-pca")
     with pytest.raises(ConfigError, match="first hidden layer"):
         layer_projections(["random", "sorted-pca"], 2)
@@ -155,5 +162,88 @@ def test_bad_options_raise_config_errors():
         fit_mlp(x, y, [4], solver="pinv", batch_size=10)
     with pytest.raises(ConfigError, match="unknown projection"):
         fit_mlp(x, y, [4], targets="gradient")
+    with pytest.raises(ConfigError, match="unknown coding"):
+        fit_mlp(x, y, [4], coding="binary")
     with pytest.raises(ConfigError, match="one name per hidden layer"):
         fit_mlp(x, y, [4, 4], targets=["random"])
+
+
+def test_two_classes_are_one_sign_column_by_default():
+    x, y = blobs(m=100, n=3)
+    coded = encode_targets(y, 2, torch.float64)
+    assert coded.shape == (100, 1) and set(coded[:, 0].tolist()) == {-1.0, 1.0}
+    assert torch.equal(coded[:, 0] > 0, y == 1)
+    result = fit_mlp(x, y, [4], targets="random")
+    assert result.coding == "sign" and result.model[-1].out_features == 1
+    assert result.layers[-1].width == 1
+
+
+def test_codings_of_several_classes():
+    y = torch.tensor([0, 1, 2, 2])
+    one_hot = torch.nn.functional.one_hot(y, 3).double()
+    torch.testing.assert_close(encode_targets(y, 3, torch.float64), one_hot)
+    torch.testing.assert_close(encode_targets(y, 3, torch.float64, "sign"), 2 * one_hot - 1)
+    centred = encode_targets(y, 3, torch.float64, "centred")
+    torch.testing.assert_close(centred.mean(0), torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(centred - one_hot, -one_hot.mean(0).expand(4, 3))
+
+
+@pytest.mark.parametrize("coding", ["one-hot", "sign", "centred"])
+def test_outputs_estimate_one_hot_targets_whatever_the_coding(coding):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(90) % 3
+    corners = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    x = corners[y] + 0.3 * torch.randn(90, 2, generator=gen, dtype=torch.float64)
+    result = fit_mlp(x, y, [6], targets="random", coding=coding, ridge=1e-6)
+    reference = fit_mlp(x, y, [6], targets="random", coding="one-hot", ridge=1e-6)
+    with torch.no_grad():
+        out = result.model(x)
+    assert torch.equal(predicted_classes(out), y)
+    # the output layer is affine-equivariant: only the hidden targets differ between codings,
+    # so the fit of the one-hot matrix from the same hidden layer is reproduced exactly
+    if coding == "one-hot":
+        torch.testing.assert_close(out, reference.model(x).detach())
+    assert float((out - torch.nn.functional.one_hot(y, 3)).pow(2).mean()) < 0.1
+
+
+def test_sign_coding_fixes_the_dead_first_layer_of_uncentred_binary_targets():
+    # issue 18: with {0, 1} columns and a large beta the constant half of beta * Y lands in the
+    # first layer's biases, so the ReLU units are dead or always on and the layer is linear
+    board = torch.rand(600, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    board = board * 2 - 1
+    y = (((board + 1) * 2).floor().long().sum(1)) % 2  # a 4x4 checkerboard
+    options = dict(targets="random", activation="relu", alpha=0.08, beta=200.0, solver="pinv")
+    sign = fit_mlp(board, y, [256, 256], coding="sign", **options)
+    one_hot = fit_mlp(board, y, [256, 256], coding="one-hot", **options)
+    with torch.no_grad():
+        first = sign.model[2](sign.model[1](board))
+    switching = ((first > 0).any(0) & (first <= 0).any(0)).double().mean()
+    assert switching > 0.5  # most units switch somewhere on the square
+    assert sign.train_error < one_hot.train_error
+
+
+def test_float32_pinv_defaults_to_the_thesis_tolerance():
+    x, y = blobs(m=200, n=4)
+    # a nearly collinear column: its singular value (~1e-4) lies between 1e-5 and PyTorch's
+    # relative cut-off (eps * max(m, n) * largest, ~1e-3 here)
+    noise = torch.randn(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[:, 3] = x[:, 2] + 1e-5 * noise
+    x = x.float()
+    default = fit_mlp(x, y, [16], targets="random", solver="pinv", dtype=torch.float32)
+    explicit = fit_mlp(x, y, [16], targets="random", solver="pinv", dtype=torch.float32,
+                       tol=1e-5)  # fmt: skip
+    pytorch = fit_mlp(x, y, [16], targets="random", solver="pinv", dtype=torch.float32, tol=0)
+    for name, tensor in default.model.state_dict().items():
+        assert torch.equal(tensor, explicit.model.state_dict()[name])
+    assert any(
+        not torch.equal(tensor, pytorch.model.state_dict()[name])
+        for name, tensor in default.model.state_dict().items()
+    )
+
+
+def test_regression_with_several_targets():
+    x = torch.linspace(-1, 1, 200, dtype=torch.float64)[:, None]
+    y = torch.cat([torch.sin(torch.pi * x), torch.cos(torch.pi * x)], dim=1)
+    result = fit_mlp(x, y, [16], activation="tanh", num_classes=0, solver="pinv")
+    assert result.coding == "none" and result.model[-1].out_features == 2
+    assert result.train_error < 1e-2

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from smallfoot import cli
 from smallfoot.data import ArrayDataset, load_dataset
 from smallfoot.data.filtering import (
+    KNN_CHUNK,
     FilterSpec,
-    LossFilter,
-    OnlineKFilter,
     apply_filter,
     default_layers,
     k_filter,
@@ -17,6 +17,7 @@ from smallfoot.data.filtering import (
     layer_lsd,
     least_squares_distance,
     loss_filter,
+    nearest_neighbours,
     neighbour_purity,
     representations,
     select_removed,
@@ -24,6 +25,7 @@ from smallfoot.data.filtering import (
 from smallfoot.errors import ConfigError, ShapeError
 from smallfoot.losses import build_loss
 from smallfoot.train import TrainConfig, Trainer
+from smallfoot.train.filtering import LossFilter, OnlineKFilter
 
 
 def two_clusters_and_a_boundary():
@@ -151,9 +153,12 @@ def dataset(n=200, seed=0):
 
 
 def test_filter_spec_and_apply_filter():
-    assert FilterSpec.parse("k=10,cap=0.6,batch=6000,seed=2") == FilterSpec(10, 0.6, 6000, 2)
-    assert FilterSpec.parse({"k": 5}) == FilterSpec(5)
-    for bad in ("k", "cap=0.5", "k=ten", "k=0", "k=3,foo=1"):
+    assert FilterSpec.parse("k=10,cap=0.6,knn_chunk=500,seed=2") == FilterSpec(10, 0.6, 500, 2)
+    assert FilterSpec.parse({"k": 5}) == FilterSpec(5, knn_chunk=KNN_CHUNK)  # the thesis' way
+    assert FilterSpec.parse("k=5,knn_chunk=0").knn_chunk == 0  # exact
+    with pytest.raises(ConfigError, match="knn_chunk"):
+        FilterSpec.parse("k=42,batch=6000")  # a k-NN chunk, not a training batch size
+    for bad in ("k", "cap=0.5", "k=ten", "k=0", "k=3,foo=1", "k=3,knn_chunk=1"):
         with pytest.raises(ConfigError):
             FilterSpec.parse(bad)
     data = dataset()
@@ -260,27 +265,10 @@ def test_least_squares_distance():
     assert least_squares_distance(z, labels, 3) == pytest.approx(expected)
 
 
-def run_cli(monkeypatch, capsys, *args):
-    import sys
-
-    from smallfoot import cli
-
-    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_filter_command_json(monkeypatch, capsys):
+def test_filter_command_json(run_cli):
     import json
 
-    code, out, _ = run_cli(
-        monkeypatch, capsys, "filter", "--dataset", "digits", "--k", "5,10", "--json"
-    )
+    code, out, _ = run_cli("filter", "--dataset", "digits", "--k", "5,10", "--json")
     assert code == 0
     report = json.loads(out)
     assert set(report) == {"5", "10"}
@@ -289,7 +277,7 @@ def test_filter_command_json(monkeypatch, capsys):
     for k, row in report.items():
         assert row["redundancy"] == expected[int(k)]
         assert row["kept"] + row["removed"] == row["total"] == len(data)
-    code, _, err = run_cli(monkeypatch, capsys, "filter", "--dataset", "digits", "--k", "0")
+    code, _, err = run_cli("filter", "--dataset", "digits", "--k", "0")
     assert code == 2 and "positive integers" in err
 
 
@@ -307,3 +295,29 @@ def test_train_with_filter_records_what_was_removed(tmp_path):
     record = json.loads((tmp_path / "run" / "data.json").read_text())["filter"]
     assert summary["train_samples"] == record["kept"] == 400 - len(record["removed"])
     assert 0 < record["redundancy"] < 1 and record["k"] == 10
+
+
+def test_symmetric_tiles_match_brute_force():
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(70, 4, generator=generator, dtype=torch.float64)
+    distance = torch.cdist(x, x)
+    distance.fill_diagonal_(float("inf"))
+    expected = distance.argsort(dim=1)[:, :9]
+    for tile in (5, 16, 70, None):
+        assert torch.equal(nearest_neighbours(x, 9, tile), expected)
+
+
+def test_filter_command_defaults_to_the_thesis_chunks(run_cli):
+    import inspect
+    import json
+
+    default = inspect.signature(cli.filter_command).parameters["knn_chunk"].default.default
+    assert default == KNN_CHUNK
+    data = load_dataset("digits", "train")
+    for chunk, batch_size in (("500", 500), ("0", None)):
+        code, out, _ = run_cli("filter", "--dataset", "digits", "--k", "5", "--knn-chunk",
+            chunk, "--json",
+        )  # fmt: skip
+        assert code == 0
+        expected = k_redundancy(data.x, data.y, [5], batch_size=batch_size)[5]
+        assert json.loads(out)["5"]["redundancy"] == expected

@@ -38,6 +38,17 @@ def test_two_spirals_classes_are_point_reflections():
     torch.testing.assert_close(ds.x, expected, atol=1e-5, rtol=0)
 
 
+def test_two_spirals_turns_is_an_option():
+    ds = load_dataset("two-spirals", "train", size=400, turns=1.0)
+    radius = ds.x.norm(dim=1)
+    sign = torch.where(ds.y == 0, 1.0, -1.0)[:, None]
+    t = radius * 2 * math.pi  # one revolution from the centre to radius 1
+    expected = sign * torch.stack([radius * torch.cos(t), radius * torch.sin(t)], 1)
+    torch.testing.assert_close(ds.x, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="turns"):
+        load_dataset("two-spirals", "train", turns=0)
+
+
 def test_checkerboard_labels_are_square_colours():
     ds = load_dataset("checkerboard", "train")
     cells = ((ds.x + 1) * 4).floor().long()

@@ -11,7 +11,13 @@ from typing import Any
 import torch
 
 from smallfoot._io import atomic_torch_save
-from smallfoot.closedform.platonic import FitResult, fit_mlp
+from smallfoot.closedform.platonic import (
+    BETA,
+    RIDGE,
+    FitResult,
+    fit_mlp,
+    predicted_classes,
+)
 from smallfoot.errors import ConfigError
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, register_method
@@ -49,19 +55,36 @@ def process_peak_bytes() -> tuple[int, str]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    """``{"accuracy", "loss"}`` of ``model`` on ``(x, y)``: classification accuracy (0-1) and
-    one-hot mean squared error ``||Y - Yhat||_F^2 / m``, or, for regression (``num_classes``
-    0), accuracy None and the mean squared error."""
+    """``{"accuracy", "loss"}`` of a fitted ``model`` on ``(x, y)``: classification accuracy
+    (0-1) and mean squared error ``||Y - Yhat||_F^2 / m`` against one-hot targets (or against
+    ``y`` in {-1, +1} when the model has the single output of the binary ``sign`` coding), or,
+    for regression (``num_classes`` 0), accuracy None and the mean squared error."""
     dtype = next(model.parameters()).dtype
     out = torch.cat([model(x[i : i + 8192].to(dtype)) for i in range(0, len(x), 8192)])
     if num_classes == 0:
         target = y.reshape(len(y), -1).to(dtype)
         return {"accuracy": None, "loss": float((out - target).pow(2).sum() / len(y))}
-    target = torch.nn.functional.one_hot(y, num_classes).to(dtype)
+    if out.shape[1] == 1:
+        target = (2 * y.to(dtype) - 1)[:, None]
+    else:
+        target = torch.nn.functional.one_hot(y, num_classes).to(dtype)
     return {
-        "accuracy": float((out.argmax(1) == y).double().mean()),
+        "accuracy": float((predicted_classes(out) == y).double().mean()),
         "loss": float((out - target).pow(2).sum() / len(y)),
     }
+
+
+def two_class_state(model: torch.nn.Sequential) -> dict[str, torch.Tensor]:
+    """The float32 state dict of a fitted model in the ``mlp`` layout of its classes: a single
+    ``sign`` output ``f`` becomes the two logits ``(-f / 2, f / 2)`` (softmax = sigmoid(f),
+    same decisions), so ``smallfoot train --model mlp --init`` loads it."""
+    state = {k: v.float() for k, v in model.state_dict().items()}
+    last = next(name for name in reversed(state) if name.endswith(".weight"))
+    if state[last].shape[0] == 1:
+        bias = last.removesuffix("weight") + "bias"
+        state[last] = torch.cat([-state[last], state[last]]) / 2
+        state[bias] = torch.cat([-state[bias], state[bias]]) / 2
+    return state
 
 
 @register_method
@@ -74,22 +97,26 @@ class ClosedForm(Method):
 
     @dataclass
     class Options:
-        targets: str = "deterministic"
+        targets: str = "random"
         """random, platonic-pca, sorted-pca, deterministic or elm"""
         activation: str = "relu"
         """relu, tanh, celu, sigmoid or identity (the mlp model itself uses relu)"""
         alpha: float = 1.0
         """target scale alpha in T = alpha [Z | beta Y] P"""
-        beta: float = 1e4
+        beta: float = BETA
         """weight beta of the labels in the augmented matrix"""
         tries: int = 1
         """random projections drawn per layer; the lowest-LSD one is kept"""
         solver: str = "ridge"
         """ridge (mini-batch normal equations), pinv or lstsq (whole matrix in memory)"""
-        ridge: float = 1e3
+        ridge: float = RIDGE
         """L2 penalty lambda of the ridge solver"""
         tol: float | None = None
-        """absolute singular-value tolerance of pinv"""
+        """absolute singular-value cut-off of pinv (none: 1e-5 in float32, PyTorch's in
+        float64; 0: PyTorch's)"""
+        coding: str = "auto"
+        """class-label coding: auto (sign for two classes, one-hot for more), sign, one-hot,
+        centred"""
         ema: float | None = None
         """lambda_EMA of per-sample error re-weighting for platonic-pca (e.g. 0.2)"""
         chunk: int | None = 10000
@@ -162,6 +189,7 @@ class ClosedForm(Method):
             batch_size=o.chunk if o.solver == "ridge" else None,
             dtype=DTYPES[o.dtype],
             seed=ctx.config.seed,
+            coding=o.coding,
         )
 
     def train(self, ctx: RunContext) -> TrainOutcome:
@@ -173,8 +201,7 @@ class ClosedForm(Method):
         train = evaluate(result.model, ctx.train_set.x, ctx.train_set.y, ctx.num_classes)
         test = evaluate(result.model, ctx.test_set.x, ctx.test_set.y, ctx.num_classes)
         if ctx.run_dir is not None:
-            state = {k: v.float() for k, v in result.model.state_dict().items()}
-            atomic_torch_save(state, Path(ctx.run_dir) / MODEL_FILE)
+            atomic_torch_save(two_class_state(result.model), Path(ctx.run_dir) / MODEL_FILE)
         metrics: dict[str, Any] = {
             "train_accuracy": train["accuracy"],
             "test_accuracy": test["accuracy"],

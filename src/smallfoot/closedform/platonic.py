@@ -28,7 +28,20 @@ from smallfoot.errors import ConfigError, ShapeError, TrainingError
 PROJECTIONS = ("random", "platonic-pca", "sorted-pca", "elm")
 """Per-layer ways of choosing hidden weights; ``deterministic`` names a combination of them."""
 TARGETS = (*PROJECTIONS, "deterministic")
+BETA = 10.0
+"""Default label weight beta: the thesis' value for random ``P`` (its MNIST runs, table 7.2,
+and the sine); it used 1e4 for the deterministic targets."""
+RIDGE = 1e-3
+"""Default L2 penalty of the ridge solver: small, close to the plain least-squares solves of
+the thesis' toy problems. The penalty adds to a Gram matrix summed (not averaged) over the
+samples, so its useful size grows with them: the thesis used 5e4 on MNIST's 60,000 images."""
 SOLVERS = ("ridge", "pinv", "lstsq")
+CODINGS = ("auto", "sign", "one-hot", "centred")
+"""Class-label codings of ``Y``; ``auto`` is the thesis' choice (``sign`` for two classes,
+``one-hot`` for more)."""
+PINV_TOL = {torch.float32: 1e-5, torch.float64: None}
+"""Default absolute tolerance of ``pinv`` per dtype: 1e-5 in float32 (thesis table 7.1),
+PyTorch's relative default in float64."""
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -77,18 +90,23 @@ class FitResult:
         layers: one :class:`LayerReport` per hidden layer, then the output layer.
         seconds: total wall time of the fit.
         train_error: final training error (error rate or MSE, as ``LayerReport``).
+        coding: the label coding used (``sign``, ``one-hot``, ``centred``; ``none`` for
+            regression). With ``sign`` on two classes the model has one output, positive for
+            class 1; otherwise its outputs estimate one-hot targets (argmax = class).
     """
 
     model: nn.Sequential
     layers: list[LayerReport]
     seconds: float
     train_error: float
+    coding: str = "one-hot"
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (per-layer reports as dicts)."""
         return {
             "seconds": self.seconds,
             "train_error": self.train_error,
+            "coding": self.coding,
             "layers": [vars(layer) for layer in self.layers],
         }
 
@@ -123,14 +141,68 @@ def layer_projections(targets: str | Sequence[str], depth: int) -> list[str]:
     return names
 
 
-def one_hot_targets(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """``Y`` of the least-squares problems: one-hot ``(m, num_classes)`` for int64 labels
-    ``(m,)`` when ``num_classes > 0``, else the float regression targets as ``(m, D)``."""
-    if num_classes > 0:
-        if y.dim() != 1:
-            raise ShapeError(f"class labels must have shape (m,), got {tuple(y.shape)}")
-        return nn.functional.one_hot(y.long(), num_classes).to(dtype)
-    return (y if y.dim() == 2 else y.reshape(len(y), -1)).to(dtype)
+def resolve_coding(coding: str, num_classes: int) -> str:
+    """The coding ``auto`` stands for: ``sign`` for two classes (one output, ``y`` in
+    {-1, +1}, thesis figure 7.2), ``one-hot`` for more (its MNIST runs); ``none`` for
+    regression (``num_classes`` 0, whatever the coding). Other names are returned as they
+    are, once checked."""
+    if coding not in (*CODINGS, "none"):
+        raise ConfigError(f"unknown coding {coding!r}; choose one of: {', '.join(CODINGS)}")
+    if num_classes == 0:
+        return "none"
+    if coding == "auto":
+        return "sign" if num_classes == 2 else "one-hot"
+    return coding
+
+
+def encode_targets(
+    y: torch.Tensor, num_classes: int, dtype: torch.dtype, coding: str = "auto"
+) -> torch.Tensor:
+    """``Y`` of the least-squares problems for int64 labels ``(m,)``, ``(m, k)``:
+
+    * ``sign``: two classes as one column ``2 y - 1`` in {-1, +1} (``k = 1``); more classes
+      as ``2 * one-hot - 1``;
+    * ``one-hot``: {0, 1} columns;
+    * ``centred``: one-hot minus each column's mean (the class frequency), so ``beta Y`` puts
+      no constant into the hidden targets' bias.
+
+    For regression (``num_classes`` 0) the float targets ``(m, D)``, whatever the coding.
+    """
+    coding = resolve_coding(coding, num_classes)
+    if coding == "none":
+        return (y if y.dim() == 2 else y.reshape(len(y), -1)).to(dtype)
+    if y.dim() != 1:
+        raise ShapeError(f"class labels must have shape (m,), got {tuple(y.shape)}")
+    one_hot = nn.functional.one_hot(y.long(), num_classes).to(dtype)
+    if coding == "sign":
+        return (2 * y.to(dtype) - 1)[:, None] if num_classes == 2 else 2 * one_hot - 1
+    if coding == "centred":
+        return one_hot - one_hot.mean(dim=0)
+    return one_hot
+
+
+def predicted_classes(outputs: torch.Tensor) -> torch.Tensor:
+    """Class labels ``(m,)`` from a fitted model's outputs ``(m, k)``: ``outputs > 0`` for the
+    single column of the binary ``sign`` coding, else the argmax."""
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0).long()
+    return outputs.argmax(dim=1)
+
+
+def _output_to_scores(
+    w_out: torch.Tensor, coding: str, offset: torch.Tensor | None
+) -> torch.Tensor:
+    """The output weights ``(c, k)`` rewritten so the model's outputs estimate one-hot targets
+    (row 0 is the bias): ``sign`` with several columns halves and shifts by 1/2, ``centred``
+    adds the class frequencies ``offset`` ``(k,)`` back. The single ``sign`` column of a
+    binary problem and the other codings are returned unchanged."""
+    w = w_out.clone()
+    if coding == "sign" and w.shape[1] > 1:
+        w = w / 2
+        w[0] += 0.5
+    elif coding == "centred":
+        w[0] += offset
+    return w
 
 
 def _with_ones(z: torch.Tensor) -> torch.Tensor:
@@ -301,23 +373,24 @@ def fit_mlp(
     *,
     num_classes: int | None = None,
     activation: str = "relu",
-    targets: str | Sequence[str] = "deterministic",
+    targets: str | Sequence[str] = "random",
     alpha: float = 1.0,
-    beta: float = 10.0,
+    beta: float = BETA,
     tries: int = 1,
     solver: str = "ridge",
-    ridge: float = 1e-3,
+    ridge: float = RIDGE,
     tol: float | None = None,
     ema: float | None = None,
     batch_size: int | None = None,
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
+    coding: str = "auto",
 ) -> FitResult:
     """Fit an MLP in closed form, one least-squares problem per layer (thesis ch. 7).
 
     Args:
         x: inputs ``(m, ...)``; flattened to ``(m, n)``.
-        y: int64 labels ``(m,)`` (classification, one-hot targets) or float targets
+        y: int64 labels ``(m,)`` (classification, coded by ``coding``) or float targets
             ``(m, D)`` (regression, ``num_classes=0``).
         widths: hidden layer widths, e.g. ``(784, 392)``.
         num_classes: number of classes; default ``y.max() + 1`` for int labels, 0 for floats.
@@ -334,13 +407,18 @@ def fit_mlp(
             tolerance ``tol``) or ``lstsq`` (``torch.linalg.lstsq``); the last two need the
             whole layer input in memory (``batch_size=None``).
         ridge: L2 penalty ``lambda`` of the ridge solver.
-        tol: absolute singular-value cut-off of ``pinv`` (default: PyTorch's relative one).
+        tol: absolute singular-value cut-off of ``pinv``; ``None``: ``PINV_TOL`` of the dtype
+            (1e-5 in float32 as in table 7.1, PyTorch's relative default in float64); ``0``:
+            PyTorch's relative default in either dtype.
         ema: ``lambda_EMA`` of the per-sample error re-weighting of Platonic PCA (section
             7.9.3): ``A = alpha [Z | beta d * Y]`` with ``d_j <- ema d_j + (1 - ema) e_j``
             after each hidden layer; ``None`` disables it.
         batch_size: rows per accumulation step of the ridge solver; ``None``: all at once.
         dtype: ``torch.float32`` or ``torch.float64`` for every solve (and the returned model).
         seed: seeds the random projections / ELM weights.
+        coding: class-label coding of ``Y`` (:func:`encode_targets`): ``auto`` (``sign`` for
+            two classes, one output in {-1, +1}; ``one-hot`` for more, as the thesis),
+            ``sign``, ``one-hot`` or ``centred``. Ignored for regression.
 
     Returns:
         :class:`FitResult` with the ``nn.Sequential`` and per-layer reports.
@@ -373,9 +451,14 @@ def fit_mlp(
     if num_classes is None:
         num_classes = int(y.max()) + 1 if not y.is_floating_point() else 0
     projections = layer_projections(targets, len(widths))
+    coding = resolve_coding(coding, num_classes)
+    if tol is None:
+        tol = PINV_TOL[dtype]
+    elif tol <= 0:
+        tol = None
 
     x = x.reshape(len(x), -1).to(dtype)
-    targets_y = one_hot_targets(y, num_classes, dtype)
+    targets_y = encode_targets(y, num_classes, dtype, coding)
     m, k = len(x), targets_y.shape[1]
     act = ACTIVATIONS[activation]()
     stack = _Stack(x, targets_y, act, batch_size)
@@ -421,14 +504,17 @@ def fit_mlp(
         w_out = output_solver.solve_gram(gram[:c, c:])
     else:
         w_out = output_solver.solve(targets_y)
-    model = _to_sequential([*stack.weights, w_out], act)
     error, mse = _output_error(stack, targets_y, w_out, num_classes)
+    offset = None
+    if coding == "centred":  # the class frequencies the coding took out
+        offset = nn.functional.one_hot(y.long(), num_classes).to(dtype).mean(0)
+    model = _to_sequential([*stack.weights, _output_to_scores(w_out, coding, offset)], act)
     reports.append(
         LayerReport(
             len(widths) + 1, k, "output", mse, error, time.perf_counter() - out_started, [mse]
         )
     )
-    return FitResult(model, reports, time.perf_counter() - started, error)
+    return FitResult(model, reports, time.perf_counter() - started, error, coding)
 
 
 def _full(stack: _Stack, solver: str) -> torch.Tensor | None:
@@ -476,7 +562,10 @@ def _augmented_gram(stack, gram, c, beta, weights_d, ema) -> torch.Tensor:
 
 
 def _errors(y: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-sample error counted by ``train_error``: 0/1 misclassification or squared error."""
+    """Per-sample error counted by ``train_error``: 0/1 misclassification (sign of a single
+    column, else argmax) or squared error."""
+    if num_classes > 0 and y.shape[1] == 1:
+        return ((predicted[:, 0] > 0) != (y[:, 0] > 0)).to(y.dtype)
     if num_classes > 0:
         return (predicted.argmax(dim=1) != y.argmax(dim=1)).to(y.dtype)
     return (y - predicted).pow(2).sum(dim=1)

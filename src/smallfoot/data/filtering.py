@@ -3,8 +3,9 @@
 *Redundancy criterion*: a sample is redundant when all ``k`` of its nearest neighbours
 (Euclidean, never itself) belong to its own class. **k-filtering** removes the redundant
 samples; the **k-redundancy** is the fraction removed. The thesis runs the nearest-neighbour
-search "on large mini-batches of the data" (``batch_size``); ``batch_size=None`` searches the
-whole set exactly, in row chunks so memory stays bounded.
+search "on large mini-batches of the data" (``batch_size``, the *k-NN chunk*: ``KNN_CHUNK`` =
+6,000 samples by default for ``smallfoot filter`` and ``--filter``); ``batch_size=None`` (or 0)
+searches the whole set exactly, in tiles so memory stays bounded.
 
 Conventions (the tests pin them down):
 
@@ -15,12 +16,12 @@ Conventions (the tests pin them down):
   least the size of a class, no sample of that class is redundant unless its block has no other
   class nearby at all (all of its ``k`` neighbours must share its label).
 - Ties at equal distance are broken by ``torch.topk``; with duplicate distances the chosen
-  neighbours (not the criterion) may depend on the chunk size.
+  neighbours (not the criterion) may depend on the tile size.
 
-Also here: the offline ``apply_filter`` used by ``smallfoot train --filter k=K``, the online
-Trainer callbacks :class:`OnlineKFilter` (section 6.8.2) and :class:`LossFilter`, and the
-per-layer diagnostics ``layer_k_redundancy`` (figure 5.14) and ``least_squares_distance``
-(eq. 5.3).
+Also here: the offline ``apply_filter`` used by ``smallfoot train --filter k=K``,
+``loss_filter``, and the per-layer diagnostics ``layer_k_redundancy`` (figure 5.14) and
+``least_squares_distance`` (eq. 5.3). The online filters (Trainer callbacks) are in
+:mod:`smallfoot.train.filtering`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ from torch import nn
 
 from smallfoot.data.datasets import ArrayDataset
 from smallfoot.errors import ConfigError, ShapeError
-from smallfoot.train.trainer import Callback, Trainer
 
 CHUNK_ELEMENTS = 2**24
-"""Distance-matrix entries computed at once (64 MiB in float32): bounds the search's memory."""
+"""Distance-matrix entries computed at once (a 4096 x 4096 tile, 64 MiB in float32): bounds
+the search's memory."""
+KNN_CHUNK = 6000
+"""Samples per k-NN chunk of the default k-filter (the thesis searches "large mini-batches";
+table 5.1's fractions): the default of ``smallfoot filter --knn-chunk`` and ``--filter``."""
 
 
 def _flat(features: torch.Tensor) -> torch.Tensor:
@@ -50,12 +54,70 @@ def _flat(features: torch.Tensor) -> torch.Tensor:
 def _blocks(n: int, batch_size: int | None, seed: int) -> list[torch.Tensor]:
     """Index blocks searched independently: one block of all rows, or a seeded random split
     into ``ceil(n / batch_size)`` blocks of (nearly) equal size."""
-    if batch_size is None or batch_size >= n:
+    if not batch_size or batch_size >= n:
         return [torch.arange(n)]
     if batch_size < 2:
-        raise ConfigError(f"k-filter batch size must be at least 2, got {batch_size}")
+        raise ConfigError(
+            f"the k-NN chunk must hold at least 2 samples, got {batch_size}; use 0 for an "
+            "exact search over the whole set"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return list(torch.tensor_split(order, -(-n // batch_size)))
+
+
+def _merge(
+    best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest of two ``(distances, indices)`` candidate lists per row, sorted."""
+    distance = torch.cat([best[0], new[0]], dim=1)
+    index = torch.cat([best[1], new[1]], dim=1)
+    top = distance.topk(min(k, distance.shape[1]), dim=1, largest=False)
+    return top.values, index.gather(1, top.indices)
+
+
+def nearest_neighbours(points: torch.Tensor, k: int, tile: int | None = None) -> torch.Tensor:
+    """Indices ``(n, k)`` of the ``k`` nearest other rows of ``points`` ``(n, d)`` (squared
+    Euclidean distance, nearest first; a row is never its own neighbour), exactly.
+
+    The distance matrix is symmetric, so only its tiles on and above the diagonal are
+    computed: an off-diagonal tile ``(I, J)`` offers candidates to the rows of ``I`` (along
+    its rows) and to those of ``J`` (along its columns), halving the ``2 n^2 d`` flops of the
+    full matrix. Each tile of squared distances ``|x_i|^2 + |x_j|^2 - 2 x_i . x_j`` is one
+    GEMM of the augmented rows ``[x_i, |x_i|^2, 1] . [-2 x_j, 1, |x_j|^2]``. Memory: a few
+    tiles plus the running ``(n, k)`` candidates. ``tile`` (default: ``sqrt(CHUNK_ELEMENTS)``
+    = 4096) changes speed and memory, not the result (up to ties at equal distance).
+    """
+    n = len(points)
+    if not 1 <= k < n:
+        raise ConfigError(f"k must lie in [1, {n - 1}] for {n} points, got {k}")
+    tile = tile or int(CHUNK_ELEMENTS**0.5)
+    norms = (points * points).sum(1, keepdim=True)
+    ones = torch.ones_like(norms)
+    left = torch.cat([points, norms, ones], dim=1)
+    right = torch.cat([-2 * points, ones, norms], dim=1)
+    starts = list(range(0, n, tile))
+    best = {}  # per tile of rows: running (distances, indices) of their nearest candidates
+    for start in starts:
+        size = min(tile, n - start)
+        best[start] = (points.new_empty(size, 0), torch.empty(size, 0, dtype=torch.long))
+    for i in starts:
+        rows = slice(i, min(i + tile, n))
+        for j in starts[starts.index(i) :]:
+            cols = slice(j, min(j + tile, n))
+            distance = left[rows] @ right[cols].T
+            if i == j:
+                distance.fill_diagonal_(float("inf"))
+            best[i] = _merge(best[i], _top(distance, k, cols.start), k)
+            if i != j:
+                best[j] = _merge(best[j], _top(distance.T.contiguous(), k, rows.start), k)
+    return torch.cat([best[start][1] for start in starts])
+
+
+def _top(distance: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest entries of each row of a distance tile and their column indices
+    (shifted by ``offset``, the tile's first column)."""
+    top = distance.topk(min(k, distance.shape[1]), dim=1, largest=False)
+    return top.values, top.indices + offset
 
 
 def neighbour_purity(
@@ -71,9 +133,9 @@ def neighbour_purity(
 
     A sample is redundant for ``k`` exactly when its purity is ``>= k``, so one search serves
     every ``k <= max_k``. ``features`` ``(N, ...)`` are flattened; ``labels`` ``(N,)``.
-    ``batch_size``: search within seeded random blocks of this many samples (``None``: the
-    whole set). ``chunk_size``: query rows per distance computation (default: enough rows for
-    ``CHUNK_ELEMENTS`` distances); it changes memory and speed, not the result.
+    ``batch_size``: search within seeded random blocks of this many samples (``None`` or 0:
+    the whole set, exactly). ``chunk_size``: the tile side of :func:`nearest_neighbours`; it
+    changes memory and speed, not the result.
     """
     x = _flat(features)
     if labels.shape != (len(x),):
@@ -82,23 +144,13 @@ def neighbour_purity(
         raise ConfigError(f"k must be at least 1, got {max_k}")
     purity = torch.zeros(len(x), dtype=torch.long)
     for block in _blocks(len(x), batch_size, seed):
-        points, block_labels = x[block], labels[block]
-        n = len(block)
-        kk = min(max_k, n - 1)
+        kk = min(max_k, len(block) - 1)
         if kk < 1:
             continue
-        squared_norms = (points * points).sum(1)
-        rows = chunk_size or max(1, CHUNK_ELEMENTS // n)
-        for start in range(0, n, rows):
-            query = points[start : start + rows]
-            # squared distances, (rows, n); the per-query norm is constant along a row, so
-            # it does not change the neighbour ranking and is left out
-            distance = torch.addmm(squared_norms[None, :], query, points.T, alpha=-2.0)
-            own = torch.arange(len(query))
-            distance[own, start + own] = float("inf")
-            neighbours = distance.topk(kk, dim=1, largest=False).indices  # sorted, nearest first
-            same = block_labels[neighbours] == block_labels[start : start + rows, None]
-            purity[block[start : start + rows]] = same.long().cumprod(dim=1).sum(dim=1)
+        neighbours = nearest_neighbours(x[block], kk, chunk_size)
+        block_labels = labels[block]
+        same = block_labels[neighbours] == block_labels[:, None]
+        purity[block] = same.long().cumprod(dim=1).sum(dim=1)
     return purity
 
 
@@ -196,18 +248,20 @@ def k_redundancy(
 
 @dataclass
 class FilterSpec:
-    """A parsed ``--filter`` value, e.g. ``"k=42"`` or ``"k=10,cap=0.6,batch=6000,seed=1"``.
+    """A parsed ``--filter`` value, e.g. ``"k=42"`` or ``"k=10,cap=0.6,knn_chunk=0,seed=1"``.
 
     Attributes:
         k: neighbourhood size.
         cap: the largest fraction of the data removed (``None``: no cap).
-        batch: k-NN mini-batch size (``None``: exact over the whole training set).
-        seed: seed of the mini-batch split and of the capped selection.
+        knn_chunk: samples per k-NN chunk, searched independently (the thesis' procedure;
+            default ``KNN_CHUNK``); 0: exact search over the whole training set. Not the
+            training batch size.
+        seed: seed of the chunk split and of the capped selection.
     """
 
     k: int
     cap: float | None = None
-    batch: int | None = None
+    knn_chunk: int = KNN_CHUNK
     seed: int = 0
 
     @classmethod
@@ -224,23 +278,29 @@ class FilterSpec:
                 items[key.strip()] = value.strip()
         else:
             items = dict(spec)
-        unknown = sorted(set(items) - {"k", "cap", "batch", "seed"})
+        unknown = sorted(set(items) - {"k", "cap", "knn_chunk", "seed"})
         if unknown or "k" not in items:
             raise ConfigError(
-                f"filter {spec!r}: keys are k (required), cap, batch, seed, e.g. k=42 or "
-                f"k=10,cap=0.6,batch=6000" + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                f"filter {spec!r}: keys are k (required), cap, knn_chunk (samples per k-NN "
+                f"chunk, 0 = exact), seed, e.g. k=42 or k=10,cap=0.6,knn_chunk=6000"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
             )
         try:
             parsed = cls(
                 k=int(items["k"]),
                 cap=float(items["cap"]) if items.get("cap") is not None else None,
-                batch=int(items["batch"]) if items.get("batch") is not None else None,
+                knn_chunk=int(items.get("knn_chunk", KNN_CHUNK)),
                 seed=int(items.get("seed", 0)),
             )
         except ValueError as exc:
-            raise ConfigError(f"filter {spec!r}: {exc}; e.g. k=42,cap=0.6,batch=6000") from None
+            raise ConfigError(f"filter {spec!r}: {exc}; e.g. k=42,cap=0.6,knn_chunk=6000") from None
         if parsed.k < 1:
             raise ConfigError(f"filter {spec!r}: k must be at least 1")
+        if parsed.knn_chunk < 0 or parsed.knn_chunk == 1:
+            raise ConfigError(
+                f"filter {spec!r}: knn_chunk must be 0 (exact search) or at least 2, e.g. "
+                "k=42,knn_chunk=6000"
+            )
         return parsed
 
 
@@ -249,20 +309,26 @@ def apply_filter(
 ) -> tuple[ArrayDataset, dict[str, Any]]:
     """k-filter a training set before training: returns the kept subset and a record.
 
-    The record (written to the run directory's ``data.json``) holds ``k``, ``cap``, ``batch``,
+    The record (written to the run directory's ``data.json``) holds ``k``, ``cap``,
+    ``knn_chunk`` (0: exact),
     ``redundancy``, ``kept``, ``total``, ``seconds``, the per-class counts removed and the
     ``removed`` indices (into the training set as loaded, after ``--train-limit``).
     """
     spec = spec if isinstance(spec, FilterSpec) else FilterSpec.parse(spec)
     result = k_filter(
-        dataset.x, dataset.y, spec.k, batch_size=spec.batch, max_fraction=spec.cap, seed=spec.seed
+        dataset.x,
+        dataset.y,
+        spec.k,
+        batch_size=spec.knn_chunk,
+        max_fraction=spec.cap,
+        seed=spec.seed,
     )
     removed_labels = dataset.y[result.removed]
     record = {
         "method": "k-filter",
         "k": spec.k,
         "cap": spec.cap,
-        "batch": spec.batch,
+        "knn_chunk": spec.knn_chunk,
         "seed": spec.seed,
         "redundancy": result.redundancy,
         "redundant_fraction": result.redundant_fraction,
@@ -369,101 +435,7 @@ def layer_lsd(
     }
 
 
-# -- online filtering (Trainer callbacks) ------------------------------------------------------
-
-
-class _EpochFilter(Callback):
-    """Shared schedule of the online filters: at epoch ``warmup`` and every ``every`` epochs
-    after it, replace the trainer's training set by a subset of the full one; the subset stays
-    in use between refreshes (and is restored on resume)."""
-
-    def __init__(self, every: int, warmup: int):
-        if every < 1 or warmup < 0:
-            raise ConfigError(
-                f"filter schedule needs every >= 1 and warmup >= 0, got {every}, {warmup}"
-            )
-        self.every, self.warmup = every, warmup
-        self.full: ArrayDataset | None = None
-        self.kept: torch.Tensor | None = None
-        self.seconds = 0.0
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        """Remember the full training set (and re-apply a subset restored from a checkpoint)."""
-        self.full = trainer.train_set
-        if self.kept is not None:
-            trainer.train_set = self.full.subset(self.kept)
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        """Refresh the subset when the schedule says so."""
-        self.seconds = 0.0
-        if epoch < self.warmup or (epoch - self.warmup) % self.every:
-            return
-        start = time.perf_counter()
-        self.kept = self.select(trainer, self.full)
-        trainer.train_set = self.full.subset(self.kept)
-        self.seconds = time.perf_counter() - start
-
-    def select(self, trainer: Trainer, full: ArrayDataset) -> torch.Tensor:
-        """Indices of ``full`` to train on from now until the next refresh."""
-        raise NotImplementedError
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
-        """Record the fraction of the data trained on and the filtering time."""
-        metrics["kept_fraction"] = len(trainer.train_set) / len(self.full)
-        metrics["filter_seconds"] = self.seconds
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        """Give the trainer its full training set back."""
-        trainer.train_set = self.full
-
-    def state_dict(self) -> dict[str, Any]:
-        """The kept indices."""
-        return {"kept": self.kept}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the kept indices."""
-        self.kept = state["kept"]
-
-
-class OnlineKFilter(_EpochFilter):
-    """Online k-filtering (section 6.8.2): from epoch ``warmup`` on, every ``every`` epochs,
-    k-filter the training set in the representation of module ``layer`` (``None``: the
-    input) with k-NN mini-batches of ``batch_size`` and at most ``max_fraction`` removed.
-
-    The thesis paused filtering for 30 epochs, then used batches of 6148, ``k = 10`` and a cap
-    of 0.6. Note that the learning-rate schedule still counts the full set's steps per epoch.
-    """
-
-    def __init__(
-        self,
-        k: int,
-        every: int = 1,
-        warmup: int = 0,
-        max_fraction: float | None = None,
-        layer: str | None = None,
-        batch_size: int | None = 6148,
-        seed: int = 0,
-    ):
-        super().__init__(every, warmup)
-        if k < 1:
-            raise ConfigError(f"k must be at least 1, got {k}")
-        self.k, self.max_fraction, self.layer = k, max_fraction, layer
-        self.batch_size, self.seed = batch_size, seed
-
-    def select(self, trainer: Trainer, full: ArrayDataset) -> torch.Tensor:
-        """The samples kept by k-filtering ``full`` in the chosen representation."""
-        if self.layer is None:
-            features = full.x
-        else:
-            features = representations(trainer.model, full.x, [self.layer])[self.layer]
-        return k_filter(
-            features,
-            full.y,
-            self.k,
-            batch_size=self.batch_size,
-            max_fraction=self.max_fraction,
-            seed=self.seed + trainer.epoch,
-        ).kept
+# -- loss filtering (used by the online filters in smallfoot.train.filtering) -----------------
 
 
 def loss_filter(
@@ -484,59 +456,3 @@ def loss_filter(
         order = batch.argsort(stable=True)
         kept.append(order[drop:] + start)
     return torch.cat(kept).sort().values if kept else torch.zeros(0, dtype=torch.long)
-
-
-class LossFilter(_EpochFilter):
-    """Loss filtering (section 6.8.2, like Selective-Backprop but dropping samples before the
-    forward pass): from epoch ``warmup`` on, every ``every`` epochs, score every training sample
-    with a gradient-free forward pass (evaluation mode) and train on all but the lowest-loss
-    ``fraction`` of each large batch of ``batch_size`` samples (seeded random order).
-
-    Use it where k-NN is too expensive. The scoring pass costs about one forward over the full
-    set per refresh, so it saves time only when ``fraction`` x (forward + backward) exceeds it;
-    raise ``every`` to amortise. The per-sample loss is the trainer's ``loss_fn.per_sample``
-    (every loss of :mod:`smallfoot.losses` has one).
-    """
-
-    def __init__(
-        self,
-        fraction: float,
-        every: int = 1,
-        warmup: int = 0,
-        batch_size: int | None = 4096,
-        eval_batch_size: int = 1024,
-        seed: int = 0,
-    ):
-        super().__init__(every, warmup)
-        if not 0.0 <= fraction < 1.0:
-            raise ConfigError(f"loss-filter fraction must lie in [0, 1), got {fraction}")
-        self.fraction, self.batch_size = fraction, batch_size
-        self.eval_batch_size, self.seed = eval_batch_size, seed
-
-    @torch.no_grad()
-    def sample_losses(self, trainer: Trainer, dataset: ArrayDataset) -> torch.Tensor:
-        """Per-sample losses ``(N,)`` of the current model (evaluation mode)."""
-        per_sample = getattr(trainer.loss_fn, "per_sample", None)
-        if per_sample is None:
-            raise ConfigError(
-                "loss filtering needs a loss with per_sample(output, target); use a loss from "
-                "smallfoot.losses.build_loss"
-            )
-        was_training = trainer.model.training
-        trainer.model.eval()
-        losses = []
-        for start in range(0, len(dataset), self.eval_batch_size):
-            x = dataset.x[start : start + self.eval_batch_size].to(trainer.device)
-            y = dataset.y[start : start + self.eval_batch_size].to(trainer.device)
-            losses.append(per_sample(trainer.model(x), y).float().cpu())
-        trainer.model.train(was_training)
-        return torch.cat(losses)
-
-    def select(self, trainer: Trainer, full: ArrayDataset) -> torch.Tensor:
-        """All but the lowest-loss ``fraction`` of each large batch of ``full``."""
-        losses = self.sample_losses(trainer, full)
-        order = torch.randperm(
-            len(full), generator=torch.Generator().manual_seed(self.seed + trainer.epoch)
-        )
-        kept = loss_filter(losses[order], self.fraction, self.batch_size)
-        return order[kept].sort().values

@@ -49,9 +49,12 @@ def sine(split, root, size=5000, noise=0.0, limit=None, seed=0, **_image_options
 )
 def two_spirals(split, root, size=5000, turns=780 / 360, noise=0.0, limit=None, seed=0, **_options):
     """Class 0 at ``r (cos t, sin t)``, class 1 at the point reflection, ``t ~ sqrt(U)`` times
-    ``turns`` revolutions (780 degrees as in the classic generator), ``r = t / t_max``;
-    inputs ``(N, 2)``, labels ``(N,)``."""
+    ``turns`` revolutions (default 780 degrees as in the classic generator; the thesis does not
+    give its count, and the difficulty depends strongly on it: ``--data-opt turns=1``),
+    ``r = t / t_max``; inputs ``(N, 2)``, labels ``(N,)``."""
     size = _check_size("two-spirals", size)
+    if not float(turns) > 0:
+        raise ConfigError(f"two-spirals: turns must be positive, got {turns} (e.g. turns=1)")
     gen = _generator(split)
     labels = torch.arange(size) % 2
     t_max = 2 * math.pi * turns
