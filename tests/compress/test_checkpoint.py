@@ -10,7 +10,7 @@ from smallfoot.compress import CodecConfig, CompressionError, quantise
 from smallfoot.compress.checkpoint import compress_run, decompress, model_accuracy, run_config
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
-from smallfoot.train import run_training
+from smallfoot.runner import run_training
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from smallfoot.config import RunConfig
 from smallfoot.data import ArrayDataset
 from smallfoot.distributed import ShardedLoader, check_launch, launch
 from smallfoot.errors import ConfigError, TrainingError
-from smallfoot.train import run_training
+from smallfoot.runner.run import run_training
 
 
 def _dataset(n: int) -> ArrayDataset:

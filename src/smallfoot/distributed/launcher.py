@@ -38,7 +38,7 @@ from smallfoot.distributed.averaging import CompressedAveraging
 from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
 from smallfoot.models import parameter_count
-from smallfoot.train.run import (
+from smallfoot.runner.run import (
     load_run_data,
     new_run_dir,
     resolve_device,
