@@ -49,7 +49,7 @@ CODEC = CodecConfig(c=6, m=4, fraction=0.03)
 
 def run_config(model: str, seed: int, quick: bool, out_dir: Path, run_name: str) -> RunConfig:
     """The run of one training row: defaults of ``smallfoot train`` but the model, epochs,
-    seed, and (quick) a 4,096-sample subset for 2 epochs."""
+    seed, and (quick) a 2,048-sample subset for 2 epochs."""
     name, options = MODELS[model]
     return RunConfig(
         dataset="fashion-mnist",
@@ -58,7 +58,7 @@ def run_config(model: str, seed: int, quick: bool, out_dir: Path, run_name: str)
         epochs=2 if quick else 10,
         batch_size=128,
         seed=seed,
-        train_limit=4096 if quick else None,
+        train_limit=2048 if quick else None,
         test_limit=2000 if quick else None,
         device="cpu",
         out_dir=str(out_dir),
@@ -251,7 +251,7 @@ def compression_bench(quick: bool, out_dir: Path) -> BenchResult:
         "averaged over all 100 epochs of ~1,500 runs: 6.8 raw / 3.55 Huffman-coded at c = 5 and "
         "3.78 coded at c = 6 (M = 4). Here: Fashion-MNIST, ReLU (smallfoot's mlp has no tanh), "
         "cross-entropy, SGD with momentum and a cosine schedule (smallfoot train's defaults), "
-        f"{'2 epochs on 4,096 samples (quick)' if quick else '10 epochs'}; every parameter "
+        f"{'2 epochs on 2,048 samples (quick)' if quick else '10 epochs'}; every parameter "
         "(biases and batch-norm too) counts, and every byte sent (headers, histograms, "
         "checksums) is in the coded figure. Bits per parameter fall as training concentrates "
         "the weights: right after PyTorch's uniform initialisation a layer's 4-bit entropy is "
