@@ -263,12 +263,11 @@ def test_a_slow_consumer_throttles_its_producer_to_the_queue(tmp_path):
 
 
 def test_decision_blocks_are_the_layerwise_ones():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    )
     parts = build_partitions(
-        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)),
-        (1, 8, 8),
-        3,
-        PartitionOptions(decision_convs=1, decision_pool=1),
-        seed=0,
+        model, (1, 8, 8), 3, PartitionOptions(split_at=[1], decision_convs=1), seed=0
     )
     assert isinstance(parts[0].decision[0], nn.Conv2d)
     assert parts[0].decision[-1].out_features == 3
