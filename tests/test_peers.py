@@ -197,3 +197,19 @@ def test_accumulate_refuses_more_micro_batches_than_samples():
             method_options={"micro_batches": 9},
             fake=True,
         )
+
+
+def test_accumulate_trains_and_records_its_micro_batch_memory(tmp_path):
+    def run(method, **options):
+        config = RunConfig(
+            dataset="digits", model="mlp", method=method, method_options=options, epochs=1,
+            batch_size=32, train_limit=128, test_limit=64, out_dir=str(tmp_path / method),
+            progress=False,
+        )  # fmt: skip
+        return run_training(config)
+
+    base, accumulated = run("baseline"), run("accumulate", micro_batches=4)
+    assert accumulated["memory"]["stage"] == "micro-batch of 8"
+    assert accumulated["memory"]["inputs"] == base["memory"]["inputs"]
+    assert 0 < accumulated["memory"]["saved_activations"] < base["memory"]["saved_activations"]
+    assert accumulated["test_accuracy"] is not None

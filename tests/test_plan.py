@@ -153,8 +153,8 @@ def test_verify_fails_loudly_when_the_real_peak_breaks_the_budget():
 
 
 def test_verify_measures_the_real_peak():
-    result = plan_fn("cnn4", (8, *SHAPE), "1GiB", specs=SPECS[:1], timed=False)
-    checked = verify_plan(result.chosen, "cnn4", SHAPE, 8, result.budget)
+    result = plan_fn("cnn4", (64, 1, 28, 28), "1GiB", specs=SPECS[:1], timed=False)
+    checked = verify_plan(result.chosen, "cnn4", (1, 28, 28), 64, result.budget)
     assert checked["estimated_peak"] == result.chosen.estimated_peak
     assert checked["real_peak"] > 0 and checked["fits"]
 

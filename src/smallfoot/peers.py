@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from smallfoot.errors import ConfigError
 from smallfoot.memory.meter import MemoryReport
-from smallfoot.methods import Method, RunContext, register_method
+from smallfoot.methods import Method, RunContext, example_batch, register_method
 from smallfoot.train.trainer import Trainer
 
 
@@ -310,3 +310,19 @@ class Accumulate(Method):
         report = accumulated(report, batch)
         report.stage = f"micro-batch of {micro}"
         return report
+
+    def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
+        """The meter's report of one micro-batch step of the trained model with every
+        gradient held (see :func:`accumulated`), as :meth:`step_memory` estimates it."""
+        from smallfoot.memory import measure
+
+        batch = ctx.config.batch_size
+        micro = -(-batch // self.options.micro_batches)
+        x, y = example_batch(ctx.train_set, micro, ctx.device)
+        report = measure(
+            trainer.model, (x, y), loss_fn=trainer.loss_fn, optimizer=trainer.optimizer
+        )
+        if self.options.micro_batches > 1:
+            report = accumulated(report, batch)
+            report.stage = f"micro-batch of {micro}"
+        return report.to_dict()
