@@ -229,7 +229,8 @@ def candidate_specs(
     """Every configuration the planner tries for ``model`` on inputs of ``input_shape``
     (C, H, W) or (D,) at batch ``batch``: baseline; accumulation over 2, 4, ... micro-batches
     (down to micro-batches of 1); checkpointing with every segment count that k top-level
-    layers per segment gives; reversible twins (image inputs); :data:`FACTO_GRID`;
+    layers per segment gives, and micro-batches of the model checkpointed layer by layer
+    (``accumulate+checkpoint``); reversible twins (image inputs); :data:`FACTO_GRID`;
     :data:`LAYERWISE_UNITS`; offloading on a GPU."""
     specs = [Spec("baseline", "baseline")]
     parts = 2
@@ -253,6 +254,20 @@ def candidate_specs(
                     {"segments": s},
                 )
             )
+        # micro-batches of a checkpointed model, for budgets neither reaches alone
+        parts = 2
+        while parts <= batch:
+            micro = -(-batch // parts)
+            specs.append(
+                Spec(
+                    f"{parts} micro-batches of {micro} + checkpoint, {layers} segments",
+                    "accumulate+checkpoint",
+                    {"micro_batches": parts, "segments": layers},
+                )
+            )
+            if micro == 1:
+                break
+            parts *= 2
     else:
         specs.append(Spec("checkpoint", "checkpoint"))
     if len(input_shape) == 3:
@@ -508,10 +523,13 @@ def plan(
     if not any(s.method == "baseline" for s in specs):
         specs = [Spec("baseline", "baseline"), *specs]
     estimates = {}
-    accumulation_fits = False
+    fitting_splits: set[str] = set()
     for spec in specs:
-        # more micro-batches than the first that fits only cost efficiency
-        if spec.method == "accumulate" and accumulation_fits:
+        # more micro-batches than the first that fits only cost efficiency, and checkpointing
+        # on top of micro-batches is for budgets micro-batches alone cannot reach
+        if spec.method in fitting_splits or (
+            spec.method.startswith("accumulate+") and "accumulate" in fitting_splits
+        ):
             continue
         if progress is not None:
             progress(spec.name)
@@ -521,8 +539,8 @@ def plan(
             found = estimate_spec(spec, model, input_shape, batch, classes, optimizer)
             store.put(key, found)
         estimates[spec] = found
-        if spec.method == "accumulate":
-            accumulation_fits = found.get("peak", budget + 1) <= budget
+        if spec.method.startswith("accumulate") and found.get("peak", budget + 1) <= budget:
+            fitting_splits.add(spec.method)
     specs = [spec for spec in specs if spec in estimates]
     baseline_spec = next(s for s in specs if s.method == "baseline")
     baseline = estimates[baseline_spec]
