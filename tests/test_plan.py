@@ -9,7 +9,6 @@ import torch
 import smallfoot
 from smallfoot import cli
 from smallfoot.errors import BudgetError, ConfigError, ShapeError
-from smallfoot.memory.configured import configured_step
 from smallfoot.plan import (
     Candidate,
     Spec,
@@ -21,6 +20,7 @@ from smallfoot.plan import (
 from smallfoot.plan import (
     plan as plan_fn,
 )
+from smallfoot.runner.step import method_step_memory
 
 SHAPE = (1, 16, 16)
 SPECS = [
@@ -63,8 +63,8 @@ def test_candidates_cover_every_technique():
 
 
 def test_plan_ranks_what_fits_and_says_why_the_rest_does_not():
-    baseline = configured_step("cnn4", SHAPE, 32, fake=True).peak
-    checkpoint = configured_step(
+    baseline = method_step_memory("cnn4", SHAPE, 32, fake=True).peak
+    checkpoint = method_step_memory(
         "cnn4", SHAPE, 32, method="checkpoint", method_options={"segments": 3}, fake=True
     ).peak
     budget = (baseline + checkpoint) // 2 if checkpoint < baseline else baseline - 1
@@ -197,7 +197,7 @@ def test_cli_plan_table_and_no_fit(monkeypatch, capsys, few_specs):
 
 def test_composition_is_planned_where_neither_part_fits():
     def peak(method, **options):
-        return configured_step(
+        return method_step_memory(
             "cnn4", SHAPE, 32, method=method, method_options=options, fake=True
         ).peak
 

@@ -389,7 +389,7 @@ def train(
 ):
     """Train a model with a method; writes a run directory and prints a summary."""
     from smallfoot.config import RunConfig
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     if nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {nproc}")
@@ -643,8 +643,8 @@ def compare(
 ):
     """Train one dataset/model with the baseline and every method; print one table, save one
     plot. Takes the run flags of `train`; method options follow as --flags."""
-    from smallfoot.compare import compare_methods, plot_comparison
     from smallfoot.methods import list_methods
+    from smallfoot.runner.compare import compare_methods, plot_comparison
 
     if plot is not None:
         check_writable(plot, "--plot")
@@ -820,7 +820,7 @@ def fit(
     """Fit an MLP in closed form (Platonic projections, no gradients); writes a run directory
     whose model.pt initialises `smallfoot train --model mlp --init`."""
     from smallfoot.config import RunConfig
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     layer_widths = parse_positive_ints(widths, "--widths", "784,392")
     names = targets.split(",")
@@ -903,7 +903,7 @@ def memory(
     import time
 
     from smallfoot.memory import plot_timeline, save_timeline
-    from smallfoot.memory.configured import configured_step, dataset_input
+    from smallfoot.runner.step import dataset_input, method_step_memory
 
     if dataset is not None:
         if input_shape is not None or classes is not None:
@@ -918,7 +918,7 @@ def memory(
         if path is not None:
             check_writable(path, flag)
     start = time.perf_counter()
-    report = configured_step(
+    report = method_step_memory(
         model,
         parse_input_shape(input_shape),
         batch_size,
@@ -965,6 +965,96 @@ def memory(
         f"activation gradients {pixel['activation_gradients']:.1f} B "
         f"({pixel['pixels']:,} pixels = batch x H x W); {seconds:.2f} s"
     )
+
+
+# -- compress / decompress (issue 19): a self-contained block -------------------------------
+@app.command()
+def compress(
+    run_dir: Path = typer.Argument(..., help="Run directory (with checkpoint.pt) to compress."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Compressed file to write. [default: RUN_DIR/model.sfq]"
+    ),
+    c: int = typer.Option(6, "--c", help="Quantisation floor c: N = round(H) + c bits."),
+    m: int = typer.Option(4, "--m", help="Bits M of the entropy estimate."),
+    fraction: float = typer.Option(0.03, "--fraction", help="Share F of values sampled for H."),
+    bits: int | None = typer.Option(None, "--bits", help="A fixed N for every layer instead."),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Test accuracy of the float32 and restored model."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Compress a run's trained model with the thesis' entropy-coded quantisation (ch. 3)."""
+    from smallfoot.compress import CodecConfig
+    from smallfoot.compress.checkpoint import compress_run, decompress, model_accuracy, run_config
+
+    report = compress_run(run_dir, out, CodecConfig(c=c, m=m, fraction=fraction, bits=bits))
+    if evaluate:
+        config = run_config(report["path"])
+        checkpoint = torch_load_model(run_dir / "checkpoint.pt")
+        report["test_accuracy"] = model_accuracy(config, checkpoint)
+        report["restored_test_accuracy"] = model_accuracy(config, decompress(report["path"]))
+    if as_json:
+        print_json(report)
+        return
+    print_compression(report, f"smallfoot compress {run_dir}")
+
+
+@app.command()
+def decompress(
+    path: Path = typer.Argument(..., help="Compressed model file (from smallfoot compress)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="State dict to write. [default: model.pt beside the file]"
+    ),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Test accuracy of the restored model."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Restore a compressed model to a state dict (usable as `smallfoot train --init`)."""
+    from smallfoot._io import save_checked
+    from smallfoot.compress.checkpoint import decompress as restore
+    from smallfoot.compress.checkpoint import model_accuracy, run_config
+
+    state = restore(path)
+    target = out if out is not None else path.with_name("model.pt")
+    save_checked(state, target)
+    report: dict[str, Any] = {"path": str(target), "tensors": len(state)}
+    if evaluate:
+        report["restored_test_accuracy"] = model_accuracy(run_config(path), state)
+    if as_json:
+        print_json(report)
+        return
+    print_compression(report, f"smallfoot decompress {path}")
+
+
+def torch_load_model(path: Path) -> dict[str, Any]:
+    """The model state dict of a verified ``checkpoint.pt``."""
+    from smallfoot._io import load_checked
+
+    return load_checked(path, "checkpoint")["model"]
+
+
+def print_compression(report: dict[str, Any], title: str) -> None:
+    """Print what compress/decompress measured as a two-column table."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    if "values" in report:
+        table.add_row("values (floating point)", f"{report['values']:,}")
+        table.add_row(
+            "size", f"{report['bytes']:,} bytes (float32: {report['float32_bytes']:,} bytes)"
+        )
+        table.add_row(
+            "bits per parameter",
+            f"{report['raw']:.2f} quantised (N), {report['coded']:.2f} entropy-coded, "
+            f"{report['file']:.2f} whole file",
+        )
+    if "test_accuracy" in report:
+        table.add_row("test accuracy (float32)", _pct(report["test_accuracy"]))
+    if "restored_test_accuracy" in report:
+        table.add_row("test accuracy (restored)", _pct(report["restored_test_accuracy"]))
+    table.add_row("written", report["path"])
+    console.print(table)
 
 
 @app.command()
@@ -1049,9 +1139,9 @@ def plan(
     ),
 ):
     """What fits a memory budget: every method configuration estimated, timed and ranked."""
-    from smallfoot.memory.configured import dataset_input
     from smallfoot.plan import default_cache_path, format_bytes, verify_plan
     from smallfoot.plan import plan as make_plan
+    from smallfoot.runner.step import dataset_input
 
     if dataset is not None:
         if input_shape is not None or classes is not None:
@@ -1106,7 +1196,7 @@ def plan(
         )
     if train:
         from smallfoot.config import RunConfig
-        from smallfoot.train import run_training
+        from smallfoot.runner import run_training
 
         config = RunConfig(
             dataset=dataset,

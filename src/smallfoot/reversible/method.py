@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from smallfoot.errors import ConfigError, SmallfootError
 from smallfoot.methods import Method, RunContext, register_method
 from smallfoot.models import build_model
+from smallfoot.references import is_reference
 
 VARIANT_MODELS = {
     "revnet": "revnet18",
@@ -122,9 +123,16 @@ class Reversible(Method):
         return low * step
 
     def check_run(self, ctx: RunContext) -> None:
-        """Refuse inputs the variant cannot pool (not images, or sides not multiples of 8)
+        """Refuse a user's module (``--model package.module:function``: there is no invertible
+        twin of it), inputs the variant cannot pool (not images, or sides not multiples of 8)
         and a ``--model`` whose parameter count cannot be matched, before any work."""
         name, shape = self.model_name(), tuple(ctx.input_shape)
+        if is_reference(ctx.config.model):
+            raise ConfigError(
+                f"--method reversible cannot make {ctx.config.model} invertible: it trains its "
+                f"own invertible net ({name}) at the parameter count of a registered --model; "
+                "use a registered --model (e.g. resnet18) or another method"
+            )
         if len(shape) != 3:
             raise ConfigError(
                 f"--method reversible trains {name}, which needs images (C, H, W), got input "

@@ -1,9 +1,8 @@
 """The plan benchmark's pieces on the smallest configurations, and its claims from rows."""
 
 import torch
+from benchmarks.plan import plan_claims, saved_bytes, torch_budget_row
 from torch import nn
-
-from smallfoot.bench.plan import plan_claims, saved_bytes, torch_budget_row
 
 
 def test_saved_bytes_counts_activations_not_parameters():

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from smallfoot.alternatives import OFFLOAD_CPU_NOTE, CheckpointSequential, Offloaded, checkpointed
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
 from smallfoot.memory import measure
 from smallfoot.methods import get_method
-from smallfoot.peers import OFFLOAD_CPU_NOTE, CheckpointSequential, Offloaded, checkpointed
-from smallfoot.train.run import run_training
+from smallfoot.runner.run import run_training
 
 
 def net():
@@ -130,9 +130,9 @@ def test_checkpoint_with_inplace_relu_at_a_boundary():
 
 
 def test_accumulating_trainer_gives_the_full_batch_gradient():
+    from smallfoot.alternatives import AccumulatingTrainer
     from smallfoot.data import ArrayDataset
     from smallfoot.losses import SoftmaxCrossEntropy
-    from smallfoot.peers import AccumulatingTrainer
     from smallfoot.train.trainer import TrainConfig, Trainer
 
     torch.manual_seed(0)
@@ -164,10 +164,10 @@ def test_accumulating_trainer_gives_the_full_batch_gradient():
 
 
 def test_accumulate_estimate_holds_gradients_and_cuts_the_peak():
-    from smallfoot.memory.configured import configured_step
+    from smallfoot.runner.step import method_step_memory
 
     def peak(method, **options):
-        return configured_step(
+        return method_step_memory(
             "cnn4", (1, 16, 16), 32, method=method, method_options=options, fake=True
         )
 
@@ -176,7 +176,7 @@ def test_accumulate_estimate_holds_gradients_and_cuts_the_peak():
         peak("accumulate", micro_batches=2),
         peak("accumulate", micro_batches=1),
     )
-    small = configured_step("cnn4", (1, 16, 16), 16, fake=True)
+    small = method_step_memory("cnn4", (1, 16, 16), 16, fake=True)
     assert one.peak == base.peak
     assert half.peak < base.peak
     # the micro-step holds every gradient and the whole batch's inputs on top of a batch-16 step
@@ -186,10 +186,10 @@ def test_accumulate_estimate_holds_gradients_and_cuts_the_peak():
 
 
 def test_accumulate_refuses_more_micro_batches_than_samples():
-    from smallfoot.memory.configured import configured_step
+    from smallfoot.runner.step import method_step_memory
 
     with pytest.raises(ConfigError, match="--micro-batches 9 exceeds --batch-size 8"):
-        configured_step(
+        method_step_memory(
             "cnn4",
             (1, 16, 16),
             8,
@@ -244,10 +244,10 @@ def test_accumulate_composes_with_checkpoint_and_keeps_the_gradient():
 
 
 def test_composition_saves_at_least_what_each_part_saves():
-    from smallfoot.memory.configured import configured_step
+    from smallfoot.runner.step import method_step_memory
 
     def saved(method, **options):
-        return configured_step(
+        return method_step_memory(
             "cnn4", (1, 16, 16), 32, method=method, method_options=options, fake=True
         ).saved_activations
 

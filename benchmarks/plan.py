@@ -117,10 +117,10 @@ def _compiled_seconds(model: str, shape, x: torch.Tensor, y: torch.Tensor) -> fl
 def plan_rows(model: str, shape: tuple[int, ...], batch: int) -> list[dict[str, Any]]:
     """One row per budget fraction: the planner's choice, the best plain checkpointing and
     PyTorch's budget, for ``model`` at ``batch`` inputs of ``shape``."""
-    from smallfoot.memory.configured import configured_step
     from smallfoot.plan import plan
+    from smallfoot.runner.step import method_step_memory
 
-    base = configured_step(model, shape, batch, fake=True)
+    base = method_step_memory(model, shape, batch, fake=True)
     baseline = {"peak": base.peak, "saved_activations": base.saved_activations}
     rows = []
     for fraction in FRACTIONS:
