@@ -197,3 +197,74 @@ def test_accumulate_refuses_more_micro_batches_than_samples():
             method_options={"micro_batches": 9},
             fake=True,
         )
+
+
+def test_accumulate_trains_and_records_its_micro_batch_memory(tmp_path):
+    def run(method, **options):
+        config = RunConfig(
+            dataset="digits", model="mlp", method=method, method_options=options, epochs=1,
+            batch_size=32, train_limit=128, test_limit=64, out_dir=str(tmp_path / method),
+            progress=False,
+        )  # fmt: skip
+        return run_training(config)
+
+    base, accumulated = run("baseline"), run("accumulate", micro_batches=4)
+    assert accumulated["memory"]["stage"] == "micro-batch of 8"
+    assert accumulated["memory"]["inputs"] == base["memory"]["inputs"]
+    assert 0 < accumulated["memory"]["saved_activations"] < base["memory"]["saved_activations"]
+    assert accumulated["test_accuracy"] is not None
+
+
+def _context(method, options, batch=12):
+    from smallfoot.data import ArrayDataset
+    from smallfoot.methods import RunContext
+
+    torch.manual_seed(0)
+    data = ArrayDataset(torch.randn(batch, 6), torch.randint(3, (batch,)), 3, "synthetic")
+    config = RunConfig(model="mlp", method=method, batch_size=batch, method_options=options)
+    runner = get_method(method, options)
+    return runner, RunContext(config, runner.options, data, data), data
+
+
+def test_accumulate_composes_with_checkpoint_and_keeps_the_gradient():
+    runner, ctx, data = _context("accumulate+checkpoint", {"micro_batches": 3, "segments": 2})
+    reference, ref_ctx, _ = _context("baseline", {})
+    torch.manual_seed(1)
+    model = runner.build_model(ctx).double()
+    assert isinstance(model, CheckpointSequential)
+    plain = nn.Sequential(*model).double()  # the same layers, no checkpointing
+    x, y = data.x.double(), data.y
+    grads = []
+    for trainer in (reference.make_trainer(ref_ctx, plain), runner.make_trainer(ctx, model)):
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.forward_backward_step(x, y)
+        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_composition_saves_at_least_what_each_part_saves():
+    from smallfoot.runner.step import method_step_memory
+
+    def saved(method, **options):
+        return method_step_memory(
+            "cnn4", (1, 16, 16), 32, method=method, method_options=options, fake=True
+        ).saved_activations
+
+    both = saved("accumulate+checkpoint", micro_batches=4, segments=3)
+    assert both <= min(saved("accumulate", micro_batches=4), saved("checkpoint", segments=3))
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("accumulate+layerwise", "layerwise trains with its own loop or trainer"),
+        ("facto+checkpoint", "these methods do not compose"),
+        ("accumulate+checkpoint+facto", "compose two methods"),
+    ],
+)
+def test_compositions_that_cannot_work_are_refused_with_the_reason(name, message):
+    from smallfoot.methods import get_method_class
+
+    with pytest.raises(ConfigError, match=message):
+        get_method_class(name)

@@ -29,6 +29,7 @@ SPECS = [
     Spec("4 micro-batches", "accumulate", {"micro_batches": 4}),
     Spec("checkpoint, 3 segments", "checkpoint", {"segments": 3}),
     Spec("reversible revnet", "reversible", {"variant": "revnet"}),
+    Spec("2 + checkpoint", "accumulate+checkpoint", {"micro_batches": 2, "segments": 17}),
 ]
 
 
@@ -56,6 +57,7 @@ def test_candidates_cover_every_technique():
     assert "offload" in {s.method for s in candidate_specs("cnn4", SHAPE, 32, device="cuda")}
     parts = [s.options["micro_batches"] for s in specs if s.method == "accumulate"]
     assert parts == [2, 4, 8, 16, 32]  # down to micro-batches of one sample
+    assert "accumulate+checkpoint" in methods
     segments = [s.options["segments"] for s in specs if s.method == "checkpoint"]
     assert segments == sorted(set(segments), reverse=True) and min(segments) == 2
 
@@ -153,8 +155,8 @@ def test_verify_fails_loudly_when_the_real_peak_breaks_the_budget():
 
 
 def test_verify_measures_the_real_peak():
-    result = plan_fn("cnn4", (8, *SHAPE), "1GiB", specs=SPECS[:1], timed=False)
-    checked = verify_plan(result.chosen, "cnn4", SHAPE, 8, result.budget)
+    result = plan_fn("cnn4", (64, 1, 28, 28), "1GiB", specs=SPECS[:1], timed=False)
+    checked = verify_plan(result.chosen, "cnn4", (1, 28, 28), 64, result.budget)
     assert checked["estimated_peak"] == result.chosen.estimated_peak
     assert checked["real_peak"] > 0 and checked["fits"]
 
@@ -191,3 +193,20 @@ def test_cli_plan_table_and_no_fit(monkeypatch, capsys, few_specs):
     assert code == 2 and "no candidate fits 0.0 MiB" in err and "does not fit:" in out
     code, _, err = run_cli(monkeypatch, capsys, *args, "--budget", "1GiB", "--train")
     assert code == 2 and "--train needs --dataset NAME" in err
+
+
+def test_composition_is_planned_where_neither_part_fits():
+    def peak(method, **options):
+        return method_step_memory(
+            "cnn4", SHAPE, 32, method=method, method_options=options, fake=True
+        ).peak
+
+    both = peak("accumulate+checkpoint", micro_batches=2, segments=17)
+    parts = [peak("accumulate", micro_batches=2), peak("checkpoint", segments=3)]
+    assert both < min(parts)
+    specs = [SPECS[0], SPECS[1], SPECS[3], SPECS[5]]
+    result = plan_fn("cnn4", (32, *SHAPE), both, specs=specs, timed=False)
+    assert result.chosen.methods == ["accumulate", "checkpoint"]
+    assert result.chosen.command_flags() == (
+        "--method accumulate+checkpoint --micro-batches 2 --segments 17"
+    )

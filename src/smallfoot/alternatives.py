@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from smallfoot.errors import ConfigError
 from smallfoot.memory.meter import MemoryReport
-from smallfoot.methods import Method, RunContext, register_method
+from smallfoot.methods import Method, RunContext, example_batch, register_method
 from smallfoot.train.trainer import Trainer
 
 
@@ -253,26 +253,14 @@ def accumulated(report: MemoryReport, batch: int) -> MemoryReport:
     )
 
 
-@register_method
-class Accumulate(Method):
-    """Gradient accumulation over micro-batches."""
-
-    name = "accumulate"
-    description = "gradient accumulation: each batch in --micro-batches parts, one optimizer step"
-
-    @dataclass
-    class Options:
-        micro_batches: int = field(
-            default=2, metadata={"help": "parts each batch is split into (forward/backward each)"}
-        )
-
-        def validate(self) -> None:
-            """At least one micro-batch."""
-            if self.micro_batches < 1:
-                raise ConfigError(f"--micro-batches must be >= 1, got {self.micro_batches}")
+class _Accumulating:
+    """Gradient accumulation over ``options.micro_batches``, mixed in before a method (its
+    model, loss, optimizer and callbacks are kept; only the trainer's step and the memory
+    figures change)."""
 
     def check_run(self, ctx: RunContext) -> None:
-        """Refuse more micro-batches than samples in a batch."""
+        """Refuse more micro-batches than samples in a batch (and what the method refuses)."""
+        super().check_run(ctx)
         if self.options.micro_batches > ctx.config.batch_size:
             raise ConfigError(
                 f"accumulate: --micro-batches {self.options.micro_batches} exceeds --batch-size "
@@ -280,7 +268,7 @@ class Accumulate(Method):
             )
 
     def make_trainer(self, ctx: RunContext, model: nn.Module) -> Trainer:
-        """An :class:`AccumulatingTrainer` with the run's loss, optimizer and callbacks."""
+        """An :class:`AccumulatingTrainer` with the method's loss, optimizer and callbacks."""
         loss_fn, predict_fn = self.make_loss(ctx)
         return AccumulatingTrainer(
             model,
@@ -297,8 +285,8 @@ class Accumulate(Method):
         )
 
     def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
-        """One micro-batch step (``ceil(batch / micro_batches)`` samples) with every gradient
-        held, as from the second micro-batch on (see :func:`accumulated`);
+        """One micro-batch step (``ceil(batch / micro_batches)`` samples) of the method with
+        every gradient held, as from the second micro-batch on (see :func:`accumulated`);
         ``report.stage`` names the micro-batch."""
         self.check_run(ctx)
         batch = ctx.config.batch_size
@@ -310,3 +298,85 @@ class Accumulate(Method):
         report = accumulated(report, batch)
         report.stage = f"micro-batch of {micro}"
         return report
+
+    def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
+        """The meter's report of one micro-batch step of the trained model with every
+        gradient held (see :func:`accumulated`), as :meth:`step_memory` estimates it."""
+        from smallfoot.memory import measure
+
+        batch = ctx.config.batch_size
+        micro = -(-batch // self.options.micro_batches)
+        x, y = example_batch(ctx.train_set, micro, ctx.device)
+        report = measure(
+            trainer.model, (x, y), loss_fn=trainer.loss_fn, optimizer=trainer.optimizer
+        )
+        if self.options.micro_batches > 1:
+            report = accumulated(report, batch)
+            report.stage = f"micro-batch of {micro}"
+        return report.to_dict()
+
+
+@register_method
+class Accumulate(_Accumulating, Method):
+    """Gradient accumulation over micro-batches; ``accumulate+M`` accumulates method M."""
+
+    name = "accumulate"
+    description = "gradient accumulation: each batch in --micro-batches parts, one optimizer step"
+
+    @dataclass
+    class Options:
+        micro_batches: int = field(
+            default=2, metadata={"help": "parts each batch is split into (forward/backward each)"}
+        )
+
+        def validate(self) -> None:
+            """At least one micro-batch."""
+            if self.micro_batches < 1:
+                raise ConfigError(f"--micro-batches must be >= 1, got {self.micro_batches}")
+
+    @classmethod
+    def compose(cls, other: type[Method]) -> type[Method] | None:
+        """``accumulate+M``: method M (its model, loss, optimizer, callbacks) trained with
+        accumulation. Refused for staged methods and methods with their own trainer."""
+        if other is cls:
+            return None
+        if other.staged or other.make_trainer is not Method.make_trainer:
+            raise ConfigError(
+                f"--method accumulate+{other.name}: {other.name} trains with its own loop or "
+                "trainer, which accumulation cannot split; use one of them"
+            )
+        own = {f.name for f in dataclasses.fields(cls.Options)}
+        theirs = dataclasses.fields(other.Options)
+        clash = own & {f.name for f in theirs}
+        if clash:
+            raise ConfigError(f"--method accumulate+{other.name}: both take {sorted(clash)}")
+        fields = [
+            (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+            if f.default is not dataclasses.MISSING
+            else (
+                f.name,
+                f.type,
+                dataclasses.field(default_factory=f.default_factory, metadata=f.metadata),
+            )
+            for f in (*dataclasses.fields(cls.Options), *theirs)
+        ]
+
+        def validate(options) -> None:
+            cls.Options.validate(options)
+            check = getattr(other.Options, "validate", None)
+            if check is not None:
+                check(options)
+
+        options = dataclasses.make_dataclass(
+            "Options", fields, namespace={"validate": validate, "__module__": other.__module__}
+        )
+        return type(
+            f"Accumulate{other.__name__}",
+            (_Accumulating, other),
+            {
+                "name": f"accumulate+{other.name}",
+                "description": f"{other.name} with gradient accumulation over micro-batches",
+                "Options": options,
+                "__doc__": f"{other.__name__} trained with gradient accumulation.",
+            },
+        )

@@ -155,6 +155,13 @@ class Method:
         """Refuse, with one ``ConfigError`` line naming the fix, a run this method cannot honour
         as configured (too few epochs, wrong model, wrong input shape), before any work starts."""
 
+    @classmethod
+    def compose(cls, other: type[Method]) -> type[Method] | None:
+        """The class of ``cls+other`` when this method can wrap ``other`` through their
+        public hooks; None when it does not wrap others; ``ConfigError`` with the reason when
+        it cannot wrap this one."""
+        return None
+
     def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
         """``(config, notes)``: ``config`` changed so this method can run it (another model,
         padding, more epochs) and one note per change, for ``compare``; unchanged by default."""
@@ -242,11 +249,31 @@ def list_methods(pattern: str = "*") -> list[type[Method]]:
 
 
 def get_method_class(name: str) -> type[Method]:
-    """The registered class of method ``name``; raises ``UnknownNameError`` listing the choices."""
+    """The registered class of method ``name``; raises ``UnknownNameError`` listing the choices.
+    ``a+b`` is the composition one of the two builds (:meth:`Method.compose`); a pair that
+    does not compose raises ``ConfigError`` with the reason."""
     load_plugins()
+    if "+" in name:
+        return _composed(name)
     if name not in _REGISTRY:
         raise UnknownNameError("method", name, sorted(_REGISTRY))
     return _REGISTRY[name]
+
+
+def _composed(name: str) -> type[Method]:
+    parts = name.split("+")
+    if len(parts) != 2:
+        raise ConfigError(f"--method {name}: compose two methods (a+b), not {len(parts)}")
+    first, second = (get_method_class(part) for part in parts)
+    for outer, inner in ((first, second), (second, first)):
+        composed = outer.compose(inner)
+        if composed is not None:
+            return composed
+    raise ConfigError(
+        f"--method {name}: these methods do not compose (each changes the model or the "
+        "training loop its own way); composable: accumulate+M for a method M that trains with "
+        "the default trainer"
+    )
 
 
 def get_method(name: str, options: dict[str, Any] | None = None) -> Method:

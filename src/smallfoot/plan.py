@@ -229,7 +229,8 @@ def candidate_specs(
     """Every configuration the planner tries for ``model`` on inputs of ``input_shape``
     (C, H, W) or (D,) at batch ``batch``: baseline; accumulation over 2, 4, ... micro-batches
     (down to micro-batches of 1); checkpointing with every segment count that k top-level
-    layers per segment gives; reversible twins (image inputs); :data:`FACTO_GRID`;
+    layers per segment gives, and micro-batches of the model checkpointed layer by layer
+    (``accumulate+checkpoint``); reversible twins (image inputs); :data:`FACTO_GRID`;
     :data:`LAYERWISE_UNITS`; offloading on a GPU."""
     specs = [Spec("baseline", "baseline")]
     parts = 2
@@ -253,6 +254,20 @@ def candidate_specs(
                     {"segments": s},
                 )
             )
+        # micro-batches of a checkpointed model, for budgets neither reaches alone
+        parts = 2
+        while parts <= batch:
+            micro = -(-batch // parts)
+            specs.append(
+                Spec(
+                    f"{parts} micro-batches of {micro} + checkpoint, {layers} segments",
+                    "accumulate+checkpoint",
+                    {"micro_batches": parts, "segments": layers},
+                )
+            )
+            if micro == 1:
+                break
+            parts *= 2
     else:
         specs.append(Spec("checkpoint", "checkpoint"))
     if len(input_shape) == 3:
@@ -508,10 +523,13 @@ def plan(
     if not any(s.method == "baseline" for s in specs):
         specs = [Spec("baseline", "baseline"), *specs]
     estimates = {}
-    accumulation_fits = False
+    fitting_splits: set[str] = set()
     for spec in specs:
-        # more micro-batches than the first that fits only cost efficiency
-        if spec.method == "accumulate" and accumulation_fits:
+        # more micro-batches than the first that fits only cost efficiency, and checkpointing
+        # on top of micro-batches is for budgets micro-batches alone cannot reach
+        if spec.method in fitting_splits or (
+            spec.method.startswith("accumulate+") and "accumulate" in fitting_splits
+        ):
             continue
         if progress is not None:
             progress(spec.name)
@@ -521,8 +539,8 @@ def plan(
             found = estimate_spec(spec, model, input_shape, batch, classes, optimizer)
             store.put(key, found)
         estimates[spec] = found
-        if spec.method == "accumulate":
-            accumulation_fits = found.get("peak", budget + 1) <= budget
+        if spec.method.startswith("accumulate") and found.get("peak", budget + 1) <= budget:
+            fitting_splits.add(spec.method)
     specs = [spec for spec in specs if spec in estimates]
     baseline_spec = next(s for s in specs if s.method == "baseline")
     baseline = estimates[baseline_spec]
@@ -615,8 +633,8 @@ VERIFY_TOLERANCE = 0.25
 (plus :data:`CPU_RUNTIME_ALLOWANCE` on the CPU)."""
 
 CPU_RUNTIME_ALLOWANCE = 64 * 2**20
-"""Resident memory a CPU step takes beyond what the dispatcher sees (allocator arenas,
-library workspaces): cnn4 at batch 128 grew 50 MiB past the meter's 71 MiB."""
+"""Resident memory a CPU step takes beyond what the dispatcher sees (allocator, library
+workspaces): cnn4 at 1x28x28, batch 128 measured 108-113 MiB against the meter's 71 MiB."""
 
 
 def _rss_reset() -> bool:
@@ -628,6 +646,22 @@ def _rss_reset() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so memory a step reuses
+    shows as resident-set growth instead of hiding in pages an earlier step left resident."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(name)
+            # tensors above 128 KiB get their own mapping, returned when freed: no heap
+            # fragmentation in the resident set (M_MMAP_THRESHOLD = -3)
+            libc.mallopt(-3, 128 * 1024)
+            libc.malloc_trim(0)
+
+
 def _rss(field_name: str) -> int:
     """``VmRSS`` or ``VmHWM`` of this process in bytes (0 where /proc is missing)."""
     try:
@@ -637,6 +671,22 @@ def _rss(field_name: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _start_window(cuda: bool) -> int:
+    """Start measuring a peak: reset the high-water mark and return the memory in use now
+    (bytes reserved on the GPU, resident on the CPU after freed heap is handed back)."""
+    import gc
+
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_reserved()
+    _trim_heap()
+    if not _rss_reset():
+        raise ConfigError("--verify on the CPU needs Linux /proc/self/clear_refs; use a GPU")
+    return _rss("VmRSS")
 
 
 def verify_plan(
@@ -651,34 +701,35 @@ def verify_plan(
     device: str = "cpu",
     steps: int = 3,
 ) -> dict[str, Any]:
-    """Run ``steps`` real training steps of ``candidate`` at ``batch`` and measure the real
-    peak: on a GPU ``torch.cuda.max_memory_reserved`` above what was reserved before; on the
-    CPU the growth of the process' resident set (peak ``VmHWM`` after a reset, minus ``VmRSS``
-    before the model is built). Staged methods run their largest stage's steps (the meter's
-    real measurement of it). Returns ``{"estimated_peak", "real_peak", "source", "budget",
-    "fits", "error"}`` (bytes; ``error`` = real / estimated - 1); raises ``BudgetError`` when
-    the real peak exceeds the budget the estimate fitted, or the estimate by more than
-    :data:`VERIFY_TOLERANCE` (+ :data:`CPU_RUNTIME_ALLOWANCE` on the CPU)."""
-    import gc
-
+    """Run ``steps`` real training steps of ``candidate`` at ``batch`` after one warm-up step
+    (the first step in a process also initialises libraries: 120 MiB of resident memory for
+    cnn4 here) and measure the real peak: the growth over those steps (on a GPU
+    ``torch.cuda.max_memory_reserved`` above what was reserved before; on the CPU the
+    process' peak resident set ``VmHWM`` after a reset above ``VmRSS``, freed heap handed back
+    to the OS first) plus the tensors held before them (parameters, buffers, optimizer state,
+    the batch: their storages' sizes). Staged methods run their largest stage's steps twice
+    (the meter's real measurement; the second is measured, its model built inside it).
+    Returns ``{"estimated_peak", "real_peak", "source", "budget", "fits", "error"}`` (bytes;
+    ``error`` = real / estimated - 1); raises ``BudgetError`` when the real peak exceeds the
+    budget the estimate fitted, or the estimate by more than :data:`VERIFY_TOLERANCE`
+    (+ :data:`CPU_RUNTIME_ALLOWANCE` on the CPU)."""
     from smallfoot.errors import BudgetError
+    from smallfoot.memory import unique_storage_bytes
 
     spec = Spec(candidate.name, candidate.method, dict(candidate.options))
     runner, ctx = _context(spec, model, input_shape, batch, classes, optimizer, device)
     runner.check_run(ctx)
     cuda = str(device).startswith("cuda")
-    gc.collect()
     if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before, source = torch.cuda.memory_reserved(), "torch.cuda.max_memory_reserved growth"
+        source = "torch.cuda.max_memory_reserved growth + tensors held before"
     else:
-        if not _rss_reset():
-            raise ConfigError("--verify on the CPU needs Linux /proc/self/clear_refs; use a GPU")
-        before, source = _rss("VmRSS"), "resident-set growth (VmHWM - VmRSS before)"
+        source = "resident-set growth (VmHWM - VmRSS before) + tensors held before"
     torch.manual_seed(0)
     if runner.staged:
+        runner.step_memory(ctx, fake=False)  # warm-up (library initialisation)
+        start = _start_window(cuda)
         runner.step_memory(ctx, fake=False)
+        held = 0
     else:
         net, loss_fn, opt = runner.metered_step(ctx)
         net = net.to(device).train()
@@ -687,17 +738,21 @@ def verify_plan(
         parts = (
             candidate.options.get("micro_batches", 1) if "accumulate" in candidate.methods else 1
         )
-        for _ in range(steps):
+        for step in range(steps + 1):
+            if step == 1:  # after a warm-up step: libraries initialised, optimizer state made
+                start = _start_window(cuda)
             opt.zero_grad(set_to_none=True)
             for xs, ys in zip(x.tensor_split(parts), y.tensor_split(parts), strict=True):
                 (loss_fn(net(xs), ys) * (len(xs) / batch)).backward()
             opt.step()
-        del net, opt, x, y
+        state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+        held = unique_storage_bytes([*net.parameters(), *net.buffers(), *state, x, y])
+        del net, opt, x, y, state
     if cuda:
         torch.cuda.synchronize()
-        real = torch.cuda.max_memory_reserved() - before
+        real = torch.cuda.max_memory_reserved() - start + held
     else:
-        real = _rss("VmHWM") - before
+        real = _rss("VmHWM") - start + held
     estimated = candidate.estimated_peak
     error = real / estimated - 1.0 if estimated else None
     result = {
