@@ -68,6 +68,10 @@ class Reversible(Method):
         """invertible Leaky ReLU slope (layerwise/hybrid)"""
         eps_i: float = 0.1
         """smallest scale of the invertible batch norm (layerwise/hybrid)"""
+        activations: Literal["reconstructed", "stored"] = "reconstructed"
+        """reconstructed: rebuilt by the inverses in the backward pass (the memory-free,
+        numerically noisy training); stored: kept by autograd (the paper's ideal
+        activations, same model and seeds, no memory saving)"""
 
         def validate(self) -> None:
             """Reject options the chosen variant does not have."""
@@ -85,7 +89,11 @@ class Reversible(Method):
     def model_options(self, width: int) -> dict[str, Any]:
         """The builder options of the variant's model at first-stage ``width``."""
         opts = self.options
-        kwargs: dict[str, Any] = {"width": width, "blocks_per_stage": opts.blocks_per_stage}
+        kwargs: dict[str, Any] = {
+            "width": width,
+            "blocks_per_stage": opts.blocks_per_stage,
+            "memory_free": opts.activations == "reconstructed",
+        }
         if opts.variant in ("layerwise", "hybrid"):
             kwargs.update(negative_slope=opts.negative_slope, eps_i=opts.eps_i)
         else:
