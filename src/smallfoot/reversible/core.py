@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from smallfoot.errors import InvertibilityError, ShapeError
+from smallfoot.reversible.layers import replaying_batch_stats
 
 RngState = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -104,7 +105,7 @@ class RevBlock(nn.Module):
         known = self._split(known_input) if known_input is not None else None
         with _buffers_restored(self):
             if self.layerwise:
-                with torch.no_grad():
+                with torch.no_grad(), replaying_batch_stats(self):
                     x2 = known[1] if known else y2 - self.g(y1)
                     x1 = known[0] if known else y1 - self.f(x2)
                 grad_y1_from_g, grads_g = _layerwise_backward(self.g, y2 - x2, grad_y2, y1)
@@ -194,9 +195,13 @@ def _record_forward(module: nn.Module, x: torch.Tensor, replay_rng: bool):
 
 
 def _backward_from_output(module, y, grad_y, state, known_input=None):
-    """``(x, grad_x, [(param, grad)])`` for one invertible module from its output ``y``."""
+    """``(x, grad_x, [(param, grad)])`` for one invertible module from its output ``y``: its
+    own ``backward_from_output`` when it has one (analytic, no recomputation), else its
+    ``inverse`` and a local autograd recomputation."""
     if isinstance(module, RevBlock):
         return module.backward_from_output(y, grad_y, state, known_input)
+    if hasattr(module, "backward_from_output"):
+        return module.backward_from_output(y, grad_y, known_input)
     params = [p for p in module.parameters() if p.requires_grad]
     with _buffers_restored(module):
         with torch.no_grad():
