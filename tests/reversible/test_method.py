@@ -11,8 +11,8 @@ from smallfoot.errors import ConfigError
 from smallfoot.methods import get_method
 from smallfoot.reversible import RevSequence
 from smallfoot.reversible.method import WIDTH_STEP, parameter_count
+from smallfoot.runner import run_training
 from smallfoot.testing import check_grad_parity
-from smallfoot.train import run_training
 
 
 def ctx(model="cnn4", shape=(1, 8, 8), **model_options):
