@@ -68,6 +68,9 @@ class Reversible(Method):
         """invertible Leaky ReLU slope (layerwise/hybrid)"""
         eps_i: float = 0.1
         """smallest scale of the invertible batch norm (layerwise/hybrid)"""
+        pooling: str = "cbc"
+        """the 3 poolings between stages (layerwise/hybrid): c channel pooling (x4 channels),
+        b batch pooling (x4 batch); e.g. ccb"""
         activations: Literal["reconstructed", "stored"] = "reconstructed"
         """reconstructed: rebuilt by the inverses in the backward pass (the memory-free,
         numerically noisy training); stored: kept by autograd (the paper's ideal
@@ -80,6 +83,16 @@ class Reversible(Method):
                 raise ConfigError(
                     f"--dropout is not invertible, so the {self.variant} variant has none; "
                     "use --variant revnet or irevnet for dropout"
+                )
+            if not layerwise and self.pooling != "cbc":
+                raise ConfigError(
+                    f"--pooling sets the layerwise and hybrid variants' poolings; {self.variant} "
+                    "has its own; use --variant hybrid or layerwise with --pooling"
+                )
+            if len(self.pooling) != 3 or set(self.pooling) - {"c", "b"}:
+                raise ConfigError(
+                    f"--pooling must be 3 letters of c (channel) and b (batch), got "
+                    f"{self.pooling!r}; e.g. --pooling ccb"
                 )
 
     def model_name(self, ctx: RunContext | None = None) -> str:
@@ -95,7 +108,9 @@ class Reversible(Method):
             "memory_free": opts.activations == "reconstructed",
         }
         if opts.variant in ("layerwise", "hybrid"):
-            kwargs.update(negative_slope=opts.negative_slope, eps_i=opts.eps_i)
+            kwargs.update(
+                negative_slope=opts.negative_slope, eps_i=opts.eps_i, pooling=opts.pooling
+            )
         else:
             kwargs["dropout"] = opts.dropout
         return kwargs
