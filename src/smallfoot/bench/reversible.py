@@ -214,7 +214,8 @@ def noisy_grid(base: RunConfig, input_shape, classes: int, seeds, depths, slopes
                 extra = {"section": NOISY, "variant": variant, "blocks_per_stage": depth,
                          "negative_slope": slope if variant != "irevnet" else None,
                          "activations": activations}  # fmt: skip
-                label = f"{name} depth {depth} slope {slope} {activations}"
+                shape_label = f"depth {depth}" + (f" slope {slope}" if variant != "irevnet" else "")
+                label = f"{name} {shape_label} {activations}"
                 config = replace(base, method="reversible", method_options=options)
                 rows.append(GridRow(label, config, tuple(seeds), extra=extra))
     return rows
