@@ -275,7 +275,7 @@ def noisy_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "variant": key[0],
             "blocks_per_stage": key[1],
             "negative_slope": key[2],
-            "parameters": mine[0].get("parameters"),
+            "parameters": next((r["parameters"] for r in mine if r.get("parameters")), None),
             "accuracy_reconstructed": round(rebuilt, 4),
             "accuracy_stored": round(stored, 4),
             "loss_points": round(100 * (stored - rebuilt), 2),
