@@ -207,23 +207,28 @@ def test_hybrid_float32_drift():
 
 def test_hybrid_backward_never_recomputes_a_whole_branch_with_autograd(monkeypatch):
     """Block-wise backward recomputes F and G with autograd (all their hidden activations
-    live at once: the local bottleneck); the hybrid backward runs F and G only without
-    gradients (for the block inverse) and back-propagates through them one layer at a time."""
-    grad_modes = []
-    original = InvertibleSequential.forward
+    live at once: the local bottleneck); the hybrid backward runs F and G without gradients
+    for the block inverse, except each branch's last layer (an invertible conv, whose graph
+    the layer-wise backward then uses instead of evaluating it again), and back-propagates
+    through the other layers one at a time, analytically."""
+    calls = []
+    for cls in (InvertibleBatchNorm2d, InvertibleLeakyReLU, InvertibleConv2d):
+        original = cls.forward
 
-    def recording_forward(self, x):
-        grad_modes.append(torch.is_grad_enabled())
-        return original(self, x)
+        def recording_forward(self, x, original=original):
+            calls.append((type(self).__name__, torch.is_grad_enabled()))
+            return original(self, x)
 
-    monkeypatch.setattr(InvertibleSequential, "forward", recording_forward)
+        monkeypatch.setattr(cls, "forward", recording_forward)
     fast = hybrid_chain(blocks=1)
     x = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
     out = fast(x)
-    forward_calls = len(grad_modes)
+    forward_calls = len(calls)
     out.sum().backward()
-    assert forward_calls == 2  # F and G once each in the forward pass
-    assert grad_modes[forward_calls:] == [False, False]  # the block inverse only
+    assert forward_calls == 6  # F and G once each in the forward pass, 3 layers each
+    layer_calls = ["InvertibleBatchNorm2d", "InvertibleLeakyReLU", "InvertibleConv2d"] * 2
+    assert [name for name, _ in calls[forward_calls:]] == layer_calls  # the block inverse only
+    assert [grad for _, grad in calls[forward_calls:]] == [False, False, True] * 2
     assert x.grad is not None
 
 

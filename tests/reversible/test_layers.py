@@ -14,6 +14,7 @@ from smallfoot.reversible import (
     InvertibleSequential,
     RevSequence,
 )
+from smallfoot.reversible.layers import replaying_batch_stats
 from smallfoot.testing import check_grad_parity, check_invertible
 
 
@@ -135,3 +136,48 @@ def test_layerwise_chain_float32_drift_is_small():
     plain.memory_free = False
     worst = check_grad_parity(fast, plain, x64(4, 4, 8, 8).float(), atol=1e-3)
     assert worst < 1e-3
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [InvertibleBatchNorm2d(3, eps_i=0.1), InvertibleLeakyReLU(0.3), ChannelPool(2), BatchPool(2)],
+    ids=["batchnorm", "leaky_relu", "channel_pool", "batch_pool"],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_analytic_backward_from_output_matches_autograd(layer, training):
+    layer = copy.deepcopy(layer).double().train(training)
+    if isinstance(layer, InvertibleBatchNorm2d):
+        with torch.no_grad():  # negative and zero gamma: the |gamma| gradient's sign
+            layer.weight.copy_(torch.tensor([1.5, -0.7, 0.0]))
+            layer.bias.copy_(torch.tensor([0.3, -0.2, 0.0]))
+            layer.running_var.fill_(2.0)
+    x = (x64(4, 3, 4, 4) * 2 + 0.5).requires_grad_()
+    y = layer(x)
+    buffers = [b.clone() for b in layer.buffers()]
+    grad_y = x64(*y.shape) + 1
+    params = list(layer.parameters())
+    expected = torch.autograd.grad(y, [x, *params], grad_y)
+    x_rebuilt, grad_x, param_grads = layer.backward_from_output(y.detach(), grad_y)
+    assert (x_rebuilt - x).abs().max() < 1e-12
+    assert (grad_x - expected[0]).abs().max() < 1e-12
+    assert [p for p, _ in param_grads] == params
+    for (_, grad), reference in zip(param_grads, expected[1:], strict=True):
+        assert (grad - reference).abs().max() < 1e-12
+    assert all(torch.equal(a, b) for a, b in zip(buffers, layer.buffers(), strict=True))
+
+
+def test_replaying_batch_stats_reuses_the_forward_statistics_and_updates_nothing():
+    bn = InvertibleBatchNorm2d(3).double()
+    x = x64(4, 3, 4, 4) * 3 + 1
+    y = bn(x)
+    buffers = [b.clone() for b in bn.buffers()]
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = torch.sqrt(x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + bn.eps)
+    z = x64(2, 3, 4, 4)
+    with replaying_batch_stats(bn):
+        replayed, other = bn(x), bn(z)
+    assert (replayed - y).abs().max() < 1e-12
+    expected = bn.scale().view(1, 3, 1, 1) * (z - mean) / std + bn.bias.view(1, 3, 1, 1)
+    assert (other - expected).abs().max() < 1e-12
+    assert all(torch.equal(a, b) for a, b in zip(buffers, bn.buffers(), strict=True))
+    assert not bn.replaying

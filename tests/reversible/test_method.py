@@ -1,14 +1,18 @@
 """``--method reversible``: the model that trains, its width, the input it needs, compare's adaptation."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
 from smallfoot.methods import get_method
+from smallfoot.reversible import RevSequence
 from smallfoot.reversible.method import WIDTH_STEP, parameter_count
 from smallfoot.runner import run_training
+from smallfoot.testing import check_grad_parity
 
 
 def ctx(model="cnn4", shape=(1, 8, 8), **model_options):
@@ -85,3 +89,40 @@ def test_adapt_pads_and_notes_the_model_swap_without_changing_the_config():
     assert config == base and len(notes) == 1 and "hybrid18" in notes[0]
     same = RunConfig(model="revnet18")
     assert get_method("reversible").adapt(same, (3, 32, 32)) == (same, [])
+
+
+def built(variant: str, activations: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The method's model for a 1x16x16 input at width 8, seeded, in ``dtype``."""
+    method = get_method(
+        "reversible", {"variant": variant, "width": "8", "activations": activations}
+    )
+    torch.manual_seed(0)
+    return method.build_model(ctx(shape=(1, 16, 16))).to(dtype)
+
+
+def gradient_gap(variant: str, dtype: torch.dtype) -> float:
+    """Largest difference between the stored and reconstructed runs of one step (outputs,
+    gradients, buffers), same weights and batch."""
+    stored, rebuilt = built(variant, "stored", dtype), built(variant, "reconstructed", dtype)
+    assert not any(m.memory_free for m in stored.modules() if isinstance(m, RevSequence))
+    assert all(m.memory_free for m in rebuilt.modules() if isinstance(m, RevSequence))
+    torch.manual_seed(1)
+    x = torch.randn(8, 1, 16, 16, dtype=dtype)
+    return check_grad_parity(stored, rebuilt, x, atol=float("inf"))
+
+
+def test_stored_and_reconstructed_activations_differ_only_by_reconstruction_error():
+    gaps = {v: gradient_gap(v, torch.float32) for v in ("irevnet", "layerwise", "hybrid")}
+    for variant, gap in gaps.items():
+        assert gradient_gap(variant, torch.float64) < 1e-9  # the same computation
+        assert 0 < gap < float("inf")  # float32: the inverses' rounding, and only that
+    assert gaps["hybrid"] < gaps["layerwise"]  # layer-wise inverses amplify it
+
+
+def test_activations_option_is_a_cli_flag(tmp_path):
+    config = dataclasses.replace(
+        fashion_config(tmp_path, pad_to=32), method_options={"activations": "stored"}
+    )
+    assert run_training(config)["model"] == "revnet18"
+    with pytest.raises(ConfigError, match="activations"):
+        get_method("reversible", {"activations": "ideal"})

@@ -96,3 +96,27 @@ def test_meter_breakdown_shows_only_chain_outputs_and_the_head():
     assert set(body) == {"stage1", "stage2", "stage3", "stage4"}
     assert all(v["tensors"] == 1 for v in body.values())
     assert body["stage1"]["saved_activations"] == 8 * 8 * 32 * 32 * 4  # the stage-1 output
+
+
+@pytest.mark.parametrize("name", ["layerwise18", "hybrid18"])
+@pytest.mark.parametrize("pooling", ["ccb", "bcb"])
+def test_pooling_plan_option(name, pooling):
+    torch.manual_seed(0)
+    model = build_model(name, (1, 16, 16), 3, width=SMALL_WIDTH[name], pooling=pooling).double()
+    chain = model.body.blocks
+    kinds = [type(m).__name__ for m in chain if type(m).__name__.endswith("Pool")]
+    assert kinds == [{"c": "ChannelPool", "b": "BatchPool"}[p] for p in pooling]
+    x = torch.randn(4, 1, 16, 16, dtype=torch.float64)
+    assert check_grad_parity(model, plain_copy(model), x, atol=1e-10) < 1e-10
+    model.eval()
+    with torch.no_grad():  # the head gives every sample its own row back
+        assert torch.allclose(model(x)[2:3], model(x[2:3]), atol=1e-12)
+
+
+def test_bad_pooling_plan_says_what_is_valid():
+    with pytest.raises(ConfigError, match="pooling=cbc"):
+        build_model("hybrid18", (1, 16, 16), 3, width=8, pooling="cx")
+    with pytest.raises(ConfigError, match="--pooling ccb"):
+        get_method("reversible", {"variant": "hybrid", "pooling": "ccx"})
+    with pytest.raises(ConfigError, match="--variant hybrid"):
+        get_method("reversible", {"variant": "revnet", "pooling": "ccb"})

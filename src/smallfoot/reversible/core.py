@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from smallfoot.errors import InvertibilityError, ShapeError
+from smallfoot.reversible.layers import InvertibleBatchNorm2d, replaying_batch_stats
 
 RngState = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -104,12 +105,17 @@ class RevBlock(nn.Module):
         known = self._split(known_input) if known_input is not None else None
         with _buffers_restored(self):
             if self.layerwise:
-                with torch.no_grad():
-                    x2 = known[1] if known else y2 - self.g(y1)
-                    x1 = known[0] if known else y1 - self.f(x2)
-                grad_y1_from_g, grads_g = _layerwise_backward(self.g, y2 - x2, grad_y2, y1)
+                kept_g = kept_f = None
+                if known:
+                    x1, x2 = known
+                else:
+                    g_out, kept_g = _branch_forward_keeping_last(self.g, y1)
+                    x2 = y2 - g_out
+                    f_out, kept_f = _branch_forward_keeping_last(self.f, x2)
+                    x1 = y1 - f_out
+                grad_y1_from_g, grads_g = _layerwise_backward(self.g, y2 - x2, grad_y2, y1, kept_g)
                 grad_y1 = grad_y1 + grad_y1_from_g
-                grad_x2_from_f, grads_f = _layerwise_backward(self.f, y1 - x1, grad_y1, x2)
+                grad_x2_from_f, grads_f = _layerwise_backward(self.f, y1 - x1, grad_y1, x2, kept_f)
                 grad_x = torch.cat([grad_y1, grad_y2 + grad_x2_from_f], dim=1)
                 return torch.cat([x1, x2], dim=1), grad_x, grads_f + grads_g
             grad_y1_from_g, grads_g, g_out = _branch_backward(self.g, y1, grad_y2, state_g, device)
@@ -194,9 +200,13 @@ def _record_forward(module: nn.Module, x: torch.Tensor, replay_rng: bool):
 
 
 def _backward_from_output(module, y, grad_y, state, known_input=None):
-    """``(x, grad_x, [(param, grad)])`` for one invertible module from its output ``y``."""
+    """``(x, grad_x, [(param, grad)])`` for one invertible module from its output ``y``: its
+    own ``backward_from_output`` when it has one (analytic, no recomputation), else its
+    ``inverse`` and a local autograd recomputation."""
     if isinstance(module, RevBlock):
         return module.backward_from_output(y, grad_y, state, known_input)
+    if hasattr(module, "backward_from_output"):
+        return module.backward_from_output(y, grad_y, known_input)
     params = [p for p in module.parameters() if p.requires_grad]
     with _buffers_restored(module):
         with torch.no_grad():
@@ -222,12 +232,55 @@ def _branch_backward(branch: nn.Module, x, grad_out, state, device):
     return grad_x, list(zip(params, grads[1:], strict=True)), out.detach()
 
 
-def _layerwise_backward(chain: nn.Module, output, grad_output, known_input):
+def _layers(chain: nn.Module) -> list[nn.Module]:
+    return list(chain) if isinstance(chain, nn.Sequential) else [chain]
+
+
+def _keeps_graph(layer: nn.Module) -> bool:
+    """Whether a branch's last layer is run with autograd by the block inverse: a block-wise
+    coupling (an invertible conv), whose backward would otherwise evaluate its convolutions
+    a second time; never a layer with batch statistics replayed without their gradient."""
+    return (
+        isinstance(layer, RevBlock)
+        and not layer.layerwise
+        and not any(isinstance(m, InvertibleBatchNorm2d) for m in layer.modules())
+    )
+
+
+def _branch_forward_keeping_last(chain: nn.Module, x: torch.Tensor):
+    """``chain(x)`` for a hybrid block's inverse: ``(output, kept)``. Layers run without a
+    graph, invertible BNs with the forward pass's batch statistics; a last layer that
+    :func:`_keeps_graph` runs with autograd, and ``kept = (its input, its output)`` lets the
+    layer-wise backward use that graph instead of evaluating the layer again (it holds one
+    layer's internals, not the branch's). ``kept`` is ``None`` otherwise."""
+    layers = _layers(chain)
+    last = layers[-1] if _keeps_graph(layers[-1]) else None
+    with torch.no_grad(), replaying_batch_stats(chain):
+        for layer in layers[:-1] if last is not None else layers:
+            x = layer(x)
+    if last is None:
+        return x, None
+    x = x.detach().requires_grad_()
+    with torch.enable_grad():
+        out = last(x)
+    return out.detach(), (x, out)
+
+
+def _layerwise_backward(chain: nn.Module, output, grad_output, known_input, kept=None):
     """Back-propagate through the layers of an invertible ``chain`` from its ``output``,
     reconstructing each layer's input with that layer's inverse (the first layer's input is
-    ``known_input``). Returns ``(grad_input, [(param, grad)])``."""
-    layers = list(chain) if isinstance(chain, nn.Sequential) else [chain]
+    ``known_input``; ``kept``, from :func:`_branch_forward_keeping_last`, gives the last
+    layer's input and graph). Returns ``(grad_input, [(param, grad)])``."""
+    layers = _layers(chain)
     y, grad, param_grads = output, grad_output, []
+    if kept is not None:
+        x, out = kept
+        params = [p for p in layers[-1].parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out, [x, *params], grad, allow_unused=True)
+        param_grads = list(zip(params, grads[1:], strict=True))
+        y, grad, layers = x.detach(), grads[0], layers[:-1]
+        if not layers:
+            return grad, param_grads
     for index in range(len(layers) - 1, -1, -1):
         known = known_input if index == 0 else None
         y, grad, grads = _backward_from_output(layers[index], y, grad, None, known)

@@ -12,6 +12,8 @@ whose backward pass reconstructs every layer's input from its output:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -45,6 +47,11 @@ class ChannelPool(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Depth-to-space, the exact inverse of :meth:`forward`."""
         return F.pixel_shuffle(y, self.block_size)
+
+    def backward_from_output(self, y, grad_y, known_input=None):
+        """``(x, grad_x, [])``: a permutation, so the gradient goes back through the inverse."""
+        x = known_input if known_input is not None else self.inverse(y)
+        return x, self.inverse(grad_y), []
 
 
 class BatchPool(nn.Module):
@@ -83,6 +90,11 @@ class BatchPool(nn.Module):
         x = y.reshape(b, b, n, c, h, w).permute(2, 3, 4, 0, 5, 1)
         return x.reshape(n, c, h * b, w * b)
 
+    def backward_from_output(self, y, grad_y, known_input=None):
+        """``(x, grad_x, [])``: a permutation, so the gradient goes back through the inverse."""
+        x = known_input if known_input is not None else self.inverse(y)
+        return x, self.inverse(grad_y), []
+
 
 class BatchUnpool(nn.Module):
     """The inverse of :class:`BatchPool` as a layer: ``(b*b*N, C, h, w) -> (N, C, h*b, w*b)``,
@@ -102,6 +114,11 @@ class BatchUnpool(nn.Module):
         """Batch-pool again."""
         return self.pool(x)
 
+    def backward_from_output(self, y, grad_y, known_input=None):
+        """``(x, grad_x, [])``: a permutation, so the gradient goes back through the inverse."""
+        x = known_input if known_input is not None else self.inverse(y)
+        return x, self.inverse(grad_y), []
+
 
 class InvertibleBatchNorm2d(nn.Module):
     """Batch normalisation with an exact inverse (eq. 23), keeping only per-channel statistics.
@@ -113,7 +130,7 @@ class InvertibleBatchNorm2d(nn.Module):
     inverse is at most ``1/eps_i``, and the inverse never divides by zero.
 
     Training mode normalises with the batch statistics and remembers them (2 x C numbers) for
-    :meth:`inverse`; running statistics are updated as in ``nn.BatchNorm2d`` (once per
+    :meth:`inverse` and :meth:`backward_from_output`; running statistics are updated as in ``nn.BatchNorm2d`` (once per
     forward call). Eval mode uses the running statistics both ways.
     """
 
@@ -132,6 +149,9 @@ class InvertibleBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(channels))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self._batch_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.replaying = False
+        """set by :func:`replaying_batch_stats`: training-mode forward with the remembered
+        batch statistics, updating nothing (the backward pass's reconstruction)"""
 
     def scale(self) -> torch.Tensor:
         """The per-channel scale ``|gamma| + eps_i``, shape ``(C,)``."""
@@ -140,6 +160,18 @@ class InvertibleBatchNorm2d(nn.Module):
     def _view(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(1, -1, 1, 1)
 
+    def _statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, 1 / sqrt(var + eps))`` per channel: the last training forward's batch
+        statistics in training mode, the running ones in eval mode."""
+        if not self.training:
+            return self.running_mean, torch.rsqrt(self.running_var + self.eps)
+        if self._batch_stats is None:
+            raise InvertibilityError(
+                "InvertibleBatchNorm2d.inverse in training mode needs the batch statistics "
+                "of a forward call; run forward first (or switch to eval mode)"
+            )
+        return self._batch_stats
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, C, H, W)``."""
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -147,34 +179,48 @@ class InvertibleBatchNorm2d(nn.Module):
                 f"InvertibleBatchNorm2d({self.channels}) needs (N, {self.channels}, H, W), "
                 f"got {tuple(x.shape)}"
             )
-        if self.training:
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
-            with torch.no_grad():
-                count = x.numel() // x.shape[1]
-                unbiased = var * count / max(count - 1, 1)
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(unbiased, self.momentum)
-                self.num_batches_tracked.add_(1)
-            self._batch_stats = (mean.detach(), var.detach())
-        else:
-            mean, var = self.running_mean, self.running_var
-        normalised = (x - self._view(mean)) * self._view(torch.rsqrt(var + self.eps))
-        return normalised * self._view(self.scale()) + self._view(self.bias)
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.scale(), self.bias, eps=self.eps
+            )
+        if self.replaying:
+            mean, invstd = self._statistics()
+            return (x - self._view(mean)) * self._view(invstd * self.scale()) + self._view(
+                self.bias
+            )
+        # the native kernel (a Python var_mean over (N, H, W) was several times slower on CPU)
+        # normalises, updates the running statistics (unbiased variance, momentum) and returns
+        # the batch statistics that the inverse needs
+        out, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, self.scale(), self.bias, self.running_mean, self.running_var, True,
+            self.momentum, self.eps,
+        )  # fmt: skip
+        self.num_batches_tracked.add_(1)
+        self._batch_stats = (mean.detach(), invstd.detach())
+        return out
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``x = sqrt(var + eps) * (y - beta) / s + mean`` with the statistics of the last
         training forward (eval mode: the running statistics)."""
-        if self.training:
-            if self._batch_stats is None:
-                raise InvertibilityError(
-                    "InvertibleBatchNorm2d.inverse in training mode needs the batch statistics "
-                    "of a forward call; run forward first (or switch to eval mode)"
-                )
-            mean, var = self._batch_stats
-        else:
-            mean, var = self.running_mean, self.running_var
+        mean, invstd = self._statistics()
         unscaled = (y - self._view(self.bias)) / self._view(self.scale())
-        return unscaled * self._view(torch.sqrt(var + self.eps)) + self._view(mean)
+        return unscaled / self._view(invstd) + self._view(mean)
+
+    def backward_from_output(self, y, grad_y, known_input=None):
+        """Rebuild the input from the output ``y`` and back-propagate ``grad_y`` analytically
+        (the batch statistics' own gradient included), without recomputing the forward.
+
+        Returns ``(x, grad_x, [(weight, grad), (bias, grad)])``; nothing is updated.
+        """
+        mean, invstd = self._statistics()
+        with torch.no_grad():
+            x = known_input if known_input is not None else self.inverse(y)
+            grad_x, grad_scale, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_y, x, self.scale(), self.running_mean, self.running_var, mean, invstd,
+                self.training, self.eps, [True, True, True],
+            )  # fmt: skip
+            grad_weight = grad_scale * torch.sign(self.weight)  # d|gamma|/dgamma
+        return x, grad_x, [(self.weight, grad_weight), (self.bias, grad_bias)]
 
     def extra_repr(self) -> str:
         return f"{self.channels}, eps_i={self.eps_i}, eps={self.eps}, momentum={self.momentum}"
@@ -204,8 +250,14 @@ class InvertibleLeakyReLU(nn.Module):
         return F.leaky_relu(x, self.negative_slope)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """Element-wise inverse."""
-        return torch.where(y > 0, y, y / self.negative_slope)
+        """Element-wise inverse: a Leaky ReLU of slope ``1 / negative_slope``."""
+        return F.leaky_relu(y, 1 / self.negative_slope)
+
+    def backward_from_output(self, y, grad_y, known_input=None):
+        """``(x, grad_x, [])`` from the output ``y`` (the sign of ``y`` is that of ``x``)."""
+        x = known_input if known_input is not None else self.inverse(y)
+        grad_x = torch.ops.aten.leaky_relu_backward(grad_y, y, self.negative_slope, True)
+        return x, grad_x, []
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
@@ -238,3 +290,18 @@ class InvertibleSequential(nn.Sequential):
         for layer in reversed(self):
             y = layer.inverse(y)
         return y
+
+
+@contextlib.contextmanager
+def replaying_batch_stats(module: nn.Module):
+    """Within the body, every :class:`InvertibleBatchNorm2d` in ``module`` normalises with the
+    batch statistics of its last forward call and updates nothing: the backward pass rebuilds
+    activations with the statistics the forward pass used, without recomputing them."""
+    layers = [m for m in module.modules() if isinstance(m, InvertibleBatchNorm2d)]
+    for layer in layers:
+        layer.replaying = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.replaying = False

@@ -69,6 +69,13 @@ class Reversible(Method):
         """invertible Leaky ReLU slope (layerwise/hybrid)"""
         eps_i: float = 0.1
         """smallest scale of the invertible batch norm (layerwise/hybrid)"""
+        pooling: str = "cbc"
+        """the 3 poolings between stages (layerwise/hybrid): c channel pooling (x4 channels),
+        b batch pooling (x4 batch); e.g. ccb"""
+        activations: Literal["reconstructed", "stored"] = "reconstructed"
+        """reconstructed: rebuilt by the inverses in the backward pass (the memory-free,
+        numerically noisy training); stored: kept by autograd (the paper's ideal
+        activations, same model and seeds, no memory saving)"""
 
         def validate(self) -> None:
             """Reject options the chosen variant does not have."""
@@ -78,6 +85,16 @@ class Reversible(Method):
                     f"--dropout is not invertible, so the {self.variant} variant has none; "
                     "use --variant revnet or irevnet for dropout"
                 )
+            if not layerwise and self.pooling != "cbc":
+                raise ConfigError(
+                    f"--pooling sets the layerwise and hybrid variants' poolings; {self.variant} "
+                    "has its own; use --variant hybrid or layerwise with --pooling"
+                )
+            if len(self.pooling) != 3 or set(self.pooling) - {"c", "b"}:
+                raise ConfigError(
+                    f"--pooling must be 3 letters of c (channel) and b (batch), got "
+                    f"{self.pooling!r}; e.g. --pooling ccb"
+                )
 
     def model_name(self, ctx: RunContext | None = None) -> str:
         """The registered name of the model that trains: the variant's, whatever ``--model``."""
@@ -86,9 +103,15 @@ class Reversible(Method):
     def model_options(self, width: int) -> dict[str, Any]:
         """The builder options of the variant's model at first-stage ``width``."""
         opts = self.options
-        kwargs: dict[str, Any] = {"width": width, "blocks_per_stage": opts.blocks_per_stage}
+        kwargs: dict[str, Any] = {
+            "width": width,
+            "blocks_per_stage": opts.blocks_per_stage,
+            "memory_free": opts.activations == "reconstructed",
+        }
         if opts.variant in ("layerwise", "hybrid"):
-            kwargs.update(negative_slope=opts.negative_slope, eps_i=opts.eps_i)
+            kwargs.update(
+                negative_slope=opts.negative_slope, eps_i=opts.eps_i, pooling=opts.pooling
+            )
         else:
             kwargs["dropout"] = opts.dropout
         return kwargs

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from smallfoot.errors import ShapeError
+from smallfoot.errors import ConfigError, ShapeError
 from smallfoot.models import register_model
 from smallfoot.reversible.core import InvertibleConv2d, RevBlock, RevSequence, basic_rev_block
 from smallfoot.reversible.layers import (
@@ -149,14 +149,22 @@ def irevnet18(
     )
 
 
-def _pooling_plan(width: int) -> list[tuple[nn.Module | None, int]]:
-    """(pooling before the stage, channels of the stage) with alternating channel/batch pooling."""
-    return [
-        (None, width),
-        (ChannelPool(2), 4 * width),
-        (BatchPool(2), 4 * width),
-        (ChannelPool(2), 16 * width),
-    ]
+POOLINGS = {"c": ChannelPool, "b": BatchPool}
+
+
+def _pooling_plan(width: int, pooling: str, name: str) -> list[tuple[nn.Module | None, int]]:
+    """(pooling before the stage, channels of the stage) for the 4 stages: ``pooling`` names
+    the 3 poolings between them, ``c`` channel pooling (x4 channels), ``b`` batch pooling
+    (same channels, 4x the batch)."""
+    if len(pooling) != 3 or set(pooling) - set(POOLINGS):
+        raise ConfigError(
+            f"{name} pooling must be 3 letters of c (channel) and b (batch), one per stage "
+            f"transition, got {pooling!r}; e.g. --model-opt pooling=cbc"
+        )
+    plan: list[tuple[nn.Module | None, int]] = [(None, width)]
+    for letter in pooling:
+        plan.append((POOLINGS[letter](2), plan[-1][1] * (4 if letter == "c" else 1)))
+    return plan
 
 
 @register_model(
@@ -171,16 +179,19 @@ def layerwise18(
     negative_slope: float = 0.5,
     eps_i: float = 0.1,
     memory_free: bool = True,
+    pooling: str = "cbc",
 ):
     """Layer-wise invertible network (section 4.1.5): stem conv, then one invertible chain of
     4 stages, each ``2 * blocks_per_stage`` units of invertible conv -> invertible BN ->
-    invertible Leaky ReLU (``negative_slope``, ``eps_i``), pooling channel / batch / channel
-    between stages (channels ``width``, 4x, 4x, 16x); the head undoes the batch pooling."""
+    invertible Leaky ReLU (``negative_slope``, ``eps_i``), pooling between stages as
+    ``pooling`` says (default channel / batch / channel: channels ``width``, 4x, 4x, 16x);
+    the head undoes the batch poolings."""
     c, _, _ = _check_image(input_shape, "layerwise18")
     if width % 2:
         raise ShapeError(f"layerwise18 width must be even, got {width}")
     chain: list[nn.Module] = []
-    for pool, channels in _pooling_plan(width):
+    plan = _pooling_plan(width, pooling, "layerwise18")
+    for pool, channels in plan:
         if pool is not None:
             chain.append(pool)
         for _ in range(2 * blocks_per_stage):
@@ -193,7 +204,7 @@ def layerwise18(
         OrderedDict(
             stem=_stem(c, width),
             body=RevSequence(chain, memory_free=memory_free),
-            head=_head(16 * width, num_classes, unpool=1),
+            head=_head(plan[-1][1], num_classes, unpool=pooling.count("b")),
         )
     )
 
@@ -227,15 +238,18 @@ def hybrid18(
     negative_slope: float = 0.5,
     eps_i: float = 0.1,
     memory_free: bool = True,
+    pooling: str = "cbc",
 ):
     """Hybrid invertible network (section 4.2): stem conv, then one invertible chain of 4
-    stages of ``blocks_per_stage`` :func:`hybrid_block` s, pooling channel / batch / channel
-    between stages (channels ``width``, 4x, 4x, 16x); the head undoes the batch pooling."""
+    stages of ``blocks_per_stage`` :func:`hybrid_block` s, pooling between stages as
+    ``pooling`` says (default channel / batch / channel: channels ``width``, 4x, 4x, 16x);
+    the head undoes the batch poolings."""
     c, _, _ = _check_image(input_shape, "hybrid18")
     if width % 4:
         raise ShapeError(f"hybrid18 width must be divisible by 4, got {width}")
     chain: list[nn.Module] = []
-    for pool, channels in _pooling_plan(width):
+    plan = _pooling_plan(width, pooling, "hybrid18")
+    for pool, channels in plan:
         if pool is not None:
             chain.append(pool)
         chain += [hybrid_block(channels, negative_slope, eps_i) for _ in range(blocks_per_stage)]
@@ -243,6 +257,6 @@ def hybrid18(
         OrderedDict(
             stem=_stem(c, width),
             body=RevSequence(chain, memory_free=memory_free),
-            head=_head(16 * width, num_classes, unpool=1),
+            head=_head(plan[-1][1], num_classes, unpool=pooling.count("b")),
         )
     )
