@@ -374,8 +374,9 @@ def train(
     sync: str = typer.Option(
         "ddp",
         "--sync",
-        help="With --nproc: ddp (gradients all-reduced) or average (entropy-coded parameters "
-        "averaged, thesis ch. 3).",
+        help="With --nproc: ddp (gradients all-reduced), average (entropy-coded parameters "
+        "averaged, thesis ch. 3), or DDP with a gradient hook: ddp-entropy (ours, with error "
+        "feedback), ddp-fp16 or ddp-powersgd (PyTorch's).",
     ),
     sync_every: int = typer.Option(
         1, "--sync-every", help="With --sync average: steps between parameter averages."
