@@ -8,6 +8,7 @@ from smallfoot.errors import ConfigError, ShapeError, UnknownNameError
 from smallfoot.losses import (
     LinearMSE,
     NegativeCorrelationLoss,
+    SigmoidMSE,
     SoftmaxCrossEntropy,
     SparseCrossEntropy,
     build_loss,
@@ -68,6 +69,22 @@ def test_default_scale_is_the_class_mean_in_units_of_the_target_gap(loss_cls):
     torch.testing.assert_close(default(x, y), raw(x, y) * default.scale)
     with pytest.raises(ConfigError, match="scale"):
         loss_cls(K, scale=0.0)
+
+
+def test_sigmoid_mse_gradient_saturates():
+    """Table 4.1's sigmoid outputs: dL/dx = scale (y - t) y (1 - y) / B; scale 4 by default, so
+    the delta is y - t at x = 0 and vanishes where the sigmoid is flat."""
+    loss = SigmoidMSE(K)
+    assert loss.scale == 4.0 and loss.target_values == (0.0, 1.0)
+    x, y = logits_and_targets(seed=3)
+    (grad,) = torch.autograd.grad(loss(x, y), x)
+    out, t = torch.sigmoid(x).detach(), encode_targets(y, K, (0, 1), torch.float64)
+    expected = 4.0 * (out - t) * out * (1 - out) / len(y)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    far = torch.full((1, K), 30.0, dtype=torch.float64, requires_grad=True)
+    (flat,) = torch.autograd.grad(loss(far, torch.tensor([0])), far)
+    assert flat.abs().max() < 1e-10  # saturated: almost no gradient for a wrong output of 1
+    assert build_loss("sigmoid-mse", K)[0].scale == 4.0
 
 
 def test_softmax_gradient_is_softmax_minus_onehot():

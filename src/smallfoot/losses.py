@@ -17,6 +17,10 @@ name           activation ``y(x)``          loss per sample (summed over classes
 ``linear-mse`` ``x``                        ``(x - t)^2 / 2``                           {-1, 1}
 =============  ==========================  ==========================================  ==========
 
+``sigmoid-mse`` (sigmoid outputs ``y = 1 / (1 + exp(-x))`` with ``(y - t)^2 / 2``, targets
+{0, 1}) is the saturating reference of table 4.1: its gradient ``(y - t) y (1 - y)`` vanishes
+where the sigmoid is flat, which the GA losses avoid.
+
 Defaults: exp-GA ``alpha = 0.1`` and ``t in {0, 16}`` (section 4.5), pow3-GA ``alpha = 0.001``,
 ``beta = 0.4``, ``t in {0, 10}`` (section 4.7), linear + MSE ``t in {-1, 1}`` (table 4.2).
 
@@ -330,6 +334,36 @@ class LinearMSE(OutputLoss):
         return output
 
 
+class SigmoidMSE(OutputLoss):
+    """Sigmoid outputs with the squared error ``L = sum_k (sigmoid(x_k) - t_k)^2 / 2`` (times
+    ``scale``): the saturating output of table 4.1, ``dL/dx = scale (y - t) y (1 - y)``.
+
+    The default ``scale`` is 4, the inverse of the sigmoid's largest slope: at ``x = 0`` the
+    error delta is ``y - t``, as for the canonical pairs, and it shrinks where the sigmoid
+    saturates (the thesis' point)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        target_values: Sequence[float] = (0.0, 1.0),
+        scale: float | None = None,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.target_values = _check_values(target_values, "sigmoid-mse")
+        self.scale = _check_scale(4.0 if scale is None else scale, (0, 1), 1, "sigmoid-mse")
+
+    def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Half the squared error of the sigmoid outputs, per sample ``(B,)``."""
+        _check_logits(output, self.num_classes, "sigmoid-mse")
+        t = encode_targets(target, self.num_classes, self.target_values, output.dtype)
+        return 0.5 * self.scale * ((torch.sigmoid(output) - t) ** 2).sum(dim=1)
+
+    def activation(self, output: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(x)``."""
+        return torch.sigmoid(output)
+
+
 def class_scores(loss: nn.Module, output: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """Class scores ``(B, K)`` of raw outputs under ``loss``'s activation; probabilities with ``normalize``.
 
@@ -368,3 +402,10 @@ def _linear_mse(
     num_classes: int, target_values=(-1.0, 1.0), scale: float | None = None
 ) -> nn.Module:
     return LinearMSE(num_classes, target_values, scale)
+
+
+@register_loss("sigmoid-mse", "sigmoid outputs + squared error (the saturating reference, 4.1)")
+def _sigmoid_mse(
+    num_classes: int, target_values=(0.0, 1.0), scale: float | None = None
+) -> nn.Module:
+    return SigmoidMSE(num_classes, target_values, scale)
