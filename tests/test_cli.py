@@ -7,17 +7,6 @@ from smallfoot import cli
 from smallfoot.errors import ConfigError
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -41,31 +30,29 @@ def run_cli(monkeypatch, capsys, *args):
         (["models", "--input", "3by32"], "CxHxW"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(monkeypatch, capsys, args, message):
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+def test_user_errors_are_one_line_exit_2(run_cli, args, message):
+    code, _, err = run_cli(*args)
     assert code == 2
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
 
 
-def test_typer_usage_error_is_exit_2(monkeypatch, capsys):
-    code, _, _ = run_cli(monkeypatch, capsys, "train", "--epochs", "three")
+def test_typer_usage_error_is_exit_2(run_cli):
+    code, _, _ = run_cli("train", "--epochs", "three")
     assert code == 2
 
 
-def test_version(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "--version")
+def test_version(run_cli):
+    code, out, _ = run_cli("--version")
     assert code == 0 and out.strip() == "smallfoot 0.1.0"
 
 
-def test_train_with_config_and_overrides(monkeypatch, capsys, tmp_path):
+def test_train_with_config_and_overrides(run_cli, tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(
         'dataset = "digits"\nmodel = "mlp"\nepochs = 5\n[model_options]\nwidths = [32]\n'
     )
     code, out, err = run_cli(
-        monkeypatch,
-        capsys,
         "train",
         "--config",
         str(config),
@@ -88,13 +75,13 @@ def test_train_with_config_and_overrides(monkeypatch, capsys, tmp_path):
     assert "test accuracy" in out
 
 
-def test_listing_commands(monkeypatch, capsys):
+def test_listing_commands(run_cli):
     for command, expected in (
         ("models", "resnet20"),
         ("datasets", "fashion-mnist"),
         ("methods", "baseline"),
     ):
-        code, out, _ = run_cli(monkeypatch, capsys, command)
+        code, out, _ = run_cli(command)
         assert code == 0 and expected in out
 
 
@@ -267,10 +254,8 @@ def bad_input_cases():
     [case[1:] for case in bad_input_cases()],
     ids=[case[0] for case in bad_input_cases()],
 )
-def test_bad_input_is_one_line_exit_2(
-    monkeypatch, capsys, tmp_path, finished_run, make_args, message
-):
-    code, _, err = run_cli(monkeypatch, capsys, *make_args(tmp_path, finished_run))
+def test_bad_input_is_one_line_exit_2(run_cli, tmp_path, finished_run, make_args, message):
+    code, _, err = run_cli(*make_args(tmp_path, finished_run))
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert message in err and "Traceback" not in err
@@ -287,20 +272,20 @@ def test_bad_input_is_one_line_exit_2(
         (["train", "--inr", "0.3"], "--inr is an option of method facto, not of baseline"),
     ],
 )
-def test_flag_typos_suggest_the_flag(monkeypatch, capsys, args, message):
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+def test_flag_typos_suggest_the_flag(run_cli, args, message):
+    code, _, err = run_cli(*args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_train_help_shows_defaults_and_no_bool_placeholder(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "train", "--help")
+def test_train_help_shows_defaults_and_no_bool_placeholder(run_cli):
+    code, out, _ = run_cli("train", "--help")
     assert code == 0 and "<bool>" not in out
     text = " ".join(out.split())
     for expected in ("--lr <float> Peak learning rate. [default: 0.05]", "[default: cnn4]"):
         assert expected in text
 
 
-def test_compare_takes_the_run_flags(monkeypatch, capsys):
+def test_compare_takes_the_run_flags(run_cli, monkeypatch):
     import smallfoot.compare
 
     seen = {}
@@ -310,8 +295,7 @@ def test_compare_takes_the_run_flags(monkeypatch, capsys):
         raise ConfigError("stopped")  # before any training: only the config is under test
 
     monkeypatch.setattr(smallfoot.compare, "compare_methods", fake_compare)
-    code, _, err = run_cli(
-            monkeypatch, capsys, "compare", "--dataset", "digits", "--lr", "0.01",
+    code, _, err = run_cli("compare", "--dataset", "digits", "--lr", "0.01",
             "--batch-size", "16", "--seed", "3", "--data-root", "/data",
             "--model-opt", "widths=8,8,8,8", "--data-opt", "pad_to=16",
             "--methods", "facto,baseline", "--inr", "0.5",
@@ -323,12 +307,12 @@ def test_compare_takes_the_run_flags(monkeypatch, capsys):
     assert base.method_options == {"inr": "0.5"}
 
 
-def test_methods_and_models_name_list_options(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "methods", "facto")
+def test_methods_and_models_name_list_options(run_cli):
+    code, out, _ = run_cli("methods", "facto")
     assert code == 0 and "--inr" in out and "0.3" in out
-    code, out, _ = run_cli(monkeypatch, capsys, "models", "cnn4")
+    code, out, _ = run_cli("models", "cnn4")
     assert code == 0 and "widths" in out and "32,64,128,128" in out
-    code, _, err = run_cli(monkeypatch, capsys, "models", "nope")
+    code, _, err = run_cli("models", "nope")
     assert code == 2 and "unknown model 'nope'" in err
 
 
@@ -348,18 +332,16 @@ def test_summary_never_truncates_the_run_directory(monkeypatch):
     assert run_dir in "".join(text.replace("│", "").split())
 
 
-def test_memory_takes_the_shape_from_a_dataset(monkeypatch, capsys):
-    code, out, err = run_cli(
-        monkeypatch, capsys, "memory", "--model", "mlp", "--dataset", "digits",
+def test_memory_takes_the_shape_from_a_dataset(run_cli):
+    code, out, err = run_cli("memory", "--model", "mlp", "--dataset", "digits",
         "--batch-size", "4", "--estimate", "--json",
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["per_pixel"]["pixels"] == 4 * 8 * 8
 
 
-def test_filter_flags(monkeypatch, capsys):
-    code, out, err = run_cli(
-        monkeypatch, capsys, "filter", "--dataset", "digits", "--k", "5",
+def test_filter_flags(run_cli):
+    code, out, err = run_cli("filter", "--dataset", "digits", "--k", "5",
         "--train-limit", "100", "--knn-chunk", "50", "--json",
     )  # fmt: skip
     assert code == 0, err

@@ -1,6 +1,18 @@
+import dataclasses
+import tomllib
+
 import pytest
 
-from smallfoot.config import RunConfig, apply_overrides, config_from_dict, load_config, save_config
+from smallfoot.config import (
+    RunConfig,
+    apply_overrides,
+    command_args,
+    config_from_dict,
+    field_help,
+    load_config,
+    save_config,
+    train_command,
+)
 from smallfoot.errors import ConfigError
 
 
@@ -62,3 +74,42 @@ def test_impossible_values(values, message):
 def test_table_must_be_table():
     with pytest.raises(ConfigError, match="must be a table"):
         config_from_dict({"model_options": 3})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        RunConfig(),
+        RunConfig(dataset="digits", model="mlp", epochs=7, lr=0.2, augment=True),
+        RunConfig(schedule="multistep", milestones=[0.3, 0.6, 0.9], gamma=0.2, train_limit=500),
+        RunConfig(
+            method="facto",
+            measure_memory=False,
+            method_options={"inr": 0.5, "direct_decay": False},
+            model_options={"widths": [8, 16, 32, 32]},
+            data_options={"pad_to": 32},
+            loss_options={"target_values": [0, 16], "scale": 1},
+            loss="exp-ga",
+            label_noise=0.2,
+            filter="k=42",
+        ),
+    ],
+)
+def test_train_command_rebuilds_the_config(run_cli, config):
+    """`smallfoot train $(command_args(config)) --print-config` resolves to ``config`` itself:
+    a benchmark row's recorded command is the run it made."""
+    from smallfoot.methods import get_method
+
+    code, out, err = run_cli(*command_args(config), "--print-config")
+    assert code == 0, err
+    rebuilt = config_from_dict(tomllib.loads(out))
+    options = get_method(rebuilt.method, rebuilt.method_options).options
+    assert options == get_method(config.method, config.method_options).options
+    assert dataclasses.replace(rebuilt, method_options={}) == dataclasses.replace(
+        config, method_options={}
+    )
+    assert train_command(config).startswith("smallfoot train")
+
+
+def test_field_help_covers_every_field():
+    assert set(field_help()) == {f.name for f in dataclasses.fields(RunConfig)}

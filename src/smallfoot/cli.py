@@ -8,6 +8,8 @@ import inspect
 import json
 import os
 import sys
+import types as types_module
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,8 @@ class RunFlag:
             default = getattr(RunConfig(), self.dest)
             if isinstance(default, bool):
                 default = self.names[0].split("/")[0 if default else 1].lstrip("-")
+            elif isinstance(default, list):
+                default = ",".join(str(v) for v in default)
             help_text += f" [default: {default if default is not None else 'none'}]"
         return inspect.Parameter(
             self.dest,
@@ -148,28 +152,35 @@ class RunFlag:
         )
 
 
+LIST_HELP = " Comma-separated."
+
+
+def _field_flags() -> tuple[RunFlag, ...]:
+    """One flag per top-level :class:`~smallfoot.config.RunConfig` field (except those each
+    command declares itself), named, typed and helped from the dataclass so they cannot drift."""
+    from smallfoot.config import COMMAND_FIELDS, field_help, field_names, field_types, flag_name
+
+    flags = []
+    types, helps = field_types(), field_help()
+    for name in field_names():
+        if name in COMMAND_FIELDS:
+            continue
+        kind = types[name]
+        optional = typing.get_origin(kind) in (typing.Union, types_module.UnionType)
+        base = [a for a in typing.get_args(kind) if a is not type(None)][0] if optional else kind
+        text = helps[name][0].upper() + helps[name][1:] + "."
+        if base is bool:
+            flag = flag_name(name)
+            flags.append(RunFlag(name, (f"{flag}/--no-{flag[2:]}",), bool | None, text))
+        elif typing.get_origin(base) is list:
+            flags.append(RunFlag(name, (flag_name(name),), str | None, text + LIST_HELP))
+        else:
+            flags.append(RunFlag(name, (flag_name(name),), base | None, text))
+    return tuple(flags)
+
+
 RUN_FLAGS = (
-    RunFlag("dataset", ("--dataset",), str | None, "Dataset name (see `smallfoot datasets`)."),
-    RunFlag("model", ("--model",), str | None, "Model name (see `smallfoot models`)."),
-    RunFlag("epochs", ("--epochs",), int | None, "Epochs."),
-    RunFlag("batch_size", ("--batch-size",), int | None, "Mini-batch size."),
-    RunFlag("lr", ("--lr",), float | None, "Peak learning rate."),
-    RunFlag("optimizer", ("--optimizer",), str | None, "sgd or adamw."),
-    RunFlag("schedule", ("--schedule",), str | None, "constant, cosine or multistep."),
-    RunFlag("momentum", ("--momentum",), float | None, "SGD momentum, in [0, 1)."),
-    RunFlag("weight_decay", ("--weight-decay",), float | None, "Weight decay."),
-    RunFlag("seed", ("--seed",), int | None, "Seed of every generator."),
-    RunFlag(
-        "augment", ("--augment/--no-augment",), bool | None, "Random crop (+ flip for colour)."
-    ),
-    RunFlag("data_root", ("--data-root",), str | None, "Directory with the dataset files."),
-    RunFlag("train_limit", ("--train-limit",), int | None, "Train on this many samples."),
-    RunFlag("test_limit", ("--test-limit",), int | None, "Evaluate on this many samples."),
-    RunFlag(
-        "label_noise", ("--label-noise",), float | None, "Fraction of training labels made wrong."
-    ),
-    RunFlag("filter", ("--filter",), str | None, "Filter the training set first, e.g. k=42."),
-    RunFlag("loss", ("--loss",), str | None, "softmax-ce, exp-ga, pow3-ga or linear-mse."),
+    *_field_flags(),
     RunFlag(
         "target_values",
         ("--target-values",),
@@ -178,7 +189,6 @@ RUN_FLAGS = (
     ),
     RunFlag("alpha", ("--ga-alpha",), float | None, "Gradient-amplifying loss alpha."),
     RunFlag("beta", ("--ga-beta",), float | None, "Gradient-amplifying loss beta."),
-    RunFlag("init", ("--init",), str | None, "Initialise the model from this state-dict file."),
     RunFlag(
         "model_opt",
         ("--model-opt",),
@@ -193,11 +203,19 @@ RUN_FLAGS = (
         "Dataset option KEY=VALUE, e.g. pad_to=32 (repeatable).",
         default=[],
     ),
-    RunFlag("device", ("--device",), str | None, "cpu, cuda or auto."),
+    RunFlag(
+        "loss_opt",
+        ("--loss-opt",),
+        list[str],
+        "Loss option KEY=VALUE, e.g. scale=1 (repeatable).",
+        default=[],
+    ),
 )
 """Flags of every command that trains (`train`, `compare`); method options follow as --flags."""
 
 LOSS_FLAGS = ("target_values", "alpha", "beta")
+OPTION_TABLE_FLAGS = ("model_opt", "data_opt", "loss_opt")
+LIST_FIELDS = tuple(flag.dest for flag in RUN_FLAGS if flag.help.endswith(LIST_HELP))
 
 
 def with_run_flags(command):
@@ -272,11 +290,18 @@ def run_overrides(run_flags: dict[str, Any]) -> dict[str, Any]:
     overrides = {
         key: value
         for key, value in run_flags.items()
-        if value is not None and key not in LOSS_FLAGS and key not in ("model_opt", "data_opt")
+        if value is not None and key not in LOSS_FLAGS and key not in OPTION_TABLE_FLAGS
     }
-    loss_options = {key: run_flags[key] for key in LOSS_FLAGS if run_flags[key] is not None}
-    if "target_values" in loss_options:
-        loss_options["target_values"] = parse_value(loss_options["target_values"])
+    for key in LIST_FIELDS:
+        if key in overrides:
+            value = parse_value(overrides[key])
+            overrides[key] = value if isinstance(value, list) else [value]
+    loss_options = {}
+    if run_flags["loss_opt"]:
+        loss_options = parse_key_values(run_flags["loss_opt"], "--loss-opt")
+    loss_options |= {key: run_flags[key] for key in LOSS_FLAGS if run_flags[key] is not None}
+    if run_flags["target_values"] is not None:
+        loss_options["target_values"] = parse_value(run_flags["target_values"])
     if loss_options:
         overrides["loss_options"] = loss_options
     if run_flags["model_opt"]:
@@ -355,6 +380,11 @@ def train(
     sync_every: int = typer.Option(
         1, "--sync-every", help="With --sync average: steps between parameter averages."
     ),
+    print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        help="Print the resolved run configuration (TOML, for --config) and exit; trains nothing.",
+    ),
     run_flags: dict[str, Any] | None = None,
 ):
     """Train a model with a method; writes a run directory and prints a summary."""
@@ -396,6 +426,11 @@ def train(
         print_summary(run_training(RunConfig(), resume_dir=resume, resume_overrides=overrides))
         return
     run_config = build_run_config(ctx, config, overrides)
+    if print_config:
+        from smallfoot.config import config_to_dict, dumps_toml
+
+        typer.echo(dumps_toml(config_to_dict(run_config.validate())), nl=False)
+        return
     if nproc > 1:
         from smallfoot.distributed import launch
 

@@ -14,9 +14,14 @@ dataset loader)::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import math
+import shlex
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +142,77 @@ class RunConfig:
 _TABLES = {
     name: name for name in ("model_options", "method_options", "loss_options", "data_options")
 }
+
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each :class:`RunConfig` field's help: the docstring under the field in its source."""
+    tree = ast.parse(inspect.getsource(RunConfig))
+    body = tree.body[0].body
+    out = {}
+    for node, after in zip(body, body[1:], strict=False):
+        documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and documented and isinstance(after.value.value, str):
+            out[node.target.id] = after.value.value
+    return out
+
+
+FLAG_NAMES = {"measure_memory": "memory"}
+"""Fields whose command-line flag is not the field's own name (``--memory/--no-memory``)."""
+
+COMMAND_FIELDS = ("method", "out_dir", "run_name", "progress", "measure_memory")
+"""Fields that `train` declares itself (`compare` gives them other defaults); every other
+top-level field is a flag shared by the commands that train."""
+
+
+def flag_name(field: str) -> str:
+    """The ``--flag`` of a :class:`RunConfig` field (``batch_size`` -> ``--batch-size``)."""
+    return "--" + FLAG_NAMES.get(field, field).replace("_", "-")
+
+
+def field_types() -> dict[str, Any]:
+    """Each top-level :class:`RunConfig` field's type (``typing`` objects, resolved)."""
+    return typing.get_type_hints(RunConfig)
+
+
+def _arg_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_arg_value(v) for v in value)
+    return str(value)
+
+
+def command_args(config: RunConfig, command: str = "train") -> list[str]:
+    """The ``smallfoot train`` arguments that rebuild ``config`` from the defaults: one flag
+    per field that differs from :class:`RunConfig`'s default (``--model-opt``, ``--data-opt``,
+    ``--loss-opt`` KEY=VALUE for the option tables; method options as ``--name VALUE``).
+    ``progress`` and where the run is written are left out: they change no figure."""
+    default = RunConfig()
+    args = [command]
+    for name in field_names():
+        value = getattr(config, name)
+        if name in ("progress", "out_dir", "run_name") or value == getattr(default, name):
+            continue
+        if isinstance(value, bool):
+            base = FLAG_NAMES.get(name, name).replace("_", "-")
+            args.append(f"--{base}" if value else f"--no-{base}")
+        else:
+            args += [flag_name(name), _arg_value(value)]
+    for table, flag in (("model_options", "--model-opt"), ("data_options", "--data-opt"),
+                        ("loss_options", "--loss-opt")):  # fmt: skip
+        for key, value in getattr(config, table).items():
+            args += [flag, f"{key}={_arg_value(value)}"]
+    for key, value in config.method_options.items():
+        args += ["--" + key.rstrip("_").replace("_", "-"), _arg_value(value)]
+    return args
+
+
+def train_command(config: RunConfig) -> str:
+    """The shell command ``smallfoot train ...`` that runs ``config`` (see :func:`command_args`)."""
+    return shlex.join(["smallfoot", *command_args(config)])
 
 
 def field_names() -> list[str]:

@@ -1,11 +1,9 @@
 """The meter on a named configuration, and the `smallfoot memory` / `smallfoot bench` commands."""
 
 import json
-import sys
 
 import pytest
 
-from smallfoot import cli
 from smallfoot.errors import ConfigError
 from smallfoot.memory.configured import configured_step
 
@@ -13,18 +11,6 @@ KEYS = {
     "parameters", "buffers", "gradients", "optimizer_state", "saved_activations",
     "temporaries", "peak", "peak_phase", "per_pixel", "batch", "input_shape", "estimated",
 }  # fmt: skip
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """Exit code, stdout and stderr of ``smallfoot ARGS`` (through main, as installed)."""
-    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_estimate_agrees_with_measure_through_a_method():
@@ -41,10 +27,9 @@ def test_bad_configuration():
         configured_step("cnn4", (1, 8, 8), 2, optimizer="lbfgs")
 
 
-def test_memory_command_json(monkeypatch, capsys, tmp_path):
+def test_memory_command_json(run_cli, tmp_path):
     plot = tmp_path / "t.png"
-    code, out, _ = run_cli(
-        monkeypatch, capsys, "memory", "--model", "mlp", "--input", "1x8x8", "--batch-size", "4",
+    code, out, _ = run_cli("memory", "--model", "mlp", "--input", "1x8x8", "--batch-size", "4",
         "--estimate", "--json", "--plot", str(plot),
     )  # fmt: skip
     assert code == 0, out
@@ -54,19 +39,17 @@ def test_memory_command_json(monkeypatch, capsys, tmp_path):
     assert plot.exists()
 
 
-def test_memory_command_table_and_errors(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "memory", "--model", "mlp", "--input", "6")
+def test_memory_command_table_and_errors(run_cli):
+    code, out, _ = run_cli("memory", "--model", "mlp", "--input", "6")
     assert code == 0 and "saved activations" in out
-    code, out, err = run_cli(monkeypatch, capsys, "memory", "--model", "mlp", "--input", "axb")
+    code, out, err = run_cli("memory", "--model", "mlp", "--input", "axb")
     assert code == 2 and "CxHxW" in out + err
-    code, out, err = run_cli(
-        monkeypatch, capsys, "memory", "--model", "cnn4", "--method", "checkpoint", "--x", "1"
-    )
+    code, out, err = run_cli("memory", "--model", "cnn4", "--method", "checkpoint", "--x", "1")
     assert code == 2 and "--segments" in out + err
 
 
-def test_bench_command_lists_and_rejects_unknown(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "bench")
+def test_bench_command_lists_and_rejects_unknown(run_cli):
+    code, out, _ = run_cli("bench")
     assert code == 0 and "meter" in out
-    code, out, err = run_cli(monkeypatch, capsys, "bench", "no-such-bench")
+    code, out, err = run_cli("bench", "no-such-bench")
     assert code == 2 and "unknown benchmark" in out + err
