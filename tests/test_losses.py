@@ -8,7 +8,7 @@ from smallfoot.errors import ConfigError, ShapeError, UnknownNameError
 from smallfoot.losses import (
     LinearMSE,
     NegativeCorrelationLoss,
-    SigmoidMSE,
+    SigmoidCrossEntropy,
     SoftmaxCrossEntropy,
     SparseCrossEntropy,
     build_loss,
@@ -71,20 +71,22 @@ def test_default_scale_is_the_class_mean_in_units_of_the_target_gap(loss_cls):
         loss_cls(K, scale=0.0)
 
 
-def test_sigmoid_mse_gradient_saturates():
-    """Table 4.1's sigmoid outputs: dL/dx = scale (y - t) y (1 - y) / B; scale 4 by default, so
-    the delta is y - t at x = 0 and vanishes where the sigmoid is flat."""
-    loss = SigmoidMSE(K)
-    assert loss.scale == 4.0 and loss.target_values == (0.0, 1.0)
+def test_sigmoid_ce_gradient_is_the_bounded_y_minus_t():
+    """Table 4.1's sigmoid outputs with their canonical loss: dL/dx = scale (y - t) / B with
+    y = sigmoid(x) in [0, 1]; finite for logits of magnitude 100."""
+    loss = SigmoidCrossEntropy(K)
+    assert loss.scale == 1.0 / K and loss.target_values == (0.0, 1.0)
     x, y = logits_and_targets(seed=3)
     (grad,) = torch.autograd.grad(loss(x, y), x)
-    out, t = torch.sigmoid(x).detach(), encode_targets(y, K, (0, 1), torch.float64)
-    expected = 4.0 * (out - t) * out * (1 - out) / len(y)
+    t = encode_targets(y, K, (0, 1), torch.float64)
+    expected = loss.scale * (torch.sigmoid(x).detach() - t) / len(y)
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
-    far = torch.full((1, K), 30.0, dtype=torch.float64, requires_grad=True)
-    (flat,) = torch.autograd.grad(loss(far, torch.tensor([0])), far)
-    assert flat.abs().max() < 1e-10  # saturated: almost no gradient for a wrong output of 1
-    assert build_loss("sigmoid-mse", K)[0].scale == 4.0
+    far = torch.full((2, K), 100.0, requires_grad=True)
+    value = loss(far, torch.tensor([0, 1]))
+    (grad,) = torch.autograd.grad(value, far)
+    assert torch.isfinite(value) and grad.abs().max() <= loss.scale / 2 + 1e-6
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        SigmoidCrossEntropy(K, target_values=(0, 2))
 
 
 def test_softmax_gradient_is_softmax_minus_onehot():
