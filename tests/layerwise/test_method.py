@@ -142,6 +142,7 @@ def test_memory_command_measures_the_largest_unit_as_training_does(tmp_path, opt
     assert estimated.estimated and estimated.peak == report.peak
 
 
+@pytest.mark.slow
 def test_memory_command_bounds_the_probed_choice(tmp_path):
     """Without data to probe, `smallfoot memory` reports the largest decision-block candidate:
     at least what the trained run picked, for the same unit."""

@@ -83,7 +83,14 @@ def test_robin_visits_every_unit_every_round_and_resumes_its_optimizer(tiny_mlp,
 def test_early_stopping_per_unit_on_the_validation_split(tiny_cnn, data):
     """With a zero learning rate (and no batch norm) validation accuracy cannot improve."""
     config = TrainConfig(epochs=5, batch_size=32, lr=0.0, weight_decay=0.0, schedule="constant")
-    result = run(tiny_cnn(batch_norm=False), data, config, patience=2, val_fraction=0.25)
+    result = run(
+        tiny_cnn(batch_norm=False),
+        data,
+        config,
+        patience=2,
+        val_fraction=0.25,
+        unit_optimizer="run",
+    )
     assert all(r["epochs"] == 3 and r["stopped_early"] for r in result.units)
     assert all(r["val_accuracy"] is not None for r in result.units)
     assert {len(h) for h in [[m for m in result.history if m["unit"] == i] for i in (1, 2)]} == {3}
