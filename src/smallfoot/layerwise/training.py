@@ -841,8 +841,9 @@ def segment_memory(
     fake: bool = True,
 ) -> dict[str, Any]:
     """The meter's report of every segment's training step and of full backprop, before any
-    training: ``{"reference": dict, "units": [dict, ...]}`` (bytes; each unit's report has
-    ``fraction`` of the reference peak and its decision ``record``).
+    training: ``{"reference": dict, "units": [dict, ...], "reports": [MemoryReport, ...]}``
+    (bytes; each unit's dict has ``fraction`` of the reference peak and its decision
+    ``record``; ``reports`` are the meter's reports themselves, ``stage`` naming the unit).
 
     Planned as :func:`train_layerwise` plans them (same decision blocks, budget search
     included, feed, optimizer of ``options.unit_optimizer``, loss) on a random batch of
