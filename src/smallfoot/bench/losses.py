@@ -42,8 +42,9 @@ MLP_LRS: dict[str, tuple[float, ...]] = {
     "pow3-ga": (0.001, 0.003, 0.01),
 }
 TUNING_SEED = 100
-TARGET_ERROR_PCT = 5.0
-"""Test error (%) the epochs-to-target count is taken at (digits, MLP 64-50-10)."""
+TARGET_ERROR_PCT = 2.5
+"""Test error (%) the epochs-to-target count is taken at (digits, MLP 64-50-10: every loss
+passes 5% within 2-3 epochs at its tuned rate, too coarse to resolve a 25% difference)."""
 
 VGG_LOSSES: dict[str, tuple[dict[str, Any], float, float]] = {
     # loss -> (options, lr, weight decay): table 4.2, VGG-13 rows (scale 1: the thesis' loss)
@@ -156,7 +157,7 @@ def vgg_rows(quick: bool) -> list[dict[str, Any]]:
             "section": "table 4.2: VGG-13 (1/8 width) on Fashion-MNIST, rate x0.1 at 50%, 75%",
             "loss": record["loss"], "seed": record["seed"],
             "final_error_pct": round(curve[-1], 2), "lowest_error_pct": round(min(curve), 2),
-            "error_curve_pct": [round(e, 2) for e in curve], "diverged": curve[-1] >= 89.0,
+            "error_curve_pct": [round(e, 2) for e in curve], "at_chance": curve[-1] >= 89.0,
             "seconds": round(record["seconds"], 1), "command": record["command"],
         })  # fmt: skip
     return rows
