@@ -34,12 +34,12 @@ run: install
 	fi
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 # The sdist and wheel build from the checkout, the wheel installs on its own (no editable
 # path), imports and reports the version it was built with.
@@ -49,7 +49,7 @@ package-check: install
 		|| (cat .package-check/build.log; exit 1)
 	$(BIN)/pip install --quiet --no-deps --no-compile --target .package-check/site .package-check/dist/*.whl
 	cd .package-check && PYTHONPATH=site $(abspath $(BIN))/python -c \
-		"import smallfoot, importlib.metadata as m; assert smallfoot.__file__.startswith('$(abspath .package-check)/site'), smallfoot.__file__; assert m.version('smallfoot') == smallfoot.__version__"
+		"import smallfoot, importlib.metadata as m; assert smallfoot.__file__.startswith('$(abspath .package-check)/site'), smallfoot.__file__; assert m.version('smallfoot') == smallfoot.__version__; import importlib.util as u; assert u.find_spec('benchmarks') is None, 'benchmarks must stay out of the wheel'"
 	PYTHONPATH=.package-check/site .package-check/site/bin/smallfoot --version
 	@rm -rf .package-check
 

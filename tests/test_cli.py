@@ -286,7 +286,7 @@ def test_train_help_shows_defaults_and_no_bool_placeholder(run_cli):
 
 
 def test_compare_takes_the_run_flags(run_cli, monkeypatch):
-    import smallfoot.compare
+    import smallfoot.runner.compare
 
     seen = {}
 
@@ -294,7 +294,7 @@ def test_compare_takes_the_run_flags(run_cli, monkeypatch):
         seen["base"] = base
         raise ConfigError("stopped")  # before any training: only the config is under test
 
-    monkeypatch.setattr(smallfoot.compare, "compare_methods", fake_compare)
+    monkeypatch.setattr(smallfoot.runner.compare, "compare_methods", fake_compare)
     code, _, err = run_cli("compare", "--dataset", "digits", "--lr", "0.01",
             "--batch-size", "16", "--seed", "3", "--data-root", "/data",
             "--model-opt", "widths=8,8,8,8", "--data-opt", "pad_to=16",

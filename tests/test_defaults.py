@@ -4,13 +4,13 @@ method's own (what ``smallfoot memory --method NAME`` reports for the same confi
 
 import pytest
 
-from smallfoot.compare import base_input_shape, method_config
 from smallfoot.config import RunConfig, apply_overrides
 from smallfoot.errors import ConfigError
 from smallfoot.losses import list_losses
-from smallfoot.memory.configured import configured_step
 from smallfoot.methods import list_methods
-from smallfoot.train import run_training
+from smallfoot.runner import run_training
+from smallfoot.runner.compare import base_input_shape, method_config
+from smallfoot.runner.step import method_step_memory
 
 BUILTIN_METHODS = [cls.name for cls in list_methods() if not cls.name.startswith("test-")]
 MIN_ACCURACY = 0.80  # baseline reaches >= 0.95 here
@@ -40,9 +40,9 @@ def test_method_trains_from_its_defaults(tmp_path, name):
         "saved_activations" not in memory
     ):  # no backprop step (closed form): nor may memory meter one
         with pytest.raises(ConfigError):
-            configured_step(config.model, (1, 8, 8), config.batch_size, **step)
+            method_step_memory(config.model, (1, 8, 8), config.batch_size, **step)
         return
-    own = configured_step(
+    own = method_step_memory(
         config.model, tuple(memory["input_shape"]), memory["batch"], **step
     ).to_dict()
     assert own.get("stage") == memory.get("stage"), name

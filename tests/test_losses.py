@@ -17,7 +17,7 @@ from smallfoot.losses import (
     list_losses,
     normalize_scores,
 )
-from smallfoot.train import run_training
+from smallfoot.runner import run_training
 
 K = 5
 

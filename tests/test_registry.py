@@ -4,9 +4,9 @@ and every method with a custom backward saves no more activations than plain bac
 import pytest
 import torch
 
-from smallfoot.memory.configured import configured_step
 from smallfoot.methods import list_methods
 from smallfoot.models import build_model, list_models
+from smallfoot.runner.step import method_step_memory
 
 MODELS = [info.name for info in list_models()]
 CUSTOM_BACKWARD = [
@@ -41,6 +41,6 @@ def test_the_registry_has_custom_backward_methods():
 def test_custom_backward_saves_no_more_than_baseline(method):
     model = REFERENCE_MODEL.get(method, "cnn4")
     shape = (3, 32, 32)
-    own = configured_step(model, shape, 8, method=method, fake=True)
-    plain = configured_step(model, shape, 8, method="baseline", fake=True)
+    own = method_step_memory(model, shape, 8, method=method, fake=True)
+    plain = method_step_memory(model, shape, 8, method="baseline", fake=True)
     assert own.saved_activations <= plain.saved_activations, (method, model)

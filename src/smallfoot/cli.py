@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import smallfoot
-from smallfoot.errors import ConfigError, SmallfootError, TrainingInterrupted
+from smallfoot.errors import BudgetError, ConfigError, SmallfootError, TrainingInterrupted
 
 app = typer.Typer(
     help="smallfoot: train deep networks in a fraction of the memory, and measure what it costs.",
@@ -389,7 +389,7 @@ def train(
 ):
     """Train a model with a method; writes a run directory and prints a summary."""
     from smallfoot.config import RunConfig
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     if nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {nproc}")
@@ -643,8 +643,8 @@ def compare(
 ):
     """Train one dataset/model with the baseline and every method; print one table, save one
     plot. Takes the run flags of `train`; method options follow as --flags."""
-    from smallfoot.compare import compare_methods, plot_comparison
     from smallfoot.methods import list_methods
+    from smallfoot.runner.compare import compare_methods, plot_comparison
 
     if plot is not None:
         check_writable(plot, "--plot")
@@ -820,7 +820,7 @@ def fit(
     """Fit an MLP in closed form (Platonic projections, no gradients); writes a run directory
     whose model.pt initialises `smallfoot train --model mlp --init`."""
     from smallfoot.config import RunConfig
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     layer_widths = parse_positive_ints(widths, "--widths", "784,392")
     names = targets.split(",")
@@ -903,7 +903,7 @@ def memory(
     import time
 
     from smallfoot.memory import plot_timeline, save_timeline
-    from smallfoot.memory.configured import configured_step, dataset_input
+    from smallfoot.runner.step import dataset_input, method_step_memory
 
     if dataset is not None:
         if input_shape is not None or classes is not None:
@@ -918,7 +918,7 @@ def memory(
         if path is not None:
             check_writable(path, flag)
     start = time.perf_counter()
-    report = configured_step(
+    report = method_step_memory(
         model,
         parse_input_shape(input_shape),
         batch_size,
@@ -965,6 +965,96 @@ def memory(
         f"activation gradients {pixel['activation_gradients']:.1f} B "
         f"({pixel['pixels']:,} pixels = batch x H x W); {seconds:.2f} s"
     )
+
+
+# -- compress / decompress (issue 19): a self-contained block -------------------------------
+@app.command()
+def compress(
+    run_dir: Path = typer.Argument(..., help="Run directory (with checkpoint.pt) to compress."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Compressed file to write. [default: RUN_DIR/model.sfq]"
+    ),
+    c: int = typer.Option(6, "--c", help="Quantisation floor c: N = round(H) + c bits."),
+    m: int = typer.Option(4, "--m", help="Bits M of the entropy estimate."),
+    fraction: float = typer.Option(0.03, "--fraction", help="Share F of values sampled for H."),
+    bits: int | None = typer.Option(None, "--bits", help="A fixed N for every layer instead."),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Test accuracy of the float32 and restored model."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Compress a run's trained model with the thesis' entropy-coded quantisation (ch. 3)."""
+    from smallfoot.compress import CodecConfig
+    from smallfoot.compress.checkpoint import compress_run, decompress, model_accuracy, run_config
+
+    report = compress_run(run_dir, out, CodecConfig(c=c, m=m, fraction=fraction, bits=bits))
+    if evaluate:
+        config = run_config(report["path"])
+        checkpoint = torch_load_model(run_dir / "checkpoint.pt")
+        report["test_accuracy"] = model_accuracy(config, checkpoint)
+        report["restored_test_accuracy"] = model_accuracy(config, decompress(report["path"]))
+    if as_json:
+        print_json(report)
+        return
+    print_compression(report, f"smallfoot compress {run_dir}")
+
+
+@app.command()
+def decompress(
+    path: Path = typer.Argument(..., help="Compressed model file (from smallfoot compress)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="State dict to write. [default: model.pt beside the file]"
+    ),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Test accuracy of the restored model."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Restore a compressed model to a state dict (usable as `smallfoot train --init`)."""
+    from smallfoot._io import save_checked
+    from smallfoot.compress.checkpoint import decompress as restore
+    from smallfoot.compress.checkpoint import model_accuracy, run_config
+
+    state = restore(path)
+    target = out if out is not None else path.with_name("model.pt")
+    save_checked(state, target)
+    report: dict[str, Any] = {"path": str(target), "tensors": len(state)}
+    if evaluate:
+        report["restored_test_accuracy"] = model_accuracy(run_config(path), state)
+    if as_json:
+        print_json(report)
+        return
+    print_compression(report, f"smallfoot decompress {path}")
+
+
+def torch_load_model(path: Path) -> dict[str, Any]:
+    """The model state dict of a verified ``checkpoint.pt``."""
+    from smallfoot._io import load_checked
+
+    return load_checked(path, "checkpoint")["model"]
+
+
+def print_compression(report: dict[str, Any], title: str) -> None:
+    """Print what compress/decompress measured as a two-column table."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    if "values" in report:
+        table.add_row("values (floating point)", f"{report['values']:,}")
+        table.add_row(
+            "size", f"{report['bytes']:,} bytes (float32: {report['float32_bytes']:,} bytes)"
+        )
+        table.add_row(
+            "bits per parameter",
+            f"{report['raw']:.2f} quantised (N), {report['coded']:.2f} entropy-coded, "
+            f"{report['file']:.2f} whole file",
+        )
+    if "test_accuracy" in report:
+        table.add_row("test accuracy (float32)", _pct(report["test_accuracy"]))
+    if "restored_test_accuracy" in report:
+        table.add_row("test accuracy (restored)", _pct(report["restored_test_accuracy"]))
+    table.add_row("written", report["path"])
+    console.print(table)
 
 
 @app.command()
@@ -1015,6 +1105,165 @@ def claims(
         table.add_row(*item.claim.display().values())
     console.print(table)
     console.print(f"{summary['met']} met, {summary['not_met']} not met")
+
+
+@app.command()
+def plan(
+    model: str = typer.Option(..., "--model", help="Model name (see `smallfoot models`)."),
+    budget: str = typer.Option(..., "--budget", help="Memory budget, e.g. 4GiB or 500MB."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Take the input shape and classes from this dataset."
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input", help="Input shape CxHxW or D (without --dataset). [default: 3x32x32]"
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", help="Batch size."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (timing, --verify)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    classes: int | None = typer.Option(
+        None, "--classes", help="Number of classes (without --dataset). [default: 10]"
+    ),
+    data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Run the chosen plan a few real steps; fail if the estimate was wrong.",
+    ),
+    train: bool = typer.Option(
+        False, "--train", help="Then train the chosen plan (needs --dataset)."
+    ),
+    epochs: int = typer.Option(3, "--epochs", help="With --train: epochs."),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Reuse estimates and timings ($SMALLFOOT_CACHE)."
+    ),
+):
+    """What fits a memory budget: every method configuration estimated, timed and ranked."""
+    from smallfoot.plan import default_cache_path, format_bytes, verify_plan
+    from smallfoot.plan import plan as make_plan
+    from smallfoot.runner.step import dataset_input
+
+    if dataset is not None:
+        if input_shape is not None or classes is not None:
+            raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
+        shape, classes = dataset_input(dataset, data_root)
+    else:
+        if train:
+            raise ConfigError("--train needs --dataset NAME (the data to train on)")
+        shape = parse_input_shape(input_shape or "3x32x32")
+        classes = 10 if classes is None else classes
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown --device {device!r}; choose cpu or cuda")
+    if device == "cuda" and not torch_cuda_available():
+        raise ConfigError("--device cuda requested but CUDA is not available; use --device cpu")
+    note = None if as_json else (lambda name: console.print(f"[dim]estimating {name}[/dim]"))
+    result = make_plan(
+        model,
+        (batch_size, *shape),
+        budget,
+        classes=classes,
+        optimizer=optimizer,
+        device=device,
+        cache=default_cache_path() if cache else None,
+        progress=note,
+    )
+    chosen = result.chosen
+    data = result.to_dict()
+    checked = None
+    if verify and chosen is not None:
+        checked = verify_plan(
+            chosen, model, shape, batch_size, result.budget,
+            classes=classes, optimizer=optimizer, device=device,
+        )  # fmt: skip
+    if as_json:
+        print_json({**data, **({"verify": checked} if checked is not None else {})})
+    else:
+        print_plan(result, dataset or "x".join(map(str, shape)))
+        if checked is not None:
+            console.print(
+                f"verify: estimated {format_bytes(checked['estimated_peak'])}, real "
+                f"{format_bytes(checked['real_peak'])} ({checked['source']}), "
+                f"error {checked['error']:+.1%}; budget {format_bytes(checked['budget'])}: "
+                + ("fits" if checked["fits"] else "does NOT fit")
+            )
+    if chosen is None:
+        raise BudgetError(
+            f"no candidate fits {format_bytes(result.budget)} for {model} at batch "
+            f"{batch_size} (baseline {format_bytes(result.baseline_peak)}); give a "
+            "larger --budget or a smaller --batch-size"
+        )
+    if train:
+        from smallfoot.config import RunConfig
+        from smallfoot.runner import run_training
+
+        config = RunConfig(
+            dataset=dataset,
+            model=model,
+            method=chosen.method,
+            method_options=dict(chosen.options),
+            batch_size=batch_size,
+            epochs=epochs,
+            optimizer=optimizer,
+            data_root=data_root,
+            device=device,
+        )
+        print_summary(run_training(config))
+
+
+def torch_cuda_available() -> bool:
+    """Whether torch sees a CUDA device."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def print_plan(result, where: str) -> None:
+    """Print a :class:`smallfoot.plan.Plan` (at the table's full width): the candidates that
+    fit, ranked, then why each other one does not."""
+    from smallfoot.plan import format_bytes
+
+    title = (
+        f"plan: {result.model}, {where}, batch {result.batch}, budget "
+        f"{format_bytes(result.budget)} (baseline {format_bytes(result.baseline_peak)}), "
+        f"{result.seconds:.1f} s"
+    )
+    table = Table(title=title)
+    for column in ("#", "candidate", "est. peak", "overhead", "s/step", "accuracy evidence"):
+        table.add_column(column)
+    fits = [c for c in result.candidates if c.fits]
+    for rank, c in enumerate(fits, start=1):
+        overhead = f"{c.time_overhead:+.0%}" if c.time_overhead is not None else "-"
+        seconds = f"{c.seconds_per_step:.2f}" if c.seconds_per_step is not None else "-"
+        table.add_row(
+            str(rank), c.name, format_bytes(c.estimated_peak), overhead, seconds,
+            _evidence_text(c.accuracy_evidence),
+        )  # fmt: skip
+    width = Console(width=500).measure(table).maximum
+    wide = console if console.is_terminal and console.width >= width else Console(width=width)
+    wide.print(table)
+    others = [c for c in result.candidates if not c.fits]
+    if others:
+        wide.print("does not fit:")
+        for c in others:
+            wide.print(f"  {c.name}: {c.reason}")
+    console.print(f"[dim]{result.timing}[/dim]")
+    if result.chosen is not None:
+        wide.print(f"chosen: {result.chosen.name} ({result.chosen.command_flags()})")
+
+
+def _evidence_text(evidence: list[dict[str, Any]]) -> str:
+    parts = []
+    for item in evidence:
+        if "construction" in item:
+            parts.append(item["summary"])
+        else:
+            met = "met" if item["met"] else "not met"
+            where = f", {'/'.join(item['datasets'])}" if item["datasets"] else ""
+            figure = f"{item['measured']:.3g} {item['unit']}".strip()
+            parts.append(f"{item['claim']} {figure} ({met}{where})")
+    return "; ".join(parts) or "-"
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,11 +30,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from smallfoot.config import RunConfig
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.errors import ConfigError, UnknownNameError
 from smallfoot.losses import build_loss
+from smallfoot.memory import estimate, measure
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.models import build_model
+from smallfoot.plugins import load_plugins
 from smallfoot.train.trainer import Callback, TrainConfig, Trainer, make_optimizer
 
 
@@ -43,7 +45,7 @@ from smallfoot.train.trainer import Callback, TrainConfig, Trainer, make_optimiz
 class RunContext:
     """What a method needs to run: the config, its parsed options, the data and where to write."""
 
-    config: Any  # smallfoot.config.RunConfig
+    config: RunConfig
     options: Any  # the method's Options instance
     train_set: ArrayDataset
     test_set: ArrayDataset
@@ -173,8 +175,6 @@ class Method:
         raises ``ConfigError``."""
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        from smallfoot.memory import estimate, measure
-
         batch, shape = ctx.config.batch_size, ctx.input_shape
         torch.manual_seed(ctx.config.seed)
         if fake:
@@ -189,7 +189,6 @@ class Method:
 
     def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
         """The meter's report of one training step of ``trainer.model`` at the run's batch size."""
-        from smallfoot.memory import measure
 
         x, y = example_batch(ctx.train_set, ctx.config.batch_size, ctx.device)
         return measure(
@@ -225,18 +224,6 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> None:
 # -- registry ------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Method]] = {}
 
-# Technique modules that register methods/models/benchmarks when imported. Each technique
-# adds its line here: this list is the only place that knows all of them.
-_BUILTIN_MODULES: list[str] = [
-    "smallfoot.lowrank.method",
-    "smallfoot.layerwise.method",
-    "smallfoot.manifold.method",
-    "smallfoot.closedform.method",
-    "smallfoot.subspace.method",
-    "smallfoot.reversible.method",
-    "smallfoot.peers",
-]
-
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: register a :class:`Method` subclass under ``cls.name``."""
@@ -248,26 +235,15 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-_loaded = False
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-
-
 def list_methods(pattern: str = "*") -> list[type[Method]]:
     """Registered method classes whose name matches the glob ``pattern``, sorted by name."""
-    _load_builtin()
+    load_plugins()
     return [cls for name, cls in sorted(_REGISTRY.items()) if fnmatch.fnmatch(name, pattern)]
 
 
 def get_method_class(name: str) -> type[Method]:
     """The registered class of method ``name``; raises ``UnknownNameError`` listing the choices."""
-    _load_builtin()
+    load_plugins()
     if name not in _REGISTRY:
         raise UnknownNameError("method", name, sorted(_REGISTRY))
     return _REGISTRY[name]

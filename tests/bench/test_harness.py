@@ -51,3 +51,12 @@ def test_unknown_benchmark_lists_choices(toy_benchmark):
 def test_markdown_table_union_of_columns():
     table = markdown_table([{"a": 1}, {"b": None, "a": 2.0}])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 |  |", "| 2 |  |"]
+
+
+def test_benchmarks_come_from_the_checkout(tmp_path, monkeypatch):
+    from smallfoot.errors import ConfigError
+
+    assert (bench.benchmarks_dir() / "facto.py").is_file()
+    monkeypatch.setenv(bench.BENCHMARKS_ENV, str(tmp_path))
+    with pytest.raises(ConfigError, match="benchmarks live in the smallfoot checkout"):
+        bench.benchmarks_dir()

@@ -11,9 +11,9 @@ from smallfoot import cli
 from smallfoot.closedform.method import process_peak_bytes, reset_process_peak
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
-from smallfoot.memory.configured import configured_step
 from smallfoot.methods import get_method, get_method_class
-from smallfoot.train import run_training
+from smallfoot.runner import run_training
+from smallfoot.runner.step import method_step_memory
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -68,7 +68,7 @@ def test_closedform_needs_the_mlp_model(tmp_path):
 
 def test_memory_command_refuses_in_one_line(monkeypatch, capsys):
     with pytest.raises(ConfigError, match="no training step .* process peak") as error:
-        configured_step("mlp", (1, 8, 8), 16, method="closedform")
+        method_step_memory("mlp", (1, 8, 8), 16, method="closedform")
     assert "\n" not in str(error.value)
     code, out, err = run_cli(
         monkeypatch, capsys, "memory", "--model", "cnn4", "--input", "1x28x28", "--method",

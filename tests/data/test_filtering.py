@@ -297,7 +297,7 @@ def test_train_with_filter_records_what_was_removed(tmp_path):
     import json
 
     from smallfoot.config import RunConfig
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     config = RunConfig(
         dataset="digits", model="mlp", epochs=1, filter="k=10", out_dir=str(tmp_path),

@@ -4,7 +4,11 @@ environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Saves ``OUT_DIR/rank<r
 import datetime
 import hashlib
 import os
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,7 +23,7 @@ from smallfoot.distributed import (
     entropy_hook,
     train_rank,
 )
-from smallfoot.errors import ConfigError
+from smallfoot.errors import ConfigError, TrainingError
 
 
 def model(dtype: torch.dtype, seed: int = 0) -> nn.Module:
@@ -132,11 +136,69 @@ def resume(rank: int, out_dir: str) -> dict:
     return {"first": first, "second": second}
 
 
+def lost_rank(rank: int, out_dir: str) -> dict:
+    """Rank 1 kills itself (SIGKILL) once rank 0 has written the first epoch's metrics; rank 0
+    reports what ``train_rank`` raised and how long after the kill."""
+    config = RunConfig(
+        dataset="checkerboard",
+        model="mlp",
+        epochs=50,
+        batch_size=64,
+        train_limit=2048,
+        test_limit=256,
+        device="cpu",
+        out_dir=out_dir,
+        run_name="run",
+        progress=False,
+        measure_memory=False,
+    )
+    metrics = Path(out_dir) / "run" / "metrics.jsonl"
+    if rank == 1:
+
+        def die() -> None:
+            while not (metrics.exists() and metrics.read_text().strip()):
+                time.sleep(0.01)
+            Path(out_dir, "killed").write_text(str(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=die, daemon=True).start()
+    try:
+        train_rank(config, "ddp", CodecConfig(), 1)
+    except TrainingError as error:
+        stopped = time.time()
+        killed = float(Path(out_dir, "killed").read_text())
+        return {"error": str(error), "seconds": stopped - killed}
+    return {"error": None}
+
+
+def syncs(rank: int, out_dir: str) -> dict:
+    """One short run per DDP communication hook (each with its own rendezvous port)."""
+    out = {}
+    for sync, port in zip(
+        ("ddp-entropy", "ddp-fp16", "ddp-powersgd"), ("MASTER", "SECOND", "THIRD"), strict=True
+    ):
+        os.environ["MASTER_PORT"] = os.environ[f"{port}_PORT"]
+        config = RunConfig(
+            dataset="digits",
+            model="mlp",
+            epochs=1,
+            batch_size=64,
+            device="cpu",
+            out_dir=out_dir,
+            run_name=sync,
+            progress=False,
+            measure_memory=False,
+        )
+        out[sync] = train_rank(config, sync, CodecConfig(), 1)
+    return out
+
+
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    if scenario in ("mismatch", "resume"):  # these start their own process groups
+    scenarios = {"mismatch": mismatch, "resume": resume, "lost_rank": lost_rank, "syncs": syncs}
+    if scenario in scenarios:  # these start their own process groups
         rank = int(os.environ["RANK"])
-        result = {"mismatch": mismatch, "resume": resume}[scenario](rank, out_dir)
+        result = scenarios[scenario](rank, out_dir)
         torch.save(result, f"{out_dir}/rank{rank}.pt")
         return
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))

@@ -5,6 +5,7 @@ The time limit guards against hangs, not speed: it is generous because the test 
 shared by many jobs (each test takes 10-25 s of wall time on a quiet 2-core machine)."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,12 +27,18 @@ def free_port() -> int:
 
 @pytest.fixture
 def run_ranks(tmp_path):
-    def run(scenario: str, nproc: int = 2, timeout: float = 150.0) -> list[dict]:
+    def run(
+        scenario: str, nproc: int = 2, timeout: float = 150.0, killed: tuple[int, ...] = ()
+    ) -> list[dict | None]:
+        """Each rank's saved result; the ranks in ``killed`` must die of SIGKILL (their result
+        is None)."""
         env = {
             **os.environ,
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port()),
-            "SECOND_PORT": str(free_port()),  # for workers that start a second process group
+            # for workers that start further process groups
+            "SECOND_PORT": str(free_port()),
+            "THIRD_PORT": str(free_port()),
             "WORLD_SIZE": str(nproc),
             "OMP_NUM_THREADS": "1",
         }
@@ -60,9 +67,13 @@ def run_ranks(tmp_path):
                 p.kill()
             p.wait()
         for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
-            assert not timed_out and p.returncode == 0, (
+            expected = -signal.SIGKILL if rank in killed else 0
+            assert not timed_out and p.returncode == expected, (
                 f"rank {rank} {'timed out' if timed_out else 'failed'}:\n{out.decode()[-3000:]}"
             )
-        return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+        return [
+            None if r in killed else torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+            for r in range(nproc)
+        ]
 
     return run

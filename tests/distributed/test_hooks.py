@@ -4,8 +4,12 @@ carry their quantisation error into the next step."""
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from smallfoot.compress import CodecConfig, quantise
+from smallfoot.distributed import EntropyHookState, entropy_hook
 
 
 @pytest.mark.slow
@@ -33,3 +37,29 @@ def test_ddp_and_entropy_hook_gradients(run_ranks):
         for got, want in zip(rank["hooked"][0], rank["reference"], strict=True):
             assert (got.double() - want).abs().max() <= half_bin * 1.001
     assert ranks[0]["bits"] < 32
+
+
+def test_entropy_hook_registers_on_ddp_and_averages_quantised_gradients(tmp_path):
+    """One process (world size 1): DDP accepts the hook itself, and the gradient it leaves is
+    the quantised gradient of the batch."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        x, y = torch.randn(8, 6), torch.randint(3, (8,))
+        nn.functional.cross_entropy(net(x), y).backward()
+        plain = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        net.zero_grad()
+        ddp = DistributedDataParallel(net)
+        state = EntropyHookState(CodecConfig(c=6, m=4))
+        ddp.register_comm_hook(state, entropy_hook)
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        hooked = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        assert state.values_sent == plain.numel() and 0 < state.bytes_sent < 4 * plain.numel()
+        half_bin = float(plain.max() - plain.min()) / 2**7
+        assert not torch.equal(hooked, plain)
+        assert (hooked - plain).abs().max() <= half_bin * 1.001
+    finally:
+        dist.destroy_process_group()

@@ -9,7 +9,7 @@ from smallfoot.config import RunConfig
 from smallfoot.data import ArrayDataset
 from smallfoot.distributed import ShardedLoader, check_launch, launch
 from smallfoot.errors import ConfigError, TrainingError
-from smallfoot.train.run import run_training
+from smallfoot.runner.run import run_training
 
 
 def _dataset(n: int) -> ArrayDataset:
@@ -43,7 +43,9 @@ def test_launch_refuses_what_it_cannot_split():
         check_launch(RunConfig(method="facto", device="cpu"), 2, "ddp")
 
 
-def _config(tmp_path, name: str, epochs: int = 2, dataset: str = "digits") -> RunConfig:
+def _config(
+    tmp_path, name: str, epochs: int = 2, dataset: str = "digits", memory: bool = False
+) -> RunConfig:
     return RunConfig(
         dataset=dataset,
         model="mlp",
@@ -53,16 +55,23 @@ def _config(tmp_path, name: str, epochs: int = 2, dataset: str = "digits") -> Ru
         out_dir=str(tmp_path),
         run_name=name,
         progress=False,
-        measure_memory=False,
+        measure_memory=memory,
     )
 
 
 @pytest.mark.slow
 def test_two_ddp_processes_reach_the_single_process_accuracy(tmp_path):
     single = run_training(_config(tmp_path, "single"))
-    summary = launch(_config(tmp_path, "ddp"), 2)
+    summary = launch(_config(tmp_path, "ddp", memory=True), 2)
     assert summary["world_size"] == 2 and summary["threads_per_rank"] >= 1
     assert summary["batch_size_per_rank"] == 32
+    # each rank meters one step of its own module at its own 32 samples
+    assert summary["memory"]["batch"] == 32
+    assert summary["memory"]["peak"] > summary["memory"]["parameters"] > 0
+    assert [r["rank"] for r in summary["ranks"]] == [0, 1]
+    for record in summary["ranks"]:
+        assert record["threads"] == summary["threads_per_rank"]
+        assert record["peak_memory"] == summary["memory"]["peak"]
     assert abs(summary["test_accuracy"] - single["test_accuracy"]) <= 0.03
     run_dir = tmp_path / "ddp"
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -98,3 +107,16 @@ def test_a_ddp_run_resumes_from_its_checkpoint_on_every_rank(run_ranks, tmp_path
     assert len(lines) == 2
     assert lines[0]["test_accuracy"] == first["test_accuracy"]
     assert lines[1]["test_accuracy"] == second["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_ddp_communication_hooks_train_and_count_what_they_send(run_ranks):
+    runs = run_ranks("syncs")[0]
+    float32 = runs["ddp-fp16"]["communication"]["float32_bytes_per_step"]
+    assert runs["ddp-fp16"]["communication"]["bytes_per_step"] == float32 / 2
+    for sync, summary in runs.items():
+        assert summary["sync"] == sync and summary["test_accuracy"] > 0.5, sync
+        assert 0 < summary["communication"]["bytes_per_step"] < float32
+        assert summary["communication"]["step_seconds"] > 0
+    bits = runs["ddp-entropy"]["compression"]["gradient_bits_per_value"]
+    assert bits == 8 * runs["ddp-entropy"]["communication"]["bytes_per_step"] / (float32 / 4)

@@ -6,9 +6,10 @@ import pytest
 from smallfoot.cli import parse_extra_flags
 from smallfoot.config import RunConfig
 from smallfoot.errors import BudgetError, ConfigError, TrainingInterrupted
-from smallfoot.memory.configured import configured_step
 from smallfoot.methods import get_method
-from smallfoot.train import Trainer, run_training
+from smallfoot.runner import run_training
+from smallfoot.runner.step import method_step_memory
+from smallfoot.train import Trainer
 
 
 def layerwise_config(tmp_path, model="cnn4", **method_options):
@@ -129,14 +130,14 @@ def test_memory_command_measures_the_largest_unit_as_training_does(tmp_path, opt
     trained = run_training(config)["memory"]
     shape, classes = tuple(config.data_options["shape"]), config.data_options["num_classes"]
     common = dict(batch=config.batch_size, model_options=config.model_options, classes=classes)
-    report = configured_step(
+    report = method_step_memory(
         "cnn4", shape, method="layerwise", method_options=config.method_options, **common
     )
     assert report.stage == trained["stage"]
     assert report.peak == trained["peak"]
-    baseline = configured_step("cnn4", shape, **common)
+    baseline = method_step_memory("cnn4", shape, **common)
     assert report.peak < baseline.peak
-    estimated = configured_step(
+    estimated = method_step_memory(
         "cnn4", shape, method="layerwise", method_options=config.method_options, fake=True, **common
     )
     assert estimated.estimated and estimated.peak == report.peak

@@ -7,7 +7,8 @@ import torch
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.methods import get_method
-from smallfoot.train import Trainer, run_training
+from smallfoot.runner import run_training
+from smallfoot.train import Trainer
 
 
 def facto_config(tmp_path, **overrides):
@@ -113,12 +114,12 @@ def test_summary_memory_names_the_phases_that_ran_and_what_batch_norm_keeps(
 
 
 def test_memory_command_measures_the_low_rank_step():
-    from smallfoot.memory.configured import configured_step
+    from smallfoot.runner.step import method_step_memory
 
     kwargs = dict(model_options={"widths": [4, 8, 8, 8], "batch_norm": False}, classes=3)
-    baseline = configured_step("cnn4", (1, 16, 16), 8, **kwargs)
+    baseline = method_step_memory("cnn4", (1, 16, 16), 8, **kwargs)
     options = {"inr": 0.5, "apply_ratio": 1.0}
-    report = configured_step(
+    report = method_step_memory(
         "cnn4", (1, 16, 16), 8, method="facto", method_options=options, **kwargs
     )
     assert report.stage == "low-rank"
@@ -128,7 +129,7 @@ def test_memory_command_measures_the_low_rank_step():
 
 def test_a_run_that_stays_full_rank_reports_full_rank_memory(tmp_path):
     from smallfoot.methods import RunContext
-    from smallfoot.train.run import load_run_data
+    from smallfoot.runner.run import load_run_data
 
     # the library path, without run_training's check: one full-rank epoch only
     config = facto_config(tmp_path, epochs=1, measure_memory=True)

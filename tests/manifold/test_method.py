@@ -12,7 +12,8 @@ from smallfoot.errors import ConfigError
 from smallfoot.manifold.method import ManifoldTrainer, RegularisedNet, make_regulariser
 from smallfoot.methods import RunContext, get_method
 from smallfoot.models.bottleneck import attach_head
-from smallfoot.train import TrainConfig, Trainer, run_training
+from smallfoot.runner import run_training
+from smallfoot.train import TrainConfig, Trainer
 
 DATA = {"shape": [1, 8, 8], "num_classes": 3, "size": 30}
 

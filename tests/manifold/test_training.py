@@ -6,7 +6,7 @@ import math
 import pytest
 
 from smallfoot.config import RunConfig
-from smallfoot.train import run_training
+from smallfoot.runner import run_training
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
 from smallfoot.methods import get_method
 from smallfoot.reversible.method import WIDTH_STEP, parameter_count
-from smallfoot.train import run_training
+from smallfoot.runner import run_training
 
 
 def ctx(model="cnn4", shape=(1, 8, 8), **model_options):

@@ -9,8 +9,9 @@ import torch
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.methods import get_method
+from smallfoot.runner import run_training
 from smallfoot.subspace import Basis
-from smallfoot.train import Trainer, run_training
+from smallfoot.train import Trainer
 
 
 def subspace_config(tmp_path, name="run", measure=False, epochs=3, **method_options):
@@ -194,12 +195,12 @@ def test_interrupt_during_sampling_names_the_run_and_resumes(tmp_path, monkeypat
 
 @pytest.mark.parametrize("optimizer", ["psgd", "pbfgs"])
 def test_memory_measures_the_larger_stage_not_the_baseline(optimizer):
-    from smallfoot.memory.configured import configured_step
+    from smallfoot.runner.step import method_step_memory
 
     options = {"subspace_optimizer": optimizer, "dim": 5, "samples": 8}
     kwargs = dict(model_options={"widths": [32]}, batch=16, classes=3)
-    baseline = configured_step("mlp", (8,), **kwargs)
-    report = configured_step("mlp", (8,), method="subspace", method_options=options, **kwargs)
+    baseline = method_step_memory("mlp", (8,), **kwargs)
+    report = method_step_memory("mlp", (8,), method="subspace", method_options=options, **kwargs)
     n = baseline.parameters // 4
     assert report.stage == "subspace" and baseline.stage is None
     # the subspace optimizer keeps P (n x d); SGD's momentum is n floats
@@ -207,25 +208,25 @@ def test_memory_measures_the_larger_stage_not_the_baseline(optimizer):
     assert report.optimizer_state >= 4 * n * 5
     assert report.peak > baseline.peak
     if optimizer == "psgd":
-        estimated = configured_step(
+        estimated = method_step_memory(
             "mlp", (8,), method="subspace", method_options=options, fake=True, **kwargs
         )
         assert (estimated.stage, estimated.peak) == ("subspace", report.peak)
     else:
         with pytest.raises(ConfigError, match="drop --estimate"):
-            configured_step(
+            method_step_memory(
                 "mlp", (8,), method="subspace", method_options=options, fake=True, **kwargs
             )
 
 
 def test_memory_names_the_sampling_stage_when_it_is_larger():
-    from smallfoot.memory.configured import configured_step
+    from smallfoot.runner.step import method_step_memory
 
     # AdamW keeps 2n floats while sampling; P-SGD in one dimension keeps P (n) and 1 float
     kwargs = dict(model_options={"widths": [32]}, batch=16, classes=3, optimizer="adamw")
     options = {"subspace_optimizer": "psgd", "dim": 1, "samples": 4}
-    report = configured_step("mlp", (8,), method="subspace", method_options=options, **kwargs)
-    baseline = configured_step("mlp", (8,), **kwargs)
+    report = method_step_memory("mlp", (8,), method="subspace", method_options=options, **kwargs)
+    baseline = method_step_memory("mlp", (8,), **kwargs)
     assert report.stage == "sampling"
     assert (report.peak, report.optimizer_state) == (baseline.peak, baseline.optimizer_state)
 

@@ -8,8 +8,9 @@ from torch import nn
 from smallfoot.config import RunConfig, load_config
 from smallfoot.data import load_dataset
 from smallfoot.errors import ConfigError, TrainingError, TrainingInterrupted
-from smallfoot.train import Callback, TrainConfig, Trainer, run_training
-from smallfoot.train.run import new_run_dir
+from smallfoot.runner import run_training
+from smallfoot.runner.run import new_run_dir
+from smallfoot.train import Callback, TrainConfig, Trainer
 
 
 def tiny_config(tmp_path, **overrides):

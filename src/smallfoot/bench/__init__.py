@@ -8,9 +8,11 @@ its target. :func:`run_benchmark` runs the benchmark, computes its claims and wr
 ``results/NAME.json`` (the claims, rows, notes, machine, torch version, command line, date,
 duration) and ``results/NAME.md`` (the claims table, one table per ``section`` of rows, the
 notes, the plots); :func:`recompute_claims` redoes only the claims of a committed result. A
-``--quick`` run writes ``results/NAME-quick.*`` so it never overwrites the full results. Every
-module of this package is imported when benchmarks are listed, so a new ``bench/<name>.py``
-registers itself.
+``--quick`` run writes ``results/NAME-quick.*`` so it never overwrites the full results.
+
+The benchmarks themselves are the checkout's ``benchmarks/`` modules (:func:`benchmarks_dir`),
+not part of the installed package; every module there is imported when benchmarks are listed,
+so a new ``benchmarks/<name>.py`` registers itself.
 """
 
 from __future__ import annotations
@@ -206,12 +208,41 @@ def compute_claims(name: str, rows: list[dict[str, Any]], command: str) -> list[
     return claims
 
 
+BENCHMARKS_ENV = "SMALLFOOT_BENCHMARKS"
+"""Environment variable naming the benchmarks directory (default: ``./benchmarks``, else the
+``benchmarks/`` of the checkout the package is installed from in editable mode)."""
+
+
+def benchmarks_dir() -> Path:
+    """The directory of the project's benchmark modules; ``ConfigError`` when there is none
+    (the benchmarks ship with the checkout, not with the installed package)."""
+    candidates = [Path(os.environ[BENCHMARKS_ENV])] if os.environ.get(BENCHMARKS_ENV) else [
+        Path.cwd() / "benchmarks", Path(__file__).resolve().parents[3] / "benchmarks"
+    ]  # fmt: skip
+    for candidate in candidates:
+        if (candidate / "__init__.py").is_file():
+            return candidate.resolve()
+    raise ConfigError(
+        "no benchmarks/ directory here: the benchmarks live in the smallfoot checkout; run "
+        f"`smallfoot bench` from it or set {BENCHMARKS_ENV}=/path/to/smallfoot/benchmarks"
+    )
+
+
 def _load_all() -> None:
     global _loaded
     if not _loaded:
+        directory = benchmarks_dir()
+        if str(directory.parent) not in sys.path:
+            sys.path.insert(0, str(directory.parent))
+        package = importlib.import_module("benchmarks")
+        if Path(package.__file__).resolve().parent != directory:
+            raise ConfigError(
+                f"another module named 'benchmarks' ({package.__file__}) hides {directory}; "
+                "rename or remove it"
+            )
+        for module in pkgutil.iter_modules([str(directory)]):
+            importlib.import_module(f"benchmarks.{module.name}")
         _loaded = True
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
 
 
 def list_benchmarks(pattern: str = "*") -> list[BenchmarkInfo]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfoot.config import RunConfig, train_command
+from smallfoot.runner import run_training
 
 RUNS_ROOT = Path("runs") / "bench"
 """Where benchmark runs keep their run directories (checkpoints stay out of ``results/``)."""
@@ -58,8 +59,6 @@ def run_grid(
     Run directories go to ``runs_root/NAME[-quick]/LABEL-sSEED`` and are replaced when they
     exist, so a re-run never resumes a stale run; the progress bar is off. ``on_run`` is
     called with each record as it completes (for progress output)."""
-    from smallfoot.train import run_training
-
     parent = Path(runs_root) / (f"{name}-quick" if quick else name)
     records = []
     for row in rows:

@@ -1,6 +1,9 @@
 """Datasets as in-memory tensors: ``load_dataset(name, split, root)``, loaders and a registry."""
 
-from smallfoot.data import toy  # noqa: F401  registers sine, two-spirals, checkerboard
+from smallfoot.data import (
+    folder,  # noqa: F401  registers image-folder
+    toy,  # noqa: F401  registers sine, two-spirals, checkerboard
+)
 from smallfoot.data.datasets import (
     ArrayDataset,
     DatasetInfo,

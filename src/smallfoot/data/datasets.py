@@ -16,6 +16,7 @@ import torch
 from smallfoot.data.cifar import CIFAR_LAYOUT, cifar_dir, load_cifar
 from smallfoot.data.idx import find_idx_file, load_idx_pair
 from smallfoot.errors import ConfigError, DatasetError, UnknownNameError
+from smallfoot.references import is_reference, resolve_reference
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
@@ -118,6 +119,8 @@ def load_dataset(
     split's statistics), ``pad_to`` (zero-pad square images to this side before normalising),
     ``limit`` (keep this many samples, chosen by a seeded shuffle), ``seed``.
     """
+    if is_reference(name):
+        return load_referenced_dataset(name, split, **options)
     info = get_dataset_info(name)
     if split not in info.splits:
         raise ConfigError(
@@ -130,6 +133,74 @@ def load_dataset(
         valid = ", ".join(o for o in info.options if o not in ("limit", "seed")) or "none"
         raise ConfigError(f"dataset {name!r} has no option {unknown[0]!r}; its options: {valid}")
     return info.loader(split, Path(root) if root is not None else None, **options)
+
+
+def load_referenced_dataset(
+    reference: str, split: str, *, limit: int | None = None, seed: int = 0, **options
+) -> ArrayDataset:
+    """Split ``split`` (train or test) of a user's dataset: ``reference`` names a function
+    (``package.module:function``) called with ``options`` as keyword arguments that returns a
+    ``(train, test)`` pair. Each may be an :class:`ArrayDataset` or any map-style
+    ``torch.utils.data.Dataset`` of ``(input tensor, integer label)`` items, which is read once
+    into memory (the whole split must fit). ``limit`` keeps that many samples (seeded choice)."""
+    function = resolve_reference(reference, "--dataset")
+    if split not in ("train", "test"):
+        raise ConfigError(f"dataset {reference!r} has no split {split!r}; choose train or test")
+    try:
+        pair = function(**options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"--dataset {reference}: {exc}; pass its options as --data-opt KEY=VALUE"
+        ) from None
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise ConfigError(
+            f"--dataset {reference} returned a {type(pair).__name__}; it must return a "
+            "(train, test) pair of datasets"
+        )
+    data = pair[0 if split == "train" else 1]
+    if not isinstance(data, ArrayDataset):
+        data = _materialise(data, f"{reference} ({split})")
+    return _limit(data, limit, seed)
+
+
+def _materialise(dataset, name: str) -> ArrayDataset:
+    """A map-style dataset of ``(input, label)`` items read into one :class:`ArrayDataset`;
+    the class count is the dataset's ``num_classes`` or ``len(classes)`` (torchvision's
+    attribute) when it has one, else the largest label + 1."""
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise ConfigError(
+            f"--dataset {name}: a {type(dataset).__name__} is not a map-style dataset "
+            "(it needs __len__ and __getitem__)"
+        )
+    inputs, labels = [], []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DatasetError(f"{name}: item {index} is not an (input, label) pair")
+        x, y = item
+        x = torch.as_tensor(x, dtype=torch.float32)
+        try:
+            y = int(y)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{name}: item {index} has label {y!r}, not an integer") from None
+        if inputs and x.shape != inputs[0].shape:
+            raise DatasetError(
+                f"{name}: item {index} has shape {tuple(x.shape)}, item 0 {tuple(inputs[0].shape)}; "
+                "every input must have the same shape"
+            )
+        inputs.append(x)
+        labels.append(y)
+    if not inputs:
+        raise DatasetError(f"{name} is empty")
+    y = torch.tensor(labels, dtype=torch.int64)
+    classes = getattr(dataset, "classes", None)
+    num_classes = getattr(dataset, "num_classes", len(classes) if classes else int(y.max()) + 1)
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise DatasetError(
+            f"{name}: labels must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}"
+        )
+    names = tuple(str(c) for c in classes) if classes else None
+    return ArrayDataset(torch.stack(inputs), y, num_classes, name, names)
 
 
 def _check_int(name: str, value, minimum: int) -> int:

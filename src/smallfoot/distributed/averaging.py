@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from smallfoot.compress import CodecConfig, decode_state, encode_state
+from smallfoot.compress import CodecConfig, bits_per_parameter, decode_state, encode_state
 from smallfoot.train.trainer import Callback
 
 
@@ -45,7 +45,8 @@ def average_parameters(
 
     Floating-point buffers (batch-norm statistics) are averaged exactly (float64, rank order);
     integer buffers are left alone. Returns ``bytes_sent`` (this rank's package buffer),
-    ``values`` and ``bits_per_value`` (8 * bytes_sent / values).
+    ``values``, ``bits_per_value`` (8 * bytes_sent / values) and ``raw_bits_per_value`` (the
+    layers' N weighted by their values, before entropy coding).
 
     Raises:
         CompressionError: a parameter holds NaN/inf, or a rank's buffer arrived damaged (the
@@ -67,6 +68,7 @@ def average_parameters(
         "bytes_sent": len(mine),
         "values": values,
         "bits_per_value": 8 * len(mine) / max(values, 1),
+        "raw_bits_per_value": bits_per_parameter(mine)["raw"] if values else 0.0,
     }
 
 
@@ -88,7 +90,10 @@ class CompressedAveraging(Callback):
     """Trainer callback: ``average_parameters`` after every ``every``-th optimizer step.
 
     Each rank trains its own copy on its shard; this is the thesis' synchronisation. The
-    figures of the last sync are kept in ``last`` (bytes sent, bits per value).
+    figures of the last sync are kept in ``last`` (bytes sent, bits per value), the bytes of
+    all syncs since it was made in ``bytes_sent``; every epoch's metrics get the mean over its
+    syncs of bits per value before (``sync_bits_raw``, the N's) and after entropy coding
+    (``sync_bits_coded``, every byte sent), the thesis' figure 3.5.
     """
 
     def __init__(
@@ -99,8 +104,19 @@ class CompressedAveraging(Callback):
     ):
         self.every, self.config, self.group = every, config, group
         self.last: dict[str, Any] = {}
+        self.bytes_sent = 0
+        self._epoch: list[tuple[float, float]] = []
 
     def on_batch_end(self, trainer, batch_index, loss, output) -> None:
         """Average after every ``every``-th step (counted by the trainer's global step)."""
         if trainer.global_step % self.every == 0:
             self.last = average_parameters(trainer.model, self.config, self.group)
+            self.bytes_sent += self.last["bytes_sent"]
+            self._epoch.append((self.last["raw_bits_per_value"], self.last["bits_per_value"]))
+
+    def on_epoch_end(self, trainer, epoch, metrics) -> None:
+        """Add the epoch's mean bits per value (raw and coded) to its metrics line."""
+        if self._epoch:
+            metrics["sync_bits_raw"] = sum(r for r, _ in self._epoch) / len(self._epoch)
+            metrics["sync_bits_coded"] = sum(c for _, c in self._epoch) / len(self._epoch)
+        self._epoch = []

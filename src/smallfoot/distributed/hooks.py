@@ -10,7 +10,8 @@ all ranks step with bit-identical gradients. What quantisation dropped on this r
 and added to the next step's gradient of the same bucket, as PowerSGD does.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: ``register_comm_hook`` checks the hook's
+# annotations as objects (a string "dist.GradBucket" is refused).
 
 from dataclasses import dataclass, field
 

@@ -10,9 +10,13 @@ directory (config, metrics, checkpoints, summary) and prints.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
+import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
@@ -30,8 +35,10 @@ from smallfoot.compress import CodecConfig
 from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.averaging import CompressedAveraging
+from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
-from smallfoot.train.run import (
+from smallfoot.models import parameter_count
+from smallfoot.runner.run import (
     load_run_data,
     new_run_dir,
     resolve_device,
@@ -40,7 +47,10 @@ from smallfoot.train.run import (
 )
 from smallfoot.train.trainer import TrainConfig, Trainer, default_augment
 
-SYNCS = ("ddp", "average")
+SYNCS = ("ddp", "average", "ddp-entropy", "ddp-fp16", "ddp-powersgd")
+"""How ranks synchronise: DDP's all-reduce of float32 gradients, the thesis' compressed
+parameter averaging, or DDP with a communication hook: ours (entropy-coded gradients with error
+feedback), DDP's ``fp16_compress_hook`` or its ``powerSGD_hook`` (rank 1, from step 2)."""
 # How long a collective may wait for a slow rank (rank 0 writing a checkpoint, a loaded
 # machine); a rank that dies is noticed sooner, by the elastic agent.
 _TIMEOUT = datetime.timedelta(seconds=300)
@@ -89,16 +99,48 @@ class ShardedLoader(BatchLoader):
             yield x, self.dataset.y[index]
 
 
+def _register_hook(ddp: DistributedDataParallel, sync: str, codec: CodecConfig):
+    """Register the communication hook ``sync`` names on ``ddp``; returns the hook's state."""
+    if sync == "ddp-entropy":
+        state = EntropyHookState(codec)
+        ddp.register_comm_hook(state, entropy_hook)
+        return state
+    if sync == "ddp-fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return None
+    if sync == "ddp-powersgd":
+        state = powerSGD_hook.PowerSGDState(
+            None, matrix_approximation_rank=1, start_powerSGD_iter=2
+        )
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return state
+    return None
+
+
 class DistributedTrainer(Trainer):
-    """A :class:`Trainer` for one rank: sharded batches, DDP forward (``sync="ddp"``), and
-    training metrics summed over ranks. ``self.model`` stays the plain module, so checkpoints
+    """A :class:`Trainer` for one rank: sharded batches, DDP forward (``sync`` ``"ddp"`` or
+    ``"ddp-<hook>"``), training metrics summed over ranks, and the wall time of its training
+    epochs (``step_seconds`` over ``steps``: loading, steps and the callbacks after each step,
+    without evaluation). ``self.model`` stays the plain module, so checkpoints
     and evaluation are those of single-process runs."""
 
-    def __init__(self, *args, rank: int, world: int, sync: str, data_seed: int, **kwargs):
+    def __init__(
+        self,
+        *args,
+        rank: int,
+        world: int,
+        sync: str,
+        data_seed: int,
+        codec: CodecConfig = CodecConfig(),
+        **kwargs,
+    ):
         self.rank, self.world, self.sync, self.data_seed = rank, world, sync, data_seed
         super().__init__(*args, **kwargs)
-        if sync == "ddp":
+        self.hook_state = None
+        self.step_seconds, self.steps = 0.0, 0
+        if sync.startswith("ddp"):
             self.forward_model = DistributedDataParallel(self.model)
+            self.hook_state = _register_hook(self.forward_model, sync, codec)
         else:
             with torch.no_grad():
                 for tensor in self.model.state_dict().values():
@@ -122,6 +164,24 @@ class DistributedTrainer(Trainer):
         """Batches per epoch on every rank."""
         return len(self.loader())
 
+    def bytes_per_step(self, averaging: CompressedAveraging | None) -> float:
+        """Bytes this rank handed to the collectives per training step, for the gradients or
+        parameters (not the metrics): the float32 gradients for plain DDP, half of that for
+        fp16, what PowerSGD's matrices and the uncompressed tensors hold, what the packages of
+        the entropy hook or of the parameter averaging took."""
+        values = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        state, steps = self.hook_state, max(self.steps, 1)
+        if self.sync == "average":
+            return averaging.bytes_sent / steps
+        if self.sync == "ddp-entropy":
+            return state.bytes_sent / steps
+        if self.sync == "ddp-fp16":
+            return 2.0 * values
+        if self.sync == "ddp-powersgd" and state.total_numel_before_compression:
+            ratio = state.total_numel_after_compression / state.total_numel_before_compression
+            return 4.0 * values * ratio
+        return 4.0 * values
+
     def forward_backward_step(self, x, y):
         """Loss and gradients of one batch through DDP (gradients averaged over ranks)."""
         output = self.forward_model(x)
@@ -131,7 +191,11 @@ class DistributedTrainer(Trainer):
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch on this rank's shard; loss and accuracy averaged over all ranks' samples."""
+        start = time.perf_counter()
         local = super().train_epoch(epoch)
+        # batches, steps and the callbacks after them (parameter averaging), not evaluation
+        self.step_seconds += time.perf_counter() - start
+        self.steps += self.steps_per_epoch()
         seen = self.loader().shard_size()
         totals = torch.tensor(
             [local["train_loss"] * seen, local["train_accuracy"] * seen, seen],
@@ -157,6 +221,30 @@ def differing_fields(settings: dict[str, Any]) -> dict[int, list[str]]:
         for rank, theirs in enumerate(everyone)
         if theirs != first
     }
+
+
+def _lost_peer(error: RuntimeError, rank: int, world: int, run_dir: Path) -> Exception:
+    """The one-line ``TrainingError`` for a collective that failed because a peer died or hung
+    (gloo: connection reset, or the collective timed out); other errors are returned as they are."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, dist.DistError) and "gloo" not in text:
+        return error
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]
+    lost = f"rank {1 - rank}" if world == 2 else "another rank"
+    hint = ""
+    if (run_dir / "checkpoint.pt").exists():
+        hint = f"; continue from its last checkpoint with --resume {run_dir} --nproc {world}"
+    return TrainingError(
+        f"data-parallel run stopped: rank {rank} lost {lost}, which died or hung ({text}){hint}"
+    )
+
+
+def _rank_record(rank: int, threads: int, memory: dict[str, Any] | None) -> dict[str, Any]:
+    """What the summary lists per rank: threads, and the meter's peak (bytes) and its phase."""
+    record: dict[str, Any] = {"rank": rank, "threads": threads}
+    if memory is not None:
+        record.update(peak_memory=memory["peak"], peak_phase=memory["peak_phase"])
+    return record
 
 
 def check_launch(config: RunConfig, nproc: int, sync: str) -> None:
@@ -224,16 +312,48 @@ def launch(
         start_method="spawn",
     )
     try:
-        results = elastic_launch(launcher, train_rank)(config, sync, codec, every, resume_dir)
+        with _quiet_agent():
+            results = elastic_launch(launcher, train_rank)(config, sync, codec, every, resume_dir)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", message)
+        run_dir = resume_dir or (
+            Path(config.out_dir) / config.run_name if config.run_name else None
+        )
+        hint = ""
+        if run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists():
+            hint = f"; continue from its last checkpoint with --resume {run_dir} --nproc {nproc}"
+        elif failure.exitcode < 0:  # killed by a signal: rank 0 may have checkpointed
+            hint = f"; continue from its last checkpoint with --resume RUN_DIR --nproc {nproc} (RUN_DIR: the run's directory under {config.out_dir})"
         raise TrainingError(
-            f"data-parallel run stopped: rank {rank} failed ({message}); the other ranks were stopped"
+            f"data-parallel run stopped: rank {rank} failed ({message}); the other ranks were stopped{hint}"
         ) from None
     return results[0]
+
+
+@contextlib.contextmanager
+def _quiet_agent() -> Iterator[None]:
+    """Mute the elastic agent's own log lines (a worker's traceback, "closing signal SIGTERM")
+    so that a failure reads as ``launch``'s one line; ``LOGLEVEL`` set in the environment
+    (torch's own switch) keeps them."""
+    if "LOGLEVEL" in os.environ:
+        yield
+        return
+    names = [
+        name
+        for name in logging.root.manager.loggerDict
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))
+    ]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def train_rank(
@@ -315,12 +435,24 @@ def train_rank(
             world=world,
             sync=sync,
             data_seed=config.seed,
+            codec=codec,
         )
-        if resume_dir is not None:
+        # a run stopped before its first checkpoint has nothing to restore: it starts again
+        if resume_dir is not None and (Path(resume_dir) / "checkpoint.pt").exists():
             trainer.load_checkpoint(Path(resume_dir) / "checkpoint.pt")
         start = time.perf_counter()
-        metrics = trainer.fit()
+        try:
+            metrics = trainer.fit()
+        except RuntimeError as error:
+            raise _lost_peer(error, rank, world, made[0]) from None
         seconds = time.perf_counter() - start
+        memory = None
+        if config.measure_memory:
+            # the meter's step of this rank's module at its own share of the batch
+            own_batch = dataclasses.replace(config, batch_size=train_config.batch_size)
+            memory = method.measure_memory(dataclasses.replace(ctx, config=own_batch), trainer)
+        ranks: list[Any] = [None] * world
+        dist.all_gather_object(ranks, _rank_record(rank, threads, memory))
         if rank != 0:
             return None
         summary = {
@@ -337,10 +469,17 @@ def train_rank(
                 resumed=resume_dir is not None,
                 data_record=data_record,
             ),
+            **({"memory": memory} if memory is not None else {}),
             "world_size": world,
             "threads_per_rank": threads,
+            "ranks": ranks,
             "sync": sync,
             "batch_size_per_rank": train_config.batch_size,
+            "communication": {
+                "bytes_per_step": trainer.bytes_per_step(averaging),
+                "float32_bytes_per_step": 4 * parameter_count(model),
+                "step_seconds": trainer.step_seconds / max(trainer.steps, 1),
+            },
         }
         if averaging is not None:
             summary["compression"] = {
@@ -349,6 +488,14 @@ def train_rank(
                 "fraction": codec.fraction,
                 "every": every,
                 "last_sync": averaging.last,
+            }
+        if sync == "ddp-entropy":
+            state = trainer.hook_state
+            summary["compression"] = {
+                "c": codec.c,
+                "m": codec.m,
+                "fraction": codec.fraction,
+                "gradient_bits_per_value": 8 * state.bytes_sent / max(state.values_sent, 1),
             }
         atomic_write_json(run_dir / "summary.json", summary)
         return summary

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from smallfoot._figures import figure
 from smallfoot._io import atomic_write_json
 from smallfoot.memory.meter import CATEGORIES, MemoryReport
 
@@ -22,67 +23,58 @@ def save_timeline(report: MemoryReport, path: str | os.PathLike) -> Path:
 def plot_timeline(report: MemoryReport, path: str | os.PathLike, title: str | None = None) -> Path:
     """Save a PNG of the live memory (MiB) over the step's events, stacked by category, phases
     shaded, forward module boundaries ticked (named when there are at most 40), peak marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     timeline = report.timeline
     live = timeline["live"]
     steps = list(range(len(live["total"])))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    for name, start, end in timeline["phases"]:
-        ax.axvspan(start - 0.5, end - 0.5, color=PHASE_COLOURS.get(name, "#eeeeee"), lw=0)
-        ax.text(
-            (start + end) / 2,
-            1.0,
-            name,
-            transform=ax.get_xaxis_transform(),
-            ha="center",
-            va="bottom",
-            fontsize=9,
-        )
-    layers = [[v / 2**20 for v in live[c]] for c in CATEGORIES]
-    ax.stackplot(
-        steps, layers, labels=[c.replace("_", " ") for c in CATEGORIES], alpha=0.85, step="post"
-    )
-    modules = timeline["modules"]
-    for name, start, _ in modules:
-        ax.axvline(start - 0.5, color="grey", lw=0.4, ls=":")
-        if len(modules) <= 40:
+    with figure(path, size=(10, 4.5)) as (fig, ax):
+        for name, start, end in timeline["phases"]:
+            ax.axvspan(start - 0.5, end - 0.5, color=PHASE_COLOURS.get(name, "#eeeeee"), lw=0)
             ax.text(
-                start,
-                0.01,
+                (start + end) / 2,
+                1.0,
                 name,
-                rotation=90,
-                fontsize=6,
                 transform=ax.get_xaxis_transform(),
+                ha="center",
                 va="bottom",
-                color="dimgrey",
+                fontsize=9,
             )
-    ax.plot([timeline["peak_index"]], [report.peak / 2**20], "kv")
-    ax.annotate(
-        f"peak {report.peak / 2**20:.2f} MiB ({report.peak_phase})",
-        (timeline["peak_index"], report.peak / 2**20),
-        textcoords="offset points",
-        xytext=(6, 4),
-        fontsize=8,
-    )
-    ax.set_xlabel("allocation / release event of the measured step")
-    ax.set_ylabel("live memory (MiB)")
-    ax.set_xlim(-0.5, max(len(steps) - 0.5, 0.5))
-    ax.set_ylim(0, report.peak / 2**20 * 1.12 or 1)
-    kind = "estimate" if report.estimated else "measured"
-    ax.set_title(
-        title
-        or f"one training step, batch {report.batch}, input "
-        f"{'x'.join(map(str, report.input_shape))} ({kind})",
-        pad=16,
-    )
-    ax.legend(loc="upper right", fontsize=7, ncol=2, framealpha=0.9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        layers = [[v / 2**20 for v in live[c]] for c in CATEGORIES]
+        ax.stackplot(
+            steps, layers, labels=[c.replace("_", " ") for c in CATEGORIES], alpha=0.85, step="post"
+        )
+        modules = timeline["modules"]
+        for name, start, _ in modules:
+            ax.axvline(start - 0.5, color="grey", lw=0.4, ls=":")
+            if len(modules) <= 40:
+                ax.text(
+                    start,
+                    0.01,
+                    name,
+                    rotation=90,
+                    fontsize=6,
+                    transform=ax.get_xaxis_transform(),
+                    va="bottom",
+                    color="dimgrey",
+                )
+        ax.plot([timeline["peak_index"]], [report.peak / 2**20], "kv")
+        ax.annotate(
+            f"peak {report.peak / 2**20:.2f} MiB ({report.peak_phase})",
+            (timeline["peak_index"], report.peak / 2**20),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+        ax.set_xlabel("allocation / release event of the measured step")
+        ax.set_ylabel("live memory (MiB)")
+        ax.set_xlim(-0.5, max(len(steps) - 0.5, 0.5))
+        ax.set_ylim(0, report.peak / 2**20 * 1.12 or 1)
+        kind = "estimate" if report.estimated else "measured"
+        ax.set_title(
+            title
+            or f"one training step, batch {report.batch}, input "
+            f"{'x'.join(map(str, report.input_shape))} ({kind})",
+            pad=16,
+        )
+        ax.legend(loc="upper right", fontsize=7, ncol=2, framealpha=0.9)
+    return Path(path)

@@ -7,9 +7,12 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from smallfoot.errors import ConfigError, UnknownNameError
+from smallfoot.plugins import load_plugins
+from smallfoot.references import is_reference, resolve_reference
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,8 @@ def register_model(name: str, description: str):
 
 
 def _load_all() -> None:
-    # Technique packages register their own models (revnet18, fixup_resnet18, ...); they are
-    # all imported by smallfoot.methods, the one module that knows every technique.
-    from smallfoot.methods import _load_builtin
-
-    _load_builtin()
+    # technique packages register their own models (revnet18, fixup_resnet18, ...)
+    load_plugins()
 
 
 def list_models(pattern: str = "*") -> list[ModelInfo]:
@@ -73,12 +73,14 @@ def build_model(name: str, input_shape, num_classes: int, **opts) -> nn.Module:
 
     Unknown names raise ``UnknownNameError``; options a builder does not take raise ``ConfigError``.
     """
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+    if is_reference(name):
+        return build_referenced_model(name, input_shape, num_classes, **opts)
     if name not in _REGISTRY:
         _load_all()
     if name not in _REGISTRY:
         raise UnknownNameError("model", name, sorted(_REGISTRY))
-    if num_classes < 1:
-        raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
     _check_widths(name, opts)
     try:
         return _REGISTRY[name].builder(tuple(int(s) for s in input_shape), num_classes, **opts)
@@ -97,6 +99,64 @@ def build_model(name: str, input_shape, num_classes: int, **opts) -> nn.Module:
             f"model {name!r} cannot be built with options {opts}: {first}; "
             f"see `smallfoot models {name}`"
         ) from None
+
+
+def build_referenced_model(reference: str, input_shape, num_classes: int, **opts) -> nn.Module:
+    """Build a user's model from ``reference`` (``package.module:function``): the function is
+    called with ``opts`` as keyword arguments, plus ``num_classes`` and ``input_shape`` (C, H, W)
+    when its signature takes them and ``opts`` does not set them. The result must be an
+    ``nn.Module`` whose output for one input is ``(1, num_classes)``; anything else raises a
+    ``ConfigError`` that says what came back."""
+    builder = resolve_reference(reference, "--model")
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    kwargs = dict(opts)
+    given = {"num_classes": num_classes, "input_shape": tuple(int(s) for s in input_shape)}
+    for key, value in given.items():
+        if key in parameters and key not in kwargs:
+            kwargs[key] = value
+    try:
+        model = builder(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"--model {reference}: {exc}; pass its options as --model-opt KEY=VALUE"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"--model {reference} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    _check_output(reference, model, given["input_shape"], num_classes)
+    return model
+
+
+def _check_output(reference: str, model: nn.Module, input_shape, num_classes: int) -> None:
+    """One input through ``model`` (eval mode, no grad: no running statistic or random stream
+    moves) must give ``(1, num_classes)`` logits."""
+    parameter = next(model.parameters(), None)
+    sample = torch.zeros(
+        1, *input_shape, device=parameter.device if parameter is not None else None
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(sample)
+    except Exception as exc:  # the user's forward failed on the dataset's input shape
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"--model {reference} fails on one input of shape {tuple(input_shape)}: {first}"
+        ) from None
+    finally:
+        model.train(was_training)
+    shape = tuple(getattr(output, "shape", ()))
+    if shape != (1, num_classes):
+        raise ConfigError(
+            f"--model {reference} gives outputs of shape {shape} for one input, but the loss "
+            f"needs (1, {num_classes}) for {num_classes} classes; build it with "
+            f"num_classes={num_classes} (e.g. --model-opt num_classes={num_classes})"
+        )
 
 
 def _check_widths(name: str, opts: dict) -> None:

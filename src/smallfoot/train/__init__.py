@@ -1,7 +1,6 @@
-"""Training: the :class:`Trainer` loop, callbacks, and ``run_training`` (the run directory)."""
+"""Training: the :class:`Trainer` loop and its callbacks (runs end to end: :mod:`smallfoot.runner`)."""
 
 from smallfoot.train.batchnorm import RecalibrateBatchNorm
-from smallfoot.train.run import load_run_data, resolve_device, run_training, seed_everything
 from smallfoot.train.trainer import Callback, TrainConfig, Trainer, make_optimizer, make_scheduler
 
 __all__ = [
@@ -9,10 +8,6 @@ __all__ = [
     "RecalibrateBatchNorm",
     "TrainConfig",
     "Trainer",
-    "load_run_data",
     "make_optimizer",
     "make_scheduler",
-    "resolve_device",
-    "run_training",
-    "seed_everything",
 ]

@@ -1,6 +1,6 @@
 import torch
+from benchmarks.subspace import FULL, QUICK, Setup, notes_for, row
 
-from smallfoot.bench.subspace import FULL, QUICK, Setup, notes_for, row
 from smallfoot.subspace import Basis
 
 

@@ -1,4 +1,4 @@
-from smallfoot.bench.snr import run_snr_bench
+from benchmarks.snr import run_snr_bench
 
 
 def test_quick_run_writes_its_figures_and_matches_theory(tmp_path):

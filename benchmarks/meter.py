@@ -18,8 +18,8 @@ import torch
 
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.memory import CATEGORIES, plot_timeline
-from smallfoot.memory.configured import configured_step
 from smallfoot.memory.crosscheck import memtracker_peak
+from smallfoot.runner.step import method_step_memory
 
 BASELINES = [
     "mlp",
@@ -49,10 +49,10 @@ def estimate_vs_measure(models: list[str], shape, batch: int) -> list[dict[str, 
     rows = []
     for name in models:
         start = time.perf_counter()
-        real = configured_step(name, shape, batch, seed=0)
+        real = method_step_memory(name, shape, batch, seed=0)
         measured_s = time.perf_counter() - start
         start = time.perf_counter()
-        fake = configured_step(name, shape, batch, seed=0, fake=True)
+        fake = method_step_memory(name, shape, batch, seed=0, fake=True)
         estimated_s = time.perf_counter() - start
         worst = max(
             abs(getattr(fake, c) - getattr(real, c)) / max(getattr(real, c), 1) for c in COMPARED
@@ -85,7 +85,7 @@ def estimate_vs_measure(models: list[str], shape, batch: int) -> list[dict[str, 
 
 
 def _built(runner, name: str, shape, batch: int, optimizer: str = "sgd"):
-    """Model, loss, optimizer and a random batch as ``configured_step`` builds them."""
+    """Model, loss, optimizer and a random batch as ``method_step_memory`` builds them."""
     from smallfoot.config import RunConfig
     from smallfoot.data import ArrayDataset
     from smallfoot.methods import RunContext
@@ -126,7 +126,7 @@ def peers(
     for name in models:
         base: dict[str, Any] = {}
         for method in PEERS:
-            report = configured_step(name, shape, batch, method=method, seed=0)
+            report = method_step_memory(name, shape, batch, method=method, seed=0)
             step_s = seconds_per_step(get_method(method), name, shape, batch, repeats)
             row = {
                 "section": "peers",
@@ -191,7 +191,7 @@ def plot_peers(rows: list[dict[str, Any]], path: Path) -> Path:
 def paper_scale(batch: int) -> dict[str, Any]:
     """VGG-16 at 224x224 estimated (nothing allocated), with the time it took."""
     start = time.perf_counter()
-    report = configured_step("vgg16_bn", (3, 224, 224), batch, fake=True)
+    report = method_step_memory("vgg16_bn", (3, 224, 224), batch, fake=True)
     return {
         "section": "paper scale (estimate)",
         "model": "vgg16_bn",

@@ -1,10 +1,11 @@
 """The tools a user would pick instead of smallfoot, registered as methods so every benchmark
-compares against them: ``checkpoint`` (activation checkpointing) and ``offload`` (saved
-tensors moved to CPU memory).
+compares against them: ``checkpoint`` (activation checkpointing), ``offload`` (saved
+tensors moved to CPU memory) and ``accumulate`` (gradient accumulation over micro-batches).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from smallfoot.errors import ConfigError
+from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, register_method
+from smallfoot.train.trainer import Trainer
 
 
 class _KeepRunningStats:
@@ -196,4 +199,114 @@ class Offload(Method):
         report = super().measure_memory(ctx, trainer)
         if not str(ctx.device).startswith("cuda"):
             report["note"] = OFFLOAD_CPU_NOTE
+        return report
+
+
+class AccumulatingTrainer(Trainer):
+    """A :class:`Trainer` whose step splits each batch into ``micro_batches`` parts, runs
+    forward and backward on each in turn (gradients add up in ``.grad``) and steps the
+    optimizer once: the activations of one part are alive at a time. The loss of each part is
+    weighted by its share of the batch, so a batch-mean loss gives the full batch's gradient
+    (batch-norm statistics are those of each part)."""
+
+    def __init__(self, *args, micro_batches: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.micro_batches = micro_batches
+
+    def forward_backward_step(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradients of the batch, one micro-batch at a time; returns detached
+        (batch loss, output)."""
+        total, outputs = x.new_zeros(()), []
+        parts = self.micro_batches
+        for xs, ys in zip(x.tensor_split(parts), y.tensor_split(parts), strict=True):
+            if len(xs) == 0:
+                continue
+            output = self.model(xs)
+            loss = self.loss_fn(output, ys) * (len(xs) / len(x))
+            loss.backward()
+            total = total + loss.detach()
+            outputs.append(output.detach())
+        return total, torch.cat(outputs)
+
+
+def accumulated(report: MemoryReport, batch: int) -> MemoryReport:
+    """The report of one micro-batch step turned into the accumulated step of ``batch``
+    samples: the whole batch's inputs are held, and from the second micro-batch on the
+    gradients of the earlier ones are alive throughout (the peak is the largest live total
+    of the micro-step with every gradient present)."""
+    live = report.timeline["live"]
+    held = report.inputs * (batch / report.batch - 1)
+    totals = [
+        t - g + report.gradients for t, g in zip(live["total"], live["gradients"], strict=True)
+    ]
+    index = max(range(len(totals)), key=totals.__getitem__)
+    breakdown = {c: live[c][index] for c in live if c != "total"}
+    breakdown["gradients"] = report.gradients
+    breakdown["inputs"] = int(breakdown["inputs"] + held)
+    return dataclasses.replace(
+        report,
+        inputs=int(report.inputs + held),
+        peak=max(report.peak, totals[index]) + int(held),
+        peak_breakdown=breakdown,
+    )
+
+
+@register_method
+class Accumulate(Method):
+    """Gradient accumulation over micro-batches."""
+
+    name = "accumulate"
+    description = "gradient accumulation: each batch in --micro-batches parts, one optimizer step"
+
+    @dataclass
+    class Options:
+        micro_batches: int = field(
+            default=2, metadata={"help": "parts each batch is split into (forward/backward each)"}
+        )
+
+        def validate(self) -> None:
+            """At least one micro-batch."""
+            if self.micro_batches < 1:
+                raise ConfigError(f"--micro-batches must be >= 1, got {self.micro_batches}")
+
+    def check_run(self, ctx: RunContext) -> None:
+        """Refuse more micro-batches than samples in a batch."""
+        if self.options.micro_batches > ctx.config.batch_size:
+            raise ConfigError(
+                f"accumulate: --micro-batches {self.options.micro_batches} exceeds --batch-size "
+                f"{ctx.config.batch_size}; give at most {ctx.config.batch_size}"
+            )
+
+    def make_trainer(self, ctx: RunContext, model: nn.Module) -> Trainer:
+        """An :class:`AccumulatingTrainer` with the run's loss, optimizer and callbacks."""
+        loss_fn, predict_fn = self.make_loss(ctx)
+        return AccumulatingTrainer(
+            model,
+            ctx.train_set,
+            ctx.test_set,
+            ctx.train_config(),
+            loss_fn=loss_fn,
+            predict_fn=predict_fn,
+            optimizer=self.make_optimizer(ctx, model),
+            callbacks=self.callbacks(ctx, model),
+            run_dir=ctx.run_dir,
+            progress=ctx.config.progress,
+            micro_batches=self.options.micro_batches,
+        )
+
+    def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """One micro-batch step (``ceil(batch / micro_batches)`` samples) with every gradient
+        held, as from the second micro-batch on (see :func:`accumulated`);
+        ``report.stage`` names the micro-batch."""
+        self.check_run(ctx)
+        batch = ctx.config.batch_size
+        micro = -(-batch // self.options.micro_batches)
+        inner = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, batch_size=micro))
+        report = super().step_memory(inner, fake=fake)
+        if self.options.micro_batches == 1:
+            return report
+        report = accumulated(report, batch)
+        report.stage = f"micro-batch of {micro}"
         return report

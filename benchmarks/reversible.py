@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from smallfoot.alternatives import checkpointed
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.data import BatchLoader, load_dataset
 from smallfoot.errors import TrainingError
 from smallfoot.memory import estimate, measure
 from smallfoot.models import build_model, parameter_count
-from smallfoot.peers import checkpointed
 from smallfoot.reversible import RevSequence
 from smallfoot.train.trainer import TrainConfig, Trainer
 
@@ -313,7 +313,7 @@ def run_reversible_bench(
         "different FLOPs (volume-preserving pooling keeps every stage at the first "
         "stage's activation volume). "
         "The checkpoint row is the baseline checkpointed in sqrt(layers) segments "
-        "(smallfoot.peers)."
+        "(smallfoot.alternatives)."
     )
     return BenchResult(rows=rows, figures=[figure], notes=notes)
 

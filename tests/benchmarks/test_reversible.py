@@ -1,6 +1,5 @@
 import torch
-
-from smallfoot.bench.reversible import (
+from benchmarks.reversible import (
     BASELINE,
     CHECKPOINT,
     REVERSIBLE,
@@ -9,6 +8,7 @@ from smallfoot.bench.reversible import (
     target_rows,
     training_rows,
 )
+
 from smallfoot.models import build_model, parameter_count
 from smallfoot.reversible import RevSequence
 

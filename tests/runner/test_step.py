@@ -5,7 +5,7 @@ import json
 import pytest
 
 from smallfoot.errors import ConfigError
-from smallfoot.memory.configured import configured_step
+from smallfoot.runner.step import method_step_memory
 
 KEYS = {
     "parameters", "buffers", "gradients", "optimizer_state", "saved_activations",
@@ -14,17 +14,19 @@ KEYS = {
 
 
 def test_estimate_agrees_with_measure_through_a_method():
-    real = configured_step("cnn4", (1, 8, 8), 4, method="checkpoint", optimizer="adamw")
-    fake = configured_step("cnn4", (1, 8, 8), 4, method="checkpoint", optimizer="adamw", fake=True)
+    real = method_step_memory("cnn4", (1, 8, 8), 4, method="checkpoint", optimizer="adamw")
+    fake = method_step_memory(
+        "cnn4", (1, 8, 8), 4, method="checkpoint", optimizer="adamw", fake=True
+    )
     assert fake.estimated and not real.estimated
     assert fake.to_dict() | {"estimated": False} == real.to_dict()
 
 
 def test_bad_configuration():
     with pytest.raises(ConfigError, match="batch"):
-        configured_step("cnn4", (1, 8, 8), 0)
+        method_step_memory("cnn4", (1, 8, 8), 0)
     with pytest.raises(ConfigError, match="optimizer"):
-        configured_step("cnn4", (1, 8, 8), 2, optimizer="lbfgs")
+        method_step_memory("cnn4", (1, 8, 8), 2, optimizer="lbfgs")
 
 
 def test_memory_command_json(run_cli, tmp_path):

@@ -1,6 +1,6 @@
 """The meter benchmark's pieces on the smallest configurations."""
 
-from smallfoot.bench.meter import estimate_vs_measure, peers, plot_peers
+from benchmarks.meter import estimate_vs_measure, peers, plot_peers
 
 
 def test_estimate_vs_measure_row():

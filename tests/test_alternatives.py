@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from smallfoot.alternatives import OFFLOAD_CPU_NOTE, CheckpointSequential, Offloaded, checkpointed
 from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError
 from smallfoot.memory import measure
 from smallfoot.methods import get_method
-from smallfoot.peers import OFFLOAD_CPU_NOTE, CheckpointSequential, Offloaded, checkpointed
-from smallfoot.train.run import run_training
+from smallfoot.runner.run import run_training
 
 
 def net():
@@ -127,3 +127,73 @@ def test_checkpoint_with_inplace_relu_at_a_boundary():
     x = torch.randn(8, 4, dtype=torch.float64)
     for a, b in zip(grads_after_step(plain, x), grads_after_step(wrapped, x), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_accumulating_trainer_gives_the_full_batch_gradient():
+    from smallfoot.alternatives import AccumulatingTrainer
+    from smallfoot.data import ArrayDataset
+    from smallfoot.losses import SoftmaxCrossEntropy
+    from smallfoot.train.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(10, 6, dtype=torch.float64), torch.randint(3, (10,))
+    data = ArrayDataset(x, y, 3, "synthetic")
+    config = TrainConfig(epochs=1, batch_size=10)
+    grads = []
+    for trainer in (
+        Trainer(model, data, None, config, loss_fn=SoftmaxCrossEntropy(), progress=False),
+        AccumulatingTrainer(
+            model,
+            data,
+            None,
+            config,
+            loss_fn=SoftmaxCrossEntropy(),
+            progress=False,
+            micro_batches=3,
+        ),
+    ):
+        model.zero_grad(set_to_none=True)
+        loss, output = trainer.forward_backward_step(x, y)
+        grads.append((loss, output, [p.grad.clone() for p in model.parameters()]))
+    (loss_a, out_a, grad_a), (loss_b, out_b, grad_b) = grads
+    torch.testing.assert_close(loss_b, loss_a)
+    torch.testing.assert_close(out_b, out_a)
+    for a, b in zip(grad_a, grad_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_accumulate_estimate_holds_gradients_and_cuts_the_peak():
+    from smallfoot.runner.step import method_step_memory
+
+    def peak(method, **options):
+        return method_step_memory(
+            "cnn4", (1, 16, 16), 32, method=method, method_options=options, fake=True
+        )
+
+    base, half, one = (
+        peak("baseline"),
+        peak("accumulate", micro_batches=2),
+        peak("accumulate", micro_batches=1),
+    )
+    small = method_step_memory("cnn4", (1, 16, 16), 16, fake=True)
+    assert one.peak == base.peak
+    assert half.peak < base.peak
+    # the micro-step holds every gradient and the whole batch's inputs on top of a batch-16 step
+    assert half.peak >= small.peak + small.inputs
+    assert half.inputs == base.inputs
+    assert half.stage == "micro-batch of 16"
+
+
+def test_accumulate_refuses_more_micro_batches_than_samples():
+    from smallfoot.runner.step import method_step_memory
+
+    with pytest.raises(ConfigError, match="--micro-batches 9 exceeds --batch-size 8"):
+        method_step_memory(
+            "cnn4",
+            (1, 16, 16),
+            8,
+            method="accumulate",
+            method_options={"micro_batches": 9},
+            fake=True,
+        )

@@ -1,6 +1,5 @@
 import torch
-
-from smallfoot.bench.facto import (
+from benchmarks.facto import (
     LAYER_TYPES,
     MODELS,
     PAPER_POINT,
@@ -9,6 +8,7 @@ from smallfoot.bench.facto import (
     setting_name,
     settings,
 )
+
 from smallfoot.memory import measure
 
 

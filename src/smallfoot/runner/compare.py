@@ -16,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from smallfoot._figures import figure
 from smallfoot._io import atomic_write_json
 from smallfoot.config import RunConfig, apply_overrides
 from smallfoot.data import load_dataset
 from smallfoot.errors import SmallfootError, TrainingInterrupted
 from smallfoot.methods import get_method_class, list_methods, option_fields
-from smallfoot.train import run_training
+from smallfoot.runner.run import run_training
 
 RATIO_KEYS = ("peak", "saved_activations", "seconds")
 
@@ -173,24 +174,14 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def plot_comparison(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Scatter of peak memory (MiB) against test accuracy (%), one labelled point per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        if "error" in row or row.get("peak") is None:
-            continue
-        x, y = row["peak"] / 2**20, 100 * row["test_accuracy"]
-        ax.scatter(x, y)
-        ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("peak memory of one training step (MiB, smallfoot.memory)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    with figure(path, size=(6, 4)) as (fig, ax):
+        for row in rows:
+            if "error" in row or row.get("peak") is None:
+                continue
+            x, y = row["peak"] / 2**20, 100 * row["test_accuracy"]
+            ax.scatter(x, y)
+            ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.set_xlabel("peak memory of one training step (MiB, smallfoot.memory)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    return Path(path)

@@ -1,5 +1,5 @@
-"""The meter on a named configuration (model, input shape, batch, method, optimizer), as
-``smallfoot memory`` and the benchmarks use it."""
+"""The meter on a method's configured training step (model, input shape, batch, method,
+optimizer): what ``smallfoot memory --method`` and the benchmarks show."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from typing import Any
 
 import torch
 
+from smallfoot.config import RunConfig
+from smallfoot.data import ArrayDataset, load_dataset
 from smallfoot.errors import ConfigError, ShapeError
 from smallfoot.memory.meter import MemoryReport
+from smallfoot.methods import RunContext, get_method
 
 
-def configured_step(
+def method_step_memory(
     model: str,
     input_shape: tuple[int, ...],
     batch: int,
@@ -29,9 +32,6 @@ def configured_step(
     of ``input_shape`` (C, H, W) or (D,) with ``classes`` classes. ``fake`` builds everything
     under a ``FakeTensorMode`` and estimates (nothing is allocated, any size works);
     otherwise the step is measured for real."""
-    from smallfoot.config import RunConfig
-    from smallfoot.data import ArrayDataset
-    from smallfoot.methods import RunContext, get_method
 
     if batch < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch}")
@@ -63,7 +63,6 @@ def dataset_input(
 ) -> tuple[tuple[int, ...], int]:
     """``(input_shape, classes)`` of dataset ``name`` as training sees it (data options such
     as ``pad_to`` applied), read from its test split."""
-    from smallfoot.data import load_dataset
 
     data = load_dataset(name, "test", root, **dict(options or {}))
     if data.num_classes < 2:

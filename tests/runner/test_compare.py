@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from smallfoot.compare import compare_methods, plot_comparison
 from smallfoot.config import RunConfig
 from smallfoot.methods import Method, register_method
+from smallfoot.runner.compare import compare_methods, plot_comparison
 
 
 @register_method
@@ -129,7 +129,7 @@ def test_cli_exits_non_zero_when_a_method_failed(tmp_path, monkeypatch, capsys):
 
 def test_a_refused_run_leaves_no_run_directory(tmp_path):
     from smallfoot.errors import ConfigError
-    from smallfoot.train import run_training
+    from smallfoot.runner import run_training
 
     config = tiny_base(method="test-needs-two-epochs", out_dir=str(tmp_path / "runs"))
     with pytest.raises(ConfigError, match="needs --epochs 2"):

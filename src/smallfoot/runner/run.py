@@ -15,7 +15,9 @@ import torch
 from smallfoot._io import atomic_write_json, load_checked
 from smallfoot.config import RunConfig, apply_overrides, load_config, save_config
 from smallfoot.data import ArrayDataset, add_label_noise, load_dataset
+from smallfoot.data.filtering import apply_filter
 from smallfoot.errors import ConfigError, DatasetError
+from smallfoot.methods import RunContext, get_method
 from smallfoot.models import parameter_count
 
 
@@ -70,8 +72,6 @@ def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[s
         train = add_label_noise(train, config.label_noise, config.seed)
         record["label_noise"] = config.label_noise
     if config.filter:
-        from smallfoot.data.filtering import apply_filter
-
         before = len(train)
         train, record["filter"] = apply_filter(train, config.filter)
         record["filter"].setdefault("kept", len(train))
@@ -235,7 +235,6 @@ def run_training(
     :func:`resume_config`) is used; a run interrupted before its first checkpoint starts
     again from epoch 1 in the same directory.
     """
-    from smallfoot.methods import RunContext, get_method
 
     if resume_dir is not None:
         run_dir = Path(resume_dir)

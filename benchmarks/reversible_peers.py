@@ -47,7 +47,7 @@ _READ_INPUT_SCRIPT = """
 import sys, warnings
 warnings.simplefilter("ignore")
 import torch
-from smallfoot.bench.reversible_peers import build_chain, import_memcnn, make_blocks
+from benchmarks.reversible_peers import build_chain, import_memcnn, make_blocks
 chain = build_chain(sys.argv[1], make_blocks(4, 1, 0.0, torch.float32), import_memcnn())
 x = torch.randn(2, 4, 4, 4, requires_grad=True)
 y = chain(x)

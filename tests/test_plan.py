@@ -1,0 +1,193 @@
+"""The planner: candidates estimated on fake tensors, ranked, cached, verified."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+import smallfoot
+from smallfoot import cli
+from smallfoot.errors import BudgetError, ConfigError, ShapeError
+from smallfoot.plan import (
+    Candidate,
+    Spec,
+    candidate_specs,
+    parse_bytes,
+    timing_shape,
+    verify_plan,
+)
+from smallfoot.plan import (
+    plan as plan_fn,
+)
+from smallfoot.runner.step import method_step_memory
+
+SHAPE = (1, 16, 16)
+SPECS = [
+    Spec("baseline", "baseline"),
+    Spec("2 micro-batches", "accumulate", {"micro_batches": 2}),
+    Spec("4 micro-batches", "accumulate", {"micro_batches": 4}),
+    Spec("checkpoint, 3 segments", "checkpoint", {"segments": 3}),
+    Spec("reversible revnet", "reversible", {"variant": "revnet"}),
+]
+
+
+def test_parse_bytes():
+    assert parse_bytes("4GiB") == 4 * 2**30
+    assert parse_bytes("500 MB") == 500 * 10**6
+    assert parse_bytes("1e3") == 1000
+    assert parse_bytes(12) == 12
+    for bad in ("4 parsecs", "-1GiB", "0", "GiB"):
+        with pytest.raises(ConfigError, match="budget"):
+            parse_bytes(bad)
+
+
+def test_library_call_is_smallfoot_plan():
+    result = smallfoot.plan("cnn4", (8, *SHAPE), "1GiB", specs=SPECS[:1], timed=False)
+    assert result.chosen.name == "baseline"
+    assert smallfoot.plan.verify_plan is verify_plan
+
+
+def test_candidates_cover_every_technique():
+    specs = candidate_specs("cnn4", SHAPE, 32)
+    methods = {s.method for s in specs}
+    assert {"baseline", "accumulate", "checkpoint", "reversible", "facto", "layerwise"} <= methods
+    assert "offload" not in methods  # offloading saves nothing on the CPU
+    assert "offload" in {s.method for s in candidate_specs("cnn4", SHAPE, 32, device="cuda")}
+    parts = [s.options["micro_batches"] for s in specs if s.method == "accumulate"]
+    assert parts == [2, 4, 8, 16, 32]  # down to micro-batches of one sample
+    segments = [s.options["segments"] for s in specs if s.method == "checkpoint"]
+    assert segments == sorted(set(segments), reverse=True) and min(segments) == 2
+
+
+def test_plan_ranks_what_fits_and_says_why_the_rest_does_not():
+    baseline = method_step_memory("cnn4", SHAPE, 32, fake=True).peak
+    checkpoint = method_step_memory(
+        "cnn4", SHAPE, 32, method="checkpoint", method_options={"segments": 3}, fake=True
+    ).peak
+    budget = (baseline + checkpoint) // 2 if checkpoint < baseline else baseline - 1
+    result = plan_fn("cnn4", torch.zeros(32, *SHAPE), budget, specs=SPECS, timed=False)
+    assert result.baseline_peak == baseline
+    by_name = {c.name: c for c in result.candidates}
+    assert by_name["checkpoint, 3 segments"].estimated_peak == checkpoint
+    assert not by_name["baseline"].fits and "> budget" in by_name["baseline"].reason
+    fits = [c for c in result.candidates if c.fits]
+    assert fits and result.candidates[: len(fits)] == fits
+    assert all(c.estimated_peak <= budget for c in fits)
+    assert all(
+        c.estimated_peak is None or c.estimated_peak > budget
+        for c in result.candidates[len(fits) :]
+    )
+    assert result.chosen is fits[0]
+    # more micro-batches than the first that fits are not tried
+    parts = [c.options["micro_batches"] for c in result.candidates if c.method == "accumulate"]
+    assert (
+        parts == sorted(parts)
+        and sum(c.fits for c in result.candidates if c.method == "accumulate") <= 1
+    )
+    refused = by_name["reversible revnet"]
+    assert refused.estimated_peak is None or refused.estimated_peak > 0
+
+
+def test_json_schema_bytes_as_integers():
+    result = plan_fn("cnn4", (8, *SHAPE), "1GiB", specs=SPECS[:2], timed=False)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert set(data) == {"budget", "baseline_peak", "chosen", "candidates"}
+    assert data["budget"] == 2**30 and isinstance(data["baseline_peak"], int)
+    keys = {"name", "methods", "options", "estimated_peak", "fits", "time_overhead",
+            "accuracy_evidence", "reason"}  # fmt: skip
+    for candidate in data["candidates"]:
+        assert set(candidate) == keys
+        assert isinstance(candidate["estimated_peak"], int)
+    assert data["chosen"]["name"] == "baseline"  # it fits, and nothing is cheaper
+
+
+def test_accuracy_evidence_comes_from_the_committed_claims(tmp_path):
+    claim = {
+        "id": "facto.cut_at_1pt", "claim": "Facto cuts bytes on Fashion-MNIST.", "paper": "t3",
+        "measured": 3.04, "unit": "points", "comparison": "<=", "target": 1.0, "met": False,
+        "seeds": 1, "command": "smallfoot bench facto",
+    }  # fmt: skip
+    (tmp_path / "facto.json").write_text(json.dumps({"benchmark": "facto", "claims": [claim]}))
+    spec = Spec("facto", "facto", {"inr": 0.3})
+    result = plan_fn("cnn4", (8, *SHAPE), "1GiB", specs=[spec], timed=False, results_dir=tmp_path)
+    facto = next(c for c in result.candidates if c.method == "facto")
+    (evidence,) = facto.accuracy_evidence
+    assert evidence["claim"] == "facto.cut_at_1pt" and evidence["measured"] == 3.04
+    assert evidence["datasets"] == ["fashion-mnist"] and evidence["met"] is False
+    baseline = next(c for c in result.candidates if c.method == "baseline")
+    assert "construction" in baseline.accuracy_evidence[0]
+
+
+def test_estimates_and_timings_are_cached(tmp_path, monkeypatch):
+    cache = tmp_path / "plan.json"
+    first = plan_fn("cnn4", (4, *SHAPE), "1GiB", specs=SPECS[:2], cache=cache)
+    assert cache.exists()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("not cached")
+
+    monkeypatch.setattr("smallfoot.plan.estimate_spec", fail)
+    monkeypatch.setattr("smallfoot.plan.time_spec", fail)
+    second = plan_fn("cnn4", (4, *SHAPE), "1GiB", specs=SPECS[:2], cache=cache)
+    assert second.to_dict() == first.to_dict()
+    with pytest.raises(AssertionError, match="not cached"):  # another batch is another key
+        plan_fn("cnn4", (8, *SHAPE), "1GiB", specs=SPECS[:2], cache=cache)
+
+
+def test_timing_shape_halves_large_images_only():
+    assert timing_shape((3, 224, 224)) == (3, 112, 112)
+    assert timing_shape((1, 28, 28)) == (1, 28, 28)
+    assert timing_shape((10,)) == (10,)
+
+
+def test_bad_example_input_is_refused():
+    with pytest.raises(ShapeError, match=r"\(B, C, H, W\)"):
+        plan_fn("cnn4", (8,), "1GiB", specs=SPECS[:1])
+
+
+def test_verify_fails_loudly_when_the_real_peak_breaks_the_budget():
+    wrong = Candidate("baseline", ["baseline"], {}, 1, True, None, [], "")
+    with pytest.raises(BudgetError, match="the estimate was wrong"):
+        verify_plan(wrong, "cnn4", SHAPE, 8, budget=2)
+
+
+def test_verify_measures_the_real_peak():
+    result = plan_fn("cnn4", (8, *SHAPE), "1GiB", specs=SPECS[:1], timed=False)
+    checked = verify_plan(result.chosen, "cnn4", SHAPE, 8, result.budget)
+    assert checked["estimated_peak"] == result.chosen.estimated_peak
+    assert checked["real_peak"] > 0 and checked["fits"]
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def few_specs(monkeypatch):
+    monkeypatch.setattr("smallfoot.plan.candidate_specs", lambda *args, **kwargs: SPECS[:3])
+
+
+def test_cli_plan_json(monkeypatch, capsys, few_specs):
+    code, out, _ = run_cli(monkeypatch, capsys, "plan", "--model", "cnn4", "--input", "1x16x16",
+                           "--batch-size", "8", "--budget", "1GiB", "--json", "--no-cache")  # fmt: skip
+    assert code == 0
+    data = json.loads(out)
+    assert data["budget"] == 2**30 and data["chosen"]["name"] == "baseline"
+
+
+def test_cli_plan_table_and_no_fit(monkeypatch, capsys, few_specs):
+    args = ["plan", "--model", "cnn4", "--input", "1x16x16", "--batch-size", "8", "--no-cache"]
+    code, out, _ = run_cli(monkeypatch, capsys, *args, "--budget", "1GiB")
+    assert code == 0 and "chosen: baseline (--method baseline)" in out
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--budget", "1KiB")
+    assert code == 2 and "no candidate fits 0.0 MiB" in err and "does not fit:" in out
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--budget", "1GiB", "--train")
+    assert code == 2 and "--train needs --dataset NAME" in err
