@@ -151,7 +151,7 @@ def test_memory_command_bounds_the_probed_choice(tmp_path):
     config.measure_memory = True
     summary = run_training(config)
     shape, classes = tuple(config.data_options["shape"]), config.data_options["num_classes"]
-    report = configured_step(
+    report = method_step_memory(
         "cnn4",
         shape,
         batch=config.batch_size,

@@ -1,13 +1,13 @@
 """The layerwise benchmark: rows are `smallfoot train` configurations, claims come from rows."""
 
 import pytest
-
-from smallfoot.bench.layerwise import (
+from benchmarks.layerwise import (
     THESIS_SCALE,
     grid_rows,
     layerwise_claims,
     thesis_scale_rows,
 )
+
 from smallfoot.methods import get_method
 
 

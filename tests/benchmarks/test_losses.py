@@ -2,8 +2,7 @@
 from the rows."""
 
 import pytest
-
-from smallfoot.bench.losses import (
+from benchmarks.losses import (
     MLP_LOSSES,
     VGG_LOSSES,
     epochs_to,
@@ -11,6 +10,7 @@ from smallfoot.bench.losses import (
     mlp_config,
     vgg_config,
 )
+
 from smallfoot.losses import build_loss
 
 
