@@ -159,6 +159,7 @@ def test_build_loss_defaults_and_options():
         "exp-ga",
         "linear-mse",
         "pow3-ga",
+        "sigmoid-ce",
         "softmax-ce",
     ]
     loss, _ = build_loss("exp-ga", 10)
