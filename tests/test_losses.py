@@ -8,6 +8,7 @@ from smallfoot.errors import ConfigError, ShapeError, UnknownNameError
 from smallfoot.losses import (
     LinearMSE,
     NegativeCorrelationLoss,
+    SigmoidCrossEntropy,
     SoftmaxCrossEntropy,
     SparseCrossEntropy,
     build_loss,
@@ -68,6 +69,24 @@ def test_default_scale_is_the_class_mean_in_units_of_the_target_gap(loss_cls):
     torch.testing.assert_close(default(x, y), raw(x, y) * default.scale)
     with pytest.raises(ConfigError, match="scale"):
         loss_cls(K, scale=0.0)
+
+
+def test_sigmoid_ce_gradient_is_the_bounded_y_minus_t():
+    """Table 4.1's sigmoid outputs with their canonical loss: dL/dx = scale (y - t) / B with
+    y = sigmoid(x) in [0, 1]; finite for logits of magnitude 100."""
+    loss = SigmoidCrossEntropy(K)
+    assert loss.scale == 1.0 / K and loss.target_values == (0.0, 1.0)
+    x, y = logits_and_targets(seed=3)
+    (grad,) = torch.autograd.grad(loss(x, y), x)
+    t = encode_targets(y, K, (0, 1), torch.float64)
+    expected = loss.scale * (torch.sigmoid(x).detach() - t) / len(y)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    far = torch.full((2, K), 100.0, requires_grad=True)
+    value = loss(far, torch.tensor([0, 1]))
+    (grad,) = torch.autograd.grad(value, far)
+    assert torch.isfinite(value) and grad.abs().max() <= loss.scale / 2 + 1e-6
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        SigmoidCrossEntropy(K, target_values=(0, 2))
 
 
 def test_softmax_gradient_is_softmax_minus_onehot():
@@ -140,6 +159,7 @@ def test_build_loss_defaults_and_options():
         "exp-ga",
         "linear-mse",
         "pow3-ga",
+        "sigmoid-ce",
         "softmax-ce",
     ]
     loss, _ = build_loss("exp-ga", 10)

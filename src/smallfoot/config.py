@@ -73,7 +73,7 @@ class RunConfig:
     filter: str | None = None
     """offline data filtering before training, e.g. "k=42" (k-filtering)"""
     loss: str = "softmax-ce"
-    """output loss: softmax-ce, exp-ga, pow3-ga or linear-mse"""
+    """output loss: softmax-ce, exp-ga, pow3-ga, linear-mse or sigmoid-ce"""
     init: str | None = None
     """state-dict file to initialise the model from (e.g. a closed-form fit)"""
     device: str = "auto"

@@ -17,6 +17,10 @@ name           activation ``y(x)``          loss per sample (summed over classes
 ``linear-mse`` ``x``                        ``(x - t)^2 / 2``                           {-1, 1}
 =============  ==========================  ==========================================  ==========
 
+``sigmoid-ce`` (sigmoid outputs ``y = 1 / (1 + exp(-x))`` with the cross-entropy of each
+output, targets {0, 1}) is table 4.1's bounded reference: the same delta ``y - t``, with ``y``
+confined to [0, 1].
+
 Defaults: exp-GA ``alpha = 0.1`` and ``t in {0, 16}`` (section 4.5), pow3-GA ``alpha = 0.001``,
 ``beta = 0.4``, ``t in {0, 10}`` (section 4.7), linear + MSE ``t in {-1, 1}`` (table 4.2).
 
@@ -330,6 +334,40 @@ class LinearMSE(OutputLoss):
         return output
 
 
+class SigmoidCrossEntropy(OutputLoss):
+    """Sigmoid outputs ``y = 1 / (1 + exp(-x))`` with the cross-entropy of each output,
+    ``L = sum_k -t_k ln y_k - (1 - t_k) ln(1 - y_k)`` (times ``scale``): the canonical pair
+    whose error delta is ``dL/dx = scale (y - t)``, bounded because the sigmoid is (table 4.1's
+    sigmoid outputs, section 4.3). Targets lie in [0, 1]; computed from the logits."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        target_values: Sequence[float] = (0.0, 1.0),
+        scale: float | None = None,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.target_values = _check_values(target_values, "sigmoid-ce")
+        low, high = self.target_values
+        if low < 0.0 or high > 1.0:
+            raise ConfigError(
+                f"sigmoid-ce targets must lie in [0, 1] (sigmoid outputs); got {self.target_values}"
+            )
+        self.scale = _check_scale(scale, self.target_values, num_classes, "sigmoid-ce")
+
+    def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the sigmoid outputs, summed over the classes ``(B,)``."""
+        _check_logits(output, self.num_classes, "sigmoid-ce")
+        t = encode_targets(target, self.num_classes, self.target_values, output.dtype)
+        loss = F.binary_cross_entropy_with_logits(output, t, reduction="none")
+        return self.scale * loss.sum(dim=1)
+
+    def activation(self, output: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(x)``."""
+        return torch.sigmoid(output)
+
+
 def class_scores(loss: nn.Module, output: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """Class scores ``(B, K)`` of raw outputs under ``loss``'s activation; probabilities with ``normalize``.
 
@@ -368,3 +406,10 @@ def _linear_mse(
     num_classes: int, target_values=(-1.0, 1.0), scale: float | None = None
 ) -> nn.Module:
     return LinearMSE(num_classes, target_values, scale)
+
+
+@register_loss("sigmoid-ce", "sigmoid outputs + cross-entropy: bounded y - t (table 4.1)")
+def _sigmoid_ce(
+    num_classes: int, target_values=(0.0, 1.0), scale: float | None = None
+) -> nn.Module:
+    return SigmoidCrossEntropy(num_classes, target_values, scale)

@@ -57,7 +57,7 @@ def test_checkpoint_feed_trains_like_the_feednet(tiny_cnn, data):
     config = TrainConfig(epochs=1, batch_size=16, lr=0.05, schedule="constant")
     models = []
     for feed in ("feednet", "checkpoint"):
-        options = LayerwiseOptions(budget=0, feed=feed, val_fraction=0)
+        options = LayerwiseOptions(budget=0, feed=feed, val_fraction=0, decision="flatten")
         models.append(
             train_layerwise(tiny_cnn(), *data, config, options, measure_memory=False).model
         )

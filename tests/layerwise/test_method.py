@@ -26,7 +26,7 @@ def layerwise_config(tmp_path, model="cnn4", **method_options):
         measure_memory=False,
         model_options=model_options,
         data_options={"shape": [1, 8, 8], "num_classes": 3, "size": 48},
-        method_options={"budget": 0, **method_options},
+        method_options={"budget": 0, "decision": "flatten", **method_options},
     )
 
 
@@ -98,7 +98,7 @@ def test_defaults_need_no_budget():
 
 
 def test_unmeetable_budget_fails_before_training_with_advice_that_works(tmp_path):
-    config = layerwise_config(tmp_path, budget=0.01)
+    config = layerwise_config(tmp_path, budget=0.01, **{"max-convs": 1, "probe-steps": 2})
     with pytest.raises(BudgetError) as error:
         run_training(config)
     message = str(error.value)
@@ -110,13 +110,20 @@ def test_unmeetable_budget_fails_before_training_with_advice_that_works(tmp_path
     for flag in suggested:
         get_method("layerwise", parse_extra_flags(flag.split()))
     budget = parse_extra_flags(suggested[0].split())
-    config = layerwise_config(tmp_path, **budget)
+    config = layerwise_config(tmp_path, **budget, **{"max-convs": 1, "probe-steps": 2})
     config.run_name = "advised"
     summary = run_training(config)
     assert all(u["decision"]["within_budget"] for u in summary["layerwise"]["units"][:-1])
 
 
-@pytest.mark.parametrize("options", [{}, {"budget": 0.9}, {"feed": "checkpoint"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"decision": "flatten"},
+        {"decision": "pool", "budget": 0.9, "max-convs": 0},
+        {"decision": "head", "feed": "checkpoint"},
+    ],
+)
 def test_memory_command_measures_the_largest_unit_as_training_does(tmp_path, options):
     config = layerwise_config(tmp_path, **options)
     config.measure_memory = True
@@ -134,3 +141,23 @@ def test_memory_command_measures_the_largest_unit_as_training_does(tmp_path, opt
         "cnn4", shape, method="layerwise", method_options=config.method_options, fake=True, **common
     )
     assert estimated.estimated and estimated.peak == report.peak
+
+
+@pytest.mark.slow
+def test_memory_command_bounds_the_probed_choice(tmp_path):
+    """Without data to probe, `smallfoot memory` reports the largest decision-block candidate:
+    at least what the trained run picked, for the same unit."""
+    config = layerwise_config(tmp_path, decision="auto", **{"probe-steps": 3})
+    config.measure_memory = True
+    summary = run_training(config)
+    shape, classes = tuple(config.data_options["shape"]), config.data_options["num_classes"]
+    report = method_step_memory(
+        "cnn4",
+        shape,
+        batch=config.batch_size,
+        model_options=config.model_options,
+        classes=classes,
+        method="layerwise",
+        method_options=config.method_options,
+    )
+    assert report.peak >= summary["memory"]["peak"]

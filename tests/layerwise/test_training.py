@@ -9,6 +9,7 @@ from smallfoot.train.trainer import TrainConfig
 def run(model, data, config=None, **options):
     config = config or TrainConfig(epochs=1, batch_size=16, lr=0.05, schedule="constant")
     options.setdefault("budget", 0)
+    options.setdefault("decision", "flatten")  # one candidate: no probe, no measurement
     return train_layerwise(model, *data, config, LayerwiseOptions(**options), measure_memory=False)
 
 
@@ -34,11 +35,25 @@ def test_bottom_up_trains_every_unit_and_returns_the_model_itself(tiny_cnn, data
 
 def test_per_unit_learning_rate_and_weight_decay(tiny_cnn, data):
     config = TrainConfig(epochs=1, batch_size=32, lr=0.1, weight_decay=1e-3, schedule="constant")
-    result = run(tiny_cnn(), data, config, lr_factor=0.5, wd_factor=2.0)
+    result = run(tiny_cnn(), data, config, lr_factor=0.5, wd_factor=2.0, unit_optimizer="run")
     for i, state in enumerate(result.states):
         group = state.trainer.optimizer.param_groups[0]
+        assert isinstance(state.trainer.optimizer, torch.optim.SGD)
         assert group["lr"] == pytest.approx(0.1 * 0.5**i)
         assert group["weight_decay"] == pytest.approx(1e-3 * 2.0**i)
+
+
+def test_units_default_to_the_thesis_adamw_protocol(tiny_cnn, data):
+    """Table 6.3: AdamW, base rate 3e-3 and weight decay 1e-6 scaled by 0.8^i and 1.15^i, the
+    rate stepped x0.1 at 50% and 75% of each unit's epochs; the run's --lr is not used."""
+    config = TrainConfig(epochs=4, batch_size=32, lr=0.1, weight_decay=1e-3)
+    result = run(tiny_cnn(), data, config)
+    for i, state in enumerate(result.states):
+        optimizer = state.trainer.optimizer
+        assert isinstance(optimizer, torch.optim.AdamW)
+        assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(3e-3 * 0.8**i)
+        assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-6 * 1.15**i)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.8**i * 0.01)
 
 
 def test_segments_of_two_overlap_by_one(tiny_cnn, data):
@@ -68,7 +83,14 @@ def test_robin_visits_every_unit_every_round_and_resumes_its_optimizer(tiny_mlp,
 def test_early_stopping_per_unit_on_the_validation_split(tiny_cnn, data):
     """With a zero learning rate (and no batch norm) validation accuracy cannot improve."""
     config = TrainConfig(epochs=5, batch_size=32, lr=0.0, weight_decay=0.0, schedule="constant")
-    result = run(tiny_cnn(batch_norm=False), data, config, patience=2, val_fraction=0.25)
+    result = run(
+        tiny_cnn(batch_norm=False),
+        data,
+        config,
+        patience=2,
+        val_fraction=0.25,
+        unit_optimizer="run",
+    )
     assert all(r["epochs"] == 3 and r["stopped_early"] for r in result.units)
     assert all(r["val_accuracy"] is not None for r in result.units)
     assert {len(h) for h in [[m for m in result.history if m["unit"] == i] for i in (1, 2)]} == {3}

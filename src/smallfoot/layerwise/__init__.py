@@ -5,7 +5,14 @@ time, each with a temporary decision block on top sized to a measured memory bud
 the frozen prefix (feednet) or by checkpointed features. See ``docs/layerwise.md``.
 """
 
-from smallfoot.layerwise.decision import candidate_configs, decision_block, fit_decision_block
+from smallfoot.layerwise.decision import (
+    block_name,
+    candidate_configs,
+    decision_block,
+    fit_decision_block,
+    model_head,
+    probe_accuracy,
+)
 from smallfoot.layerwise.dropout import BackwardDropout, GradientDropout, InputDropout
 from smallfoot.layerwise.feeding import FeatureStore, Subnet, output_shape
 from smallfoot.layerwise.training import (
@@ -13,6 +20,7 @@ from smallfoot.layerwise.training import (
     LayerwiseResult,
     LayerwiseTrainer,
     UnitState,
+    segment_memory,
     split_validation,
     train_layerwise,
 )
@@ -29,12 +37,16 @@ __all__ = [
     "Subnet",
     "UnitState",
     "assemble",
+    "block_name",
     "candidate_configs",
     "chain",
     "decision_block",
     "fit_decision_block",
     "is_core",
+    "model_head",
     "output_shape",
+    "probe_accuracy",
+    "segment_memory",
     "segments",
     "split_units",
     "split_validation",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from smallfoot.layerwise.training import LayerwiseOptions, LayerwiseTrainer, train_layerwise
+from smallfoot.layerwise.training import LayerwiseOptions, segment_memory, train_layerwise
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import (
     Method,
@@ -71,25 +69,22 @@ class Layerwise(Method):
         return TrainOutcome(result.model, metrics, result.history, result.memory, extra)
 
     def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
-        """The largest segment's training step (``report.stage`` names it), planned exactly as
-        :meth:`train` plans it: same decision blocks (budget search included), feed, optimizer
-        and loss, on a random batch of ``config.batch_size`` inputs. With ``fake`` the steps are
-        estimated on fake tensors (the model's parameters are built for real)."""
-        from smallfoot.memory import estimate, measure
-
-        loss_fn, predict_fn = self.make_loss(ctx)
+        """The largest segment's training step (``report.stage`` names it), planned as
+        :meth:`train` plans it (:func:`segment_memory`: same decision blocks, budget search
+        included, feed, optimizer and loss) on a random batch of ``config.batch_size`` inputs.
+        With ``fake`` the steps are estimated on fake tensors (the model's parameters are built
+        for real). Without data, ``--decision auto`` is bounded by its largest candidate."""
+        loss_fn, _ = self.make_loss(ctx)
         torch.manual_seed(ctx.config.seed)
         model = self.build_model(ctx)
-        batch = ctx.config.batch_size
-        x = torch.randn(batch, *ctx.input_shape)
-        y = torch.randint(ctx.num_classes, (batch,))
-        # ctx.train_set is one synthetic sample: nothing to hold out for validation
-        options = dataclasses.replace(self.options, val_fraction=0.0, patience=0)
-        trainer = LayerwiseTrainer(
-            model, ctx.train_set, ctx.test_set, ctx.train_config(), options, loss_fn, predict_fn
+        planned = segment_memory(
+            model,
+            ctx.input_shape,
+            ctx.num_classes,
+            ctx.train_config(),
+            self.options,
+            loss_fn,
+            fake=fake,
         )
-        planned = trainer.plan_segments((x, y), meter=estimate if fake else measure)
-        index = max(range(len(planned)), key=lambda i: planned[i]["report"].peak)
-        report = planned[index]["report"]
-        report.stage = f"unit {index + 1} of {len(planned)}"
-        return report
+        reports = planned["reports"]
+        return max(reports, key=lambda report: report.peak)

@@ -23,7 +23,13 @@ from torch import nn
 from smallfoot._io import atomic_torch_save, atomic_write_text
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.errors import BudgetError, ConfigError, TrainingInterrupted
-from smallfoot.layerwise.decision import decision_block, fit_decision_block
+from smallfoot.layerwise.decision import (
+    candidate_configs,
+    decision_block,
+    fit_decision_block,
+    model_head,
+    probe_accuracy,
+)
 from smallfoot.layerwise.dropout import BackwardDropout, InputDropout
 from smallfoot.layerwise.feeding import FeatureStore, Subnet, output_shape
 from smallfoot.layerwise.units import assemble, chain, segments, split_units
@@ -58,13 +64,29 @@ class LayerwiseOptions:
             "report its measured fraction)"
         },
     )
-    max_convs: int = field(default=4, metadata={"help": "most down-convs in a decision block"})
+    decision: Literal["auto", "flatten", "pool", "head"] = field(
+        default="auto",
+        metadata={
+            "help": "decision block: flatten (one linear layer on the full map, the thesis' "
+            "block for its 4-layer CNN), pool (average pool to --decision-pool, then linear), "
+            "head (the model's own FC head, the thesis' block for VGG) or auto (each measured, "
+            "probed for --probe-steps steps, best accuracy per byte kept)"
+        },
+    )
+    max_convs: int = field(
+        default=4,
+        metadata={"help": "most down-convs in a decision block (searched with a --budget)"},
+    )
     decision_pool: int = field(
         default=2,
         metadata={
-            "help": "decision blocks average-pool to this side before the linear (0: no "
-            "pooling, a linear layer on the full map as the thesis' 4-layer CNN)"
+            "help": "side the pool decision block average-pools to before its linear layer "
+            "(0: no pooling, the same as --decision flatten)"
         },
+    )
+    probe_steps: int = field(
+        default=20,
+        metadata={"help": "training steps of each decision-block candidate's probe (auto)"},
     )
     order: Order = field(
         default="bottom-up",
@@ -85,6 +107,27 @@ class LayerwiseOptions:
     backward_dropout: float = field(
         default=0.0,
         metadata={"help": "dropout of the gradient from the decision block into the segment"},
+    )
+    unit_optimizer: Literal["adamw", "run"] = field(
+        default="adamw",
+        metadata={
+            "help": "optimizer of each unit: adamw at --unit-lr with --unit-weight-decay and "
+            "--unit-schedule (thesis table 6.3), or run (--optimizer, --lr, --weight-decay, "
+            "--schedule)"
+        },
+    )
+    unit_lr: float = field(
+        default=3e-3, metadata={"help": "AdamW learning rate of the first unit (adamw)"}
+    )
+    unit_weight_decay: float = field(
+        default=1e-6, metadata={"help": "AdamW weight decay of the first unit (adamw)"}
+    )
+    unit_schedule: Literal["multistep", "constant", "cosine"] = field(
+        default="multistep",
+        metadata={
+            "help": "learning-rate schedule over each unit's epochs (adamw); multistep: x "
+            "--gamma at --milestones (0.1 at 50% and 75%)"
+        },
     )
     lr_factor: float = field(
         default=0.8, metadata={"help": "learning rate of segment i: lr * lr_factor**i"}
@@ -120,6 +163,14 @@ class LayerwiseOptions:
         if self.decision_pool < 0:
             raise ConfigError(
                 f"--decision-pool must be at least 0 (0: no pooling), got {self.decision_pool}"
+            )
+        if self.probe_steps < 1:
+            raise ConfigError(f"--probe-steps must be at least 1, got {self.probe_steps}")
+        if not self.unit_lr > 0:
+            raise ConfigError(f"--unit-lr must be positive, got {self.unit_lr}")
+        if self.unit_weight_decay < 0:
+            raise ConfigError(
+                f"--unit-weight-decay must be non-negative, got {self.unit_weight_decay}"
             )
         if self.robin_epochs < 1:
             raise ConfigError(f"--robin-epochs must be at least 1, got {self.robin_epochs}")
@@ -258,7 +309,11 @@ class LayerwiseTrainer:
                 "the records of a run with the same model, --unit-size and --overlap"
             )
         self.decisions = decisions
-        self.need_memory = measure_memory or self.options.budget > 0
+        self.need_memory = (
+            measure_memory or self.options.budget > 0 or self.options.decision == "auto"
+        )
+        # the model's own FC head and the side of the map it is fed (None for MLPs)
+        self.head_spec = model_head(self.units, train_set.input_shape)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.reference: dict[str, Any] | None = None
         self.planned: list[dict[str, Any] | None] = [None] * len(self.plan)
@@ -272,12 +327,27 @@ class LayerwiseTrainer:
         self._snapshot_weights: tuple[int, dict[str, torch.Tensor]] | None = None
 
     # -- one segment ---------------------------------------------------------------------------
-    def unit_config(self, index: int) -> TrainConfig:
-        """The trainer config of segment ``index``: scaled lr and weight decay, its own seed."""
+    def base_config(self) -> TrainConfig:
+        """The optimizer settings of the first unit: the run's, or AdamW at ``unit_lr`` with
+        ``unit_weight_decay`` and ``unit_schedule`` (``unit_optimizer="adamw"``)."""
+        options = self.options
+        if options.unit_optimizer == "run":
+            return self.config
         return replace(
             self.config,
-            lr=self.config.lr * self.options.lr_factor**index,
-            weight_decay=self.config.weight_decay * self.options.wd_factor**index,
+            optimizer="adamw",
+            lr=options.unit_lr,
+            weight_decay=options.unit_weight_decay,
+            schedule=options.unit_schedule,
+        )
+
+    def unit_config(self, index: int) -> TrainConfig:
+        """The trainer config of segment ``index``: scaled lr and weight decay, its own seed."""
+        base = self.base_config()
+        return replace(
+            base,
+            lr=base.lr * self.options.lr_factor**index,
+            weight_decay=base.weight_decay * self.options.wd_factor**index,
             epochs=self.epochs,
             seed=self.config.seed + 7919 * index,
         )
@@ -295,13 +365,43 @@ class LayerwiseTrainer:
         if index == len(self.plan) - 1:
             return self.head
         out_shape = output_shape(nn.Sequential(feed, segment), input_shape)
+        head = self.head_spec[0] if record.get("head") and self.head_spec else None
         return decision_block(
             out_shape,
             self.num_classes,
             record["convs"] or 0,
             record["width"],
-            self.options.decision_pool,
+            record.get("pool", self.options.decision_pool),
+            head,
         ).to(self.device)
+
+    def candidates(self, out_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+        """The decision-block choices searched for a unit with output ``out_shape``: the kind
+        ``options.decision`` names (auto: flatten, pool and the model's head), then, with a
+        budget, 1..``max_convs`` down-convs of half, equal and double the unit's channels
+        (pooled, or flattened for ``flatten``)."""
+        options = self.options
+        pool = options.decision_pool
+        flatten = {"convs": 0, "width": None, "pool": 0, "head": False}
+        pooled = {"convs": 0, "width": None, "pool": pool, "head": False}
+        head = None
+        if self.head_spec is not None:
+            head = {"convs": 0, "width": None, "pool": self.head_spec[1], "head": True}
+        if len(out_shape) != 3:
+            return [flatten]
+        kinds = {
+            "flatten": [flatten],
+            "pool": [pooled],
+            "head": [head or flatten],
+            "auto": [flatten] + ([pooled] if pool else []) + ([head] if head else []),
+        }[options.decision]
+        if options.budget > 0:
+            end = 0 if options.decision == "flatten" else pool
+            kinds += [
+                {"convs": convs, "width": width, "pool": end, "head": False}
+                for convs, width in candidate_configs(out_shape, options.max_convs)[1:]
+            ]
+        return kinds
 
     def subnet_builder(self, index: int, frontier: int):
         """``(subnet_for(decision) -> Subnet, optimizer_for(parameters))`` of segment ``index``
@@ -325,16 +425,48 @@ class LayerwiseTrainer:
 
         return subnet_for, optimizer_for
 
+    def prober(self, index: int, frontier: int, data: tuple[ArrayDataset, ArrayDataset]):
+        """``probe(subnet) -> accuracy`` of segment ``index``'s decision-block candidates:
+        :func:`probe_accuracy` for ``probe_steps`` steps on ``data[0]``, scored on ``data[1]``,
+        with the segment's optimizer; raw inputs go through the units below ``frontier``."""
+        prefix = chain(self.body[:frontier]).eval()
+        _, optimizer_for = self.subnet_builder(index, frontier)
+        unit_config = self.unit_config(index)
+
+        def probe(subnet: nn.Module) -> float:
+            return probe_accuracy(
+                subnet,
+                data[0],
+                data[1],
+                self.loss_fn,
+                optimizer_for,
+                self.options.probe_steps,
+                self.config.batch_size,
+                unit_config.seed,
+                self.predict_fn,
+                prefix,
+            )
+
+        return probe
+
     def plan_segments(
-        self, batch: tuple[torch.Tensor, torch.Tensor], meter=None, indices=None
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        meter=None,
+        indices=None,
+        probe_data: tuple[ArrayDataset, ArrayDataset] | None = None,
     ) -> list[dict[str, Any] | None]:
         """Choose every segment's decision block and measure its training step on ``batch``
         (raw inputs), before any training, as training will run it.
 
         ``meter`` is ``smallfoot.memory.measure`` (default) or ``estimate``; ``indices`` limits
         the planning to those segments (the others get None). Each entry holds ``record``
-        (``convs``, ``width``, ...), ``memory`` (the meter's report as a dict, None without
-        memory measurement) and ``report`` (the :class:`MemoryReport`). With a positive budget
+        (``convs``, ``width``, ``pool``, ``head``, with several candidates their ``tried``
+        list), ``memory`` (the meter's report as a dict, None without memory measurement) and
+        ``report`` (the :class:`MemoryReport`). Several candidates (``decision="auto"`` or a
+        budget) are chosen by :func:`fit_decision_block`: by probe accuracy per byte when
+        ``probe_data`` (``(train, evaluation)`` raw datasets) is given, else the largest peak
+        within the budget (an upper bound of the probe's choice). With a positive budget
         that some segment cannot meet, raises :class:`BudgetError` (``strict_budget``) naming
         the budget that every segment meets.
         """
@@ -344,7 +476,7 @@ class LayerwiseTrainer:
         options = self.options
         x, y = batch
         if self.need_memory and self.reference is None:
-            optimizer = make_optimizer(self.model.parameters(), self.config)
+            optimizer = make_optimizer(self.model.parameters(), self.base_config())
             self.reference = meter(self.model, (x, y), self.loss_fn, optimizer).to_dict()
         indices = range(len(self.plan)) if indices is None else indices
         planned: list[dict[str, Any] | None] = [None] * len(self.plan)
@@ -366,27 +498,39 @@ class LayerwiseTrainer:
             if last:
                 record: dict[str, Any] = {"convs": None, "width": None, "head": "model"}
             elif self.decisions is not None:
-                record = {k: self.decisions[index]["decision"][k] for k in ("convs", "width")}
-            elif options.budget > 0:
-                _, record = fit_decision_block(
-                    subnet_for,
-                    output_shape(nn.Sequential(feed, segment), tuple(unit_x.shape[1:])),
-                    self.num_classes,
-                    (unit_x, y),
-                    self.reference["peak"],
-                    options.budget,
-                    self.loss_fn,
-                    optimizer_for,
-                    options.max_convs,
-                    pool=options.decision_pool,
-                    strict=False,
-                    meter=meter,
-                )
-                record.pop("tried")
-                record.pop("memory")
-                report = record.pop("report")
+                given = self.decisions[index]["decision"]
+                record = {
+                    "convs": given["convs"],
+                    "width": given["width"],
+                    "pool": given.get("pool", options.decision_pool),
+                    "head": bool(given.get("head")),
+                }
             else:
-                record = {"convs": 0, "width": None}
+                out_shape = output_shape(nn.Sequential(feed, segment), tuple(unit_x.shape[1:]))
+                candidates = self.candidates(out_shape)
+                if len(candidates) == 1 and options.budget <= 0:
+                    record = dict(candidates[0])
+                else:
+                    probe = None
+                    if probe_data is not None:
+                        probe = self.prober(index, frontier, probe_data)
+                    _, record = fit_decision_block(
+                        subnet_for,
+                        out_shape,
+                        self.num_classes,
+                        (unit_x, y),
+                        self.reference["peak"],
+                        options.budget if options.budget > 0 else math.inf,
+                        self.loss_fn,
+                        optimizer_for,
+                        strict=False,
+                        meter=meter,
+                        candidates=candidates,
+                        head=self.head_spec[0] if self.head_spec else None,
+                        probe=probe,
+                    )
+                    record.pop("memory")
+                    report = record.pop("report")
             if report is None and self.need_memory:
                 decision = self.build_decision(
                     index, record, tuple(unit_x.shape[1:]), feed, segment
@@ -511,7 +655,8 @@ class LayerwiseTrainer:
         ]
         if todo:
             batch = first_batch(self.fit_set, self.config.batch_size, self.device)
-            self.planned = self.plan_segments(batch, indices=todo)
+            probe_data = (self.fit_set, self.val_set if self.val_set is not None else self.fit_set)
+            self.planned = self.plan_segments(batch, indices=todo, probe_data=probe_data)
         if self.options.order == "bottom-up":
             self._bottom_up()
         else:
@@ -684,6 +829,48 @@ class LayerwiseTrainer:
         self._snapshot_weights = saved["snapshot"]
         lines = "".join(json.dumps(m) + "\n" for m in self.history)
         atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+
+
+def segment_memory(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    config: TrainConfig,
+    options: LayerwiseOptions | None = None,
+    loss_fn=None,
+    fake: bool = True,
+) -> dict[str, Any]:
+    """The meter's report of every segment's training step and of full backprop, before any
+    training: ``{"reference": dict, "units": [dict, ...], "reports": [MemoryReport, ...]}``
+    (bytes; each unit's dict has ``fraction`` of the reference peak and its decision
+    ``record``; ``reports`` are the meter's reports themselves, ``stage`` naming the unit).
+
+    Planned as :func:`train_layerwise` plans them (same decision blocks, budget search
+    included, feed, optimizer of ``options.unit_optimizer``, loss) on a random batch of
+    ``config.batch_size`` inputs of ``input_shape``, estimated on fake tensors (``fake``) or
+    measured. Without data to probe, ``decision="auto"`` takes the largest candidate within
+    the budget: a bound of what a trained run picks. ``model`` (an ``nn.Sequential``) is only
+    read.
+    """
+    from smallfoot.memory import estimate, measure
+
+    options = replace(options or LayerwiseOptions(), val_fraction=0.0, patience=0)
+    sample = ArrayDataset(
+        torch.zeros(1, *input_shape), torch.zeros(1, dtype=torch.long), num_classes, "synthetic"
+    )
+    trainer = LayerwiseTrainer(model, sample, sample, config, options, loss_fn)
+    x = torch.randn(config.batch_size, *input_shape)
+    y = torch.randint(num_classes, (config.batch_size,))
+    planned = trainer.plan_segments((x, y), meter=estimate if fake else measure)
+    reference = trainer.reference
+    units = []
+    for index, plan in enumerate(planned):
+        report = plan["report"]
+        report.stage = f"unit {index + 1} of {len(planned)}"
+        unit = report.to_dict()
+        unit.update(fraction=report.peak / reference["peak"], record=plan["record"])
+        units.append(unit)
+    return {"reference": reference, "units": units, "reports": [p["report"] for p in planned]}
 
 
 def train_layerwise(
