@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from smallfoot.bench.filtering import filtering_claims, knn_timings, table_rows, table_summary
+from benchmarks.filtering import filtering_claims, knn_timings, table_rows, table_summary
 
 from smallfoot.data import ArrayDataset
 

@@ -1,7 +1,7 @@
 """The closedform benchmark's pieces: kernel baselines, SGD time to an accuracy, claims."""
 
 import pytest
-from smallfoot.bench.closedform import closedform_claims, kernel_rows, seconds_to, toy_rows
+from benchmarks.closedform import closedform_claims, kernel_rows, seconds_to, toy_rows
 
 from smallfoot.data import load_dataset
 

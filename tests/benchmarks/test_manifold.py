@@ -1,7 +1,7 @@
 """Benchmark ``manifold``: the paper's W x batch grid through the registry, claims from medians."""
 
 import pytest
-from smallfoot.bench.manifold import FULL, QUICK, cell_rows, grid, manifold_claims, row
+from benchmarks.manifold import FULL, QUICK, cell_rows, grid, manifold_claims, row
 
 from smallfoot.config import train_command
 from smallfoot.methods import get_method
