@@ -9,4 +9,12 @@ example_input, budget)`` answers which of them train a model in a memory budget 
 
 __version__ = "0.1.0"
 
-from smallfoot import plan as plan  # noqa: E402  (a callable module; after __version__)
+
+def __getattr__(name: str):
+    # ``smallfoot.plan`` loads on first use: importing smallfoot (or any of its low layers)
+    # must not import every technique, the runner and the planner with it
+    if name == "plan":
+        import importlib
+
+        return importlib.import_module("smallfoot.plan")
+    raise AttributeError(f"module 'smallfoot' has no attribute {name!r}")

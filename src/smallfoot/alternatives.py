@@ -235,7 +235,8 @@ def accumulated(report: MemoryReport, batch: int) -> MemoryReport:
     """The report of one micro-batch step turned into the accumulated step of ``batch``
     samples: the whole batch's inputs are held, and from the second micro-batch on the
     gradients of the earlier ones are alive throughout (the peak is the largest live total
-    of the micro-step with every gradient present)."""
+    of the micro-step with every gradient present). Its ``batch`` is ``batch``: the report
+    describes training on the whole batch."""
     live = report.timeline["live"]
     held = report.inputs * (batch / report.batch - 1)
     totals = [
@@ -247,6 +248,7 @@ def accumulated(report: MemoryReport, batch: int) -> MemoryReport:
     breakdown["inputs"] = int(breakdown["inputs"] + held)
     return dataclasses.replace(
         report,
+        batch=batch,
         inputs=int(report.inputs + held),
         peak=max(report.peak, totals[index]) + int(held),
         peak_breakdown=breakdown,
