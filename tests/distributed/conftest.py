@@ -18,11 +18,17 @@ import torch
 WORKER = Path(__file__).with_name("_worker.py")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 that were free a moment ago (bound together,
+    so the system cannot hand out the same port twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture
@@ -32,13 +38,14 @@ def run_ranks(tmp_path):
     ) -> list[dict | None]:
         """Each rank's saved result; the ranks in ``killed`` must die of SIGKILL (their result
         is None)."""
+        master, second, third = free_ports(3)
         env = {
             **os.environ,
             "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()),
+            "MASTER_PORT": str(master),
             # for workers that start further process groups
-            "SECOND_PORT": str(free_port()),
-            "THIRD_PORT": str(free_port()),
+            "SECOND_PORT": str(second),
+            "THIRD_PORT": str(third),
             "WORLD_SIZE": str(nproc),
             "OMP_NUM_THREADS": "1",
         }

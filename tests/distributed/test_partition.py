@@ -28,7 +28,7 @@ from smallfoot.models import build_model
 from smallfoot.runner.run import load_run_data, run_training
 from smallfoot.train.trainer import TrainConfig, Trainer
 
-from .conftest import free_port
+from .conftest import free_ports
 
 
 def test_partitions_cover_the_units_and_the_last_ends_with_the_head():
@@ -160,7 +160,7 @@ def _start(run_dir: Path, resume: bool = False, nproc: int = 2) -> list[subproce
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
+        "MASTER_PORT": str(free_ports(1)[0]),
         "WORLD_SIZE": str(nproc),
         "OMP_NUM_THREADS": "1",
     }
