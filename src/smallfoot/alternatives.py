@@ -271,19 +271,8 @@ class _Accumulating:
 
     def make_trainer(self, ctx: RunContext, model: nn.Module) -> Trainer:
         """An :class:`AccumulatingTrainer` with the method's loss, optimizer and callbacks."""
-        loss_fn, predict_fn = self.make_loss(ctx)
-        return AccumulatingTrainer(
-            model,
-            ctx.train_set,
-            ctx.test_set,
-            ctx.train_config(),
-            loss_fn=loss_fn,
-            predict_fn=predict_fn,
-            optimizer=self.make_optimizer(ctx, model),
-            callbacks=self.callbacks(ctx, model),
-            run_dir=ctx.run_dir,
-            progress=ctx.config.progress,
-            micro_batches=self.options.micro_batches,
+        return super().make_trainer(
+            ctx, model, AccumulatingTrainer, micro_batches=self.options.micro_batches
         )
 
     def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:

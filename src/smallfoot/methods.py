@@ -118,10 +118,17 @@ class Method:
         """SGD or AdamW over the model's trainable parameters."""
         return make_optimizer(model.parameters(), ctx.train_config())
 
-    def make_trainer(self, ctx: RunContext, model: nn.Module) -> Trainer:
-        """A :class:`Trainer` wired with this method's loss, optimizer and callbacks."""
+    def make_trainer(
+        self,
+        ctx: RunContext,
+        model: nn.Module,
+        trainer_class: type[Trainer] = Trainer,
+        **trainer_options: Any,
+    ) -> Trainer:
+        """A ``trainer_class`` (a :class:`Trainer`) wired with this method's loss, optimizer
+        and callbacks; ``trainer_options`` are the subclass's own keyword arguments."""
         loss_fn, predict_fn = self.make_loss(ctx)
-        return Trainer(
+        return trainer_class(
             model,
             ctx.train_set,
             ctx.test_set,
@@ -132,6 +139,7 @@ class Method:
             callbacks=self.callbacks(ctx, model),
             run_dir=ctx.run_dir,
             progress=ctx.config.progress,
+            **trainer_options,
         )
 
     def train(self, ctx: RunContext) -> TrainOutcome:

@@ -248,19 +248,8 @@ class Manifold(Method):
 
     def make_trainer(self, ctx: RunContext, model: FeatureNet) -> ManifoldTrainer:
         """A :class:`ManifoldTrainer` with the run's loss, optimizer and callbacks."""
-        loss_fn, predict_fn = self.make_loss(ctx)
-        return ManifoldTrainer(
-            model,
-            ctx.train_set,
-            ctx.test_set,
-            ctx.train_config(),
-            loss_fn=loss_fn,
-            predict_fn=predict_fn,
-            optimizer=self.make_optimizer(ctx, model),
-            callbacks=self.callbacks(ctx, model),
-            run_dir=ctx.run_dir,
-            progress=ctx.config.progress,
-            regulariser=self.regulariser(model),
+        return super().make_trainer(
+            ctx, model, ManifoldTrainer, regulariser=self.regulariser(model)
         )
 
     def train(self, ctx: RunContext) -> TrainOutcome:
