@@ -5,6 +5,7 @@ The time limit guards against hangs, not speed: it is generous because the test 
 shared by many jobs (each test takes 10-25 s of wall time on a quiet 2-core machine)."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,16 +20,23 @@ WORKER = Path(__file__).with_name("_worker.py")
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` different TCP ports on 127.0.0.1 that were free a moment ago (bound together,
-    so the system cannot hand out the same port twice)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``count`` different TCP ports on 127.0.0.1, free a moment ago and below the system's
+    ephemeral range: the ranks' own connections (gloo opens many) take ephemeral ports, and a
+    rendezvous port handed out from that range could be taken by one of them before a later
+    process group binds it."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in chosen:
+            chosen.append(port)
+    return chosen
 
 
 @pytest.fixture
@@ -73,11 +81,15 @@ def run_ranks(tmp_path):
             if p.poll() is None:
                 p.kill()
             p.wait()
-        for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
-            expected = -signal.SIGKILL if rank in killed else 0
-            assert not timed_out and p.returncode == expected, (
-                f"rank {rank} {'timed out' if timed_out else 'failed'}:\n{out.decode()[-3000:]}"
-            )
+        expected = [-signal.SIGKILL if rank in killed else 0 for rank in range(nproc)]
+        codes = [p.returncode for p in procs]
+        report = "\n".join(
+            f"rank {rank} exit {code}:\n{out.decode()[-3000:]}"
+            for rank, (code, out) in enumerate(zip(codes, outputs, strict=True))
+        )
+        assert not timed_out and codes == expected, (
+            f"{'timed out' if timed_out else 'failed'} (expected exits {expected}):\n{report}"
+        )
         return [
             None if r in killed else torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
             for r in range(nproc)
