@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from smallfoot._figures import save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
@@ -225,11 +226,8 @@ def layer_diagnostics(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"MLP 784-392-196-50-10 on Fashion-MNIST, {len(probe)} probe samples", fontsize=10)
-    fig.tight_layout()
     path = out_dir / "layers.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return rows, [path]
 
 
@@ -290,11 +288,8 @@ def checkerboard_demo(
     ax.set_title("checkerboard 8x8: MLP 2-256-256-2, SGD + momentum")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     path = out_dir / "checkerboard.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return rows, [path]
 
 
@@ -316,10 +311,7 @@ def plot_table(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("test accuracy (%), median over seeds")
         ax.set_title(f"{name}, cnn4")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from smallfoot._figures import save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
@@ -189,10 +190,7 @@ def plot_depth(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

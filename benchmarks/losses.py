@@ -21,6 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from smallfoot._figures import save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
@@ -181,10 +182,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("VGG-13 (1/8 width), Fashion-MNIST, rate x0.1 at 50% and 75%")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -44,19 +44,29 @@ def figure(
     (format from the suffix, :data:`DPI`) through a temporary file, so a half-drawn figure
     never replaces a good one. The figure is closed either way."""
     plt = pyplot()
-    path = Path(path)
     fig, axes = plt.subplots(nrows, ncols, figsize=size, **subplots)
     try:
         yield fig, axes
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = DPI) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (format from the suffix) through a temporary file,
+    close it, and return the path: the end of every figure drawn without :func:`figure`."""
+    path = Path(path)
+    try:
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")
         os.close(handle)
         try:
-            fig.savefig(temporary, dpi=DPI)
+            fig.savefig(temporary, dpi=dpi)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
+    return path

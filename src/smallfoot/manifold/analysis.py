@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smallfoot._figures import save_figure
 from smallfoot.data import ArrayDataset
 from smallfoot.errors import ConfigError
 from smallfoot.models.bottleneck import BottleneckHead, FeatureNet
@@ -143,11 +144,8 @@ def plot_embeddings(
             if col == 0:
                 ax.set_ylabel(run, fontsize=8)
     axes[0][0].legend(fontsize=6, loc="best")
-    fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -167,9 +165,6 @@ def plot_lda(runs: dict[str, list[LayerEmbedding]], path: str | Path) -> Path:
     ax.set_xlabel("layer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from smallfoot._figures import save_figure
 from smallfoot.errors import ConfigError
 from smallfoot.manifold.loss import DistancePreservingLoss
 from smallfoot.memory import measure
@@ -167,9 +168,6 @@ def plot_profiles(profiles: dict[str, PhaseProfile], path: str | Path) -> Path:
         ax.set_ylim(0, top)
     axes[0][0].set_ylabel("live memory (MiB)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
