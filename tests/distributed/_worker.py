@@ -2,6 +2,7 @@
 environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Saves ``OUT_DIR/rank<r>.pt``."""
 
 import datetime
+import faulthandler
 import hashlib
 import os
 import signal
@@ -20,6 +21,7 @@ from smallfoot.config import RunConfig
 from smallfoot.distributed import (
     EntropyHookState,
     average_parameters,
+    end_process_group,
     entropy_hook,
     train_rank,
 )
@@ -195,6 +197,9 @@ def syncs(rank: int, out_dir: str) -> dict:
 
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
+    # a rank that crashes, or still runs after this long, prints every thread's stack
+    faulthandler.enable()
+    faulthandler.dump_traceback_later(float(os.environ.get("HANG_REPORT_SECONDS", 100)))
     scenarios = {"mismatch": mismatch, "resume": resume, "lost_rank": lost_rank, "syncs": syncs}
     if scenario in scenarios:  # these start their own process groups
         rank = int(os.environ["RANK"])
@@ -205,7 +210,7 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     result = {"ddp_grads": ddp_grads, "average": average}[scenario](rank, world)
     torch.save(result, f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 if __name__ == "__main__":

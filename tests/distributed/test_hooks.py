@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from smallfoot.compress import CodecConfig, quantise
-from smallfoot.distributed import EntropyHookState, entropy_hook
+from smallfoot.distributed import EntropyHookState, end_process_group, entropy_hook
 
 
 @pytest.mark.slow
@@ -62,4 +62,4 @@ def test_entropy_hook_registers_on_ddp_and_averages_quantised_gradients(tmp_path
         assert not torch.equal(hooked, plain)
         assert (hooked - plain).abs().max() <= half_bin * 1.001
     finally:
-        dist.destroy_process_group()
+        end_process_group()

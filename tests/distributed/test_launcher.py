@@ -96,12 +96,6 @@ def test_ranks_started_with_different_configurations_are_refused(run_ranks):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, not yet diagnosed: in the full suite rank 1 sometimes never exits after rank 0 "
-    "has finished the resumed run (it passes alone); resume across processes is also covered by "
-    "tests/distributed/test_faults.py",
-)
 def test_a_ddp_run_resumes_from_its_checkpoint_on_every_rank(run_ranks, tmp_path):
     ranks = run_ranks("resume")
     first, second = ranks[0]["first"], ranks[0]["second"]

@@ -10,6 +10,7 @@ from smallfoot.distributed.averaging import (
     all_gather_bytes,
     average_parameters,
 )
+from smallfoot.distributed.groups import end_process_group
 from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
 from smallfoot.distributed.launcher import (
     DistributedTrainer,
@@ -27,6 +28,7 @@ __all__ = [
     "all_gather_bytes",
     "average_parameters",
     "check_launch",
+    "end_process_group",
     "entropy_hook",
     "launch",
     "train_rank",

@@ -35,6 +35,7 @@ from smallfoot.compress import CodecConfig
 from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.averaging import CompressedAveraging
+from smallfoot.distributed.groups import end_process_group
 from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
 from smallfoot.models import parameter_count
@@ -500,4 +501,4 @@ def train_rank(
         atomic_write_json(run_dir / "summary.json", summary)
         return summary
     finally:
-        dist.destroy_process_group()
+        end_process_group()

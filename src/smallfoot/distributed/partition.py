@@ -58,6 +58,7 @@ from torch import nn
 
 from smallfoot._io import atomic_torch_save, atomic_write_text
 from smallfoot.data import ArrayDataset, BatchLoader
+from smallfoot.distributed.groups import end_process_group
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
 from smallfoot.train.trainer import (
     TrainConfig,
@@ -785,7 +786,7 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
         dist.barrier()  # every partition's final.pt exists before anyone assembles
         return record
     finally:
-        dist.destroy_process_group()
+        end_process_group()
 
 
 def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[str, Any]]:
