@@ -310,6 +310,16 @@ def test_compare_takes_the_run_flags(run_cli, monkeypatch):
 def test_methods_and_models_name_list_options(run_cli):
     code, out, _ = run_cli("methods", "facto")
     assert code == 0 and "--inr" in out and "0.3" in out
+    assert "your model (--model package.module:function): any module: its Conv2d/Linear" in out
+
+
+def test_every_method_states_what_it_does_with_a_users_model(run_cli):
+    from smallfoot.methods import list_methods
+
+    for cls in list_methods():
+        assert cls.user_model, f"{cls.name} does not say what it does with a user's module"
+        code, out, _ = run_cli("methods", cls.name)
+        assert code == 0 and " ".join(cls.user_model.split()[:3]) in " ".join(out.split())
     code, out, _ = run_cli("models", "cnn4")
     assert code == 0 and "widths" in out and "32,64,128,128" in out
     code, _, err = run_cli("models", "nope")

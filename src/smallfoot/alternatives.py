@@ -121,6 +121,7 @@ class Checkpoint(Method):
     """Activation checkpointing of a sequential model."""
 
     name = "checkpoint"
+    user_model = "any module"
     description = "activation checkpointing (non-reentrant, sqrt(layers) segments by default)"
 
     @dataclass
@@ -186,6 +187,7 @@ class Offload(Method):
     """Saved tensors moved to host memory during the forward pass."""
 
     name = "offload"
+    user_model = "any module"
     description = "saved activations moved to CPU memory (save_on_cpu); saves nothing on a CPU"
 
     def build_model(self, ctx: RunContext) -> nn.Module:
@@ -312,6 +314,7 @@ class Accumulate(_Accumulating, Method):
     """Gradient accumulation over micro-batches; ``accumulate+M`` accumulates method M."""
 
     name = "accumulate"
+    user_model = "any module"
     description = "gradient accumulation: each batch in --micro-batches parts, one optimizer step"
 
     @dataclass

@@ -601,6 +601,7 @@ def methods(
     if name is not None:
         cls = get_method_class(name)
         console.print(f"{name}: {cls.description}")
+        console.print(f"your model (--model package.module:function): {cls.user_model}")
         table = Table(title=f"options of method {name} (extra flags of `smallfoot train`)")
         for column in ("option", "default", "meaning"):
             table.add_column(column, overflow="fold")
@@ -612,7 +613,7 @@ def methods(
         console.print(table)
         return
     table = Table(title="methods")
-    for column in ("name", "description", "flags", "options (default)"):
+    for column in ("name", "description", "your model", "flags", "options (default)"):
         table.add_column(column)
     for cls in list_methods():
         flags = [f for f in ("custom_backward", "changes_optimizer", "staged") if getattr(cls, f)]
@@ -620,7 +621,7 @@ def methods(
             f"--{n.rstrip('_').replace('_', '-')} ({_option_text(d)})"
             for n, _, d, _ in option_fields(cls.Options)
         )
-        table.add_row(cls.name, cls.description, " ".join(flags), options or "-")
+        table.add_row(cls.name, cls.description, cls.user_model, " ".join(flags), options or "-")
     console.print(table)
 
 
@@ -792,74 +793,43 @@ def filter_command(
     console.print(f"one k-NN search for all k: {seconds:.1f} s")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_run_flags
 def fit(
-    dataset: str = typer.Option(..., help="Dataset name (see `smallfoot datasets`)."),
-    widths: str = typer.Option("784,392", help="Hidden layer widths, e.g. 784,392."),
-    targets: str = typer.Option(
-        "random",
-        help="random, platonic-pca, sorted-pca, deterministic, elm, or one per layer: a,b.",
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML run configuration; flags override it."
     ),
-    activation: str = typer.Option("relu", help="relu, tanh, celu, sigmoid or identity."),
-    alpha: float = typer.Option(1.0, help="Target scale alpha in T = alpha [Z | beta Y] P."),
-    beta: float = typer.Option(
-        10.0, help="Weight beta of the labels (thesis: 10 for random P, 1e4 deterministic)."
+    widths: str | None = typer.Option(
+        None, "--widths", help="Hidden layer widths, e.g. 784,392 (--model-opt widths=...)."
     ),
-    tries: int = typer.Option(1, help="Random projections per layer (lowest LSD kept)."),
-    solver: str = typer.Option("ridge", help="ridge, pinv or lstsq."),
-    ridge: float = typer.Option(
-        1e-3, help="L2 penalty of the ridge solver (grows with the samples; thesis MNIST: 5e4)."
+    out_dir: str | None = typer.Option(
+        None, "--out-dir", help="Parent directory of run directories. [default: runs]"
     ),
-    tol: float | None = typer.Option(None, help="Absolute tolerance of pinv."),
-    ema: float | None = typer.Option(None, help="lambda_EMA of sample re-weighting, e.g. 0.2."),
-    chunk: int | None = typer.Option(10000, help="Rows per normal-equation step (ridge)."),
-    dtype: str = typer.Option("float32", help="float32 or float64."),
-    seed: int = typer.Option(0, help="Seed of random projections and subsets."),
-    train_limit: int | None = typer.Option(None, "--train-limit", help="Fit on this many."),
-    test_limit: int | None = typer.Option(None, "--test-limit", help="Test on this many."),
-    data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
-    data_opt: list[str] = typer.Option([], "--data-opt", help="Dataset option KEY=VALUE."),
-    out_dir: str = typer.Option("runs", "--out-dir", help="Parent of run directories."),
-    run_name: str | None = typer.Option(None, "--run-name", help="Run directory name."),
+    run_name: str | None = typer.Option(
+        None, "--run-name", help="Name of the run directory. [default: <time>-<dataset>-...]"
+    ),
+    measure_memory: bool | None = typer.Option(
+        None, "--memory/--no-memory", help="Record the fit's process peak. [default: memory]"
+    ),
+    run_flags: dict[str, Any] | None = None,
 ):
-    """Fit an MLP in closed form (Platonic projections, no gradients); writes a run directory
-    whose model.pt initialises `smallfoot train --model mlp --init`."""
-    from smallfoot.config import RunConfig
+    """Fit an MLP in closed form (Platonic projections, no gradients): an alias of `smallfoot
+    train --method closedform --model mlp` (the same flags and defaults, closed-form options as
+    in `smallfoot methods closedform`, `--widths W` for `--model-opt widths=W`) that also
+    prints each layer's fit; its run directory's model.pt initialises `train --init`."""
     from smallfoot.runner import run_training
 
-    layer_widths = parse_positive_ints(widths, "--widths", "784,392")
-    names = targets.split(",")
-    method_options = {
-        "targets": names[0] if len(names) == 1 else "deterministic",
-        "layers": names if len(names) > 1 else [],
-        "activation": activation,
-        "alpha": alpha,
-        "beta": beta,
-        "tries": tries,
-        "solver": solver,
-        "ridge": ridge,
-        "tol": tol,
-        "ema": ema,
-        "chunk": chunk,
-        "dtype": dtype,
-    }
-    config = RunConfig(
-        dataset=dataset,
-        model="mlp",
-        method="closedform",
-        seed=seed,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        data_root=data_root,
-        data_options=parse_key_values(data_opt, "--data-opt"),
-        out_dir=out_dir,
-        run_name=run_name,
-        model_options={"widths": layer_widths},
-        method_options={k: v for k, v in method_options.items() if v is not None},
-        progress=False,
-    )
-    summary = run_training(config)
-    table = Table(title=f"closed-form fit of {dataset} (per layer)")
+    overrides = {**run_overrides(run_flags), "method": "closedform", "progress": False}
+    overrides.setdefault("model", "mlp")
+    if widths is not None:
+        model_options = dict(overrides.get("model_options", {}))
+        model_options["widths"] = parse_positive_ints(widths, "--widths", "784,392")
+        overrides["model_options"] = model_options
+    own = {"out_dir": out_dir, "run_name": run_name, "measure_memory": measure_memory}
+    overrides |= {key: value for key, value in own.items() if value is not None}
+    summary = run_training(build_run_config(ctx, config, overrides))
+    table = Table(title=f"closed-form fit of {summary['dataset']} (per layer)")
     for column in ("layer", "width", "weights from", "LSD", "train error", "seconds"):
         table.add_column(column, justify="right")
     for layer in summary["fit"]["layers"]:

@@ -96,6 +96,9 @@ class Method:
     """the method brings its own optimizer"""
     staged: ClassVar[bool] = False
     """the method trains in stages (its memory report names the largest stage)"""
+    user_model: ClassVar[str] = ""
+    """what the method does with a user's own ``nn.Module`` (``--model package.module:function``):
+    which modules it takes, or why it refuses them"""
 
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
@@ -369,4 +372,5 @@ class Baseline(Method):
     """Plain backpropagation: every activation kept, autograd's backward."""
 
     name = "baseline"
+    user_model = "any module"
     description = "plain backpropagation (the reference every method is compared against)"

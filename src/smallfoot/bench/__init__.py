@@ -272,6 +272,23 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _load_average() -> list[float] | None:
+    """The system's 1-, 5- and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _load_text(load: dict[str, Any] | None) -> str:
+    if not load or not load.get("before") or not load.get("after"):
+        return ""
+    return (
+        f"; load average (1/5/15 min) {'/'.join(map(str, load['before']))} before, "
+        f"{'/'.join(map(str, load['after']))} after"
+    )
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -340,6 +357,7 @@ def render_markdown(name: str, description: str, result: BenchResult, meta: dict
         f"Machine: {machine['platform']}, {machine['cpu_count']} CPU cores "
         f"({machine['torch_threads']} torch threads), torch {machine['torch']}"
         + (f", GPU {machine['cuda']}" if machine["cuda"] else ", no GPU")
+        + _load_text(meta.get("load_average"))
         + ". Raw figures: the JSON file of the same name.",
         "",
     ]
@@ -359,6 +377,7 @@ def run_benchmark(
     stem = f"{name}-quick" if quick else name
     out_dir = results_dir / stem
     out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = _load_average()
     start = time.perf_counter()
     result = info.fn(quick, out_dir)
     seconds = time.perf_counter() - start
@@ -374,6 +393,8 @@ def run_benchmark(
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
         "machine": machine_info(),
+        # 1-, 5- and 15-minute load averages: another job on the machine inflates every timing
+        "load_average": {"before": load_before, "after": _load_average()},
         "claims": [claim.to_dict() for claim in result.claims],
         "notes": result.notes,
         "figures": [Path(p).relative_to(results_dir).as_posix() for p in result.figures],

@@ -92,6 +92,7 @@ class ClosedForm(Method):
     """Closed-form fit of an ``mlp`` (thesis ch. 7): one least-squares solve per layer."""
 
     name = "closedform"
+    user_model = "refused: it fits an MLP (--model mlp)"
     description = "closed-form MLP fit with Platonic projections (no gradients; model mlp)"
     staged = True
 

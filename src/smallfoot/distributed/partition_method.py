@@ -63,6 +63,7 @@ class Partitionwise(Method):
     """Deep partition-wise learning: one process per partition, features pushed forward."""
 
     name = "partitionwise"
+    user_model = "an nn.Sequential: its children are the units"
     description = (
         "deep partition-wise learning: partitions train in parallel processes on the features "
         "of the one below, no gradient across partitions (thesis 6.8)"

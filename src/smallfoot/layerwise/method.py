@@ -21,6 +21,7 @@ class Layerwise(Method):
     """Deep layer-wise / segment-wise learning: one unit or segment at a time (thesis ch. 6)."""
 
     name = "layerwise"
+    user_model = "an nn.Sequential: its children are the units"
     description = (
         "deep layer-wise / segment-wise learning: one unit at a time with a decision block "
         "sized to a memory budget (thesis ch. 6)"

@@ -29,6 +29,7 @@ class Facto(Method):
     ``--schedule`` (cosine by default) and switches after ``frt_epochs``."""
 
     name = "facto"
+    user_model = "any module: its Conv2d/Linear layers are converted"
     description = "Facto-CNN: train only M of W + M D, keep D X, 1-bit ReLU/max-pool masks"
     custom_backward = True
 

@@ -106,6 +106,7 @@ class Manifold(Method):
     """Bottleneck head + layer-wise distance-preserving regularisation for tiny mini-batches."""
 
     name = "manifold"
+    user_model = "a module with an nn.Flatten between features and head"
     description = (
         "bottleneck FC cascade on the model's conv features + layer-local distance-preserving loss"
     )

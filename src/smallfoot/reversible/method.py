@@ -48,6 +48,7 @@ class Reversible(Method):
     """Train a network whose invertible parts reconstruct activations in the backward pass."""
 
     name = "reversible"
+    user_model = "refused: it trains its own invertible nets, matched to a registered --model"
     description = (
         "reversible nets (revnet18, irevnet18, layerwise18, hybrid18) in place of --model, "
         "at about its parameter count: activations reconstructed in the backward pass"

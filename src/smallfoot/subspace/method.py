@@ -231,6 +231,7 @@ class Subspace(Method):
     """DLDR + P-SGD / P-BFGS: sample ordinary training, then train in a d-dimensional subspace."""
 
     name = "subspace"
+    user_model = "any module"
     description = (
         "sample the SGD trajectory, extract a d-dim basis (DLDR), continue with P-SGD or "
         "P-BFGS in it (Li et al., *Low dimensional landscape hypothesis is true: DNNs can be trained in tiny subspaces*)"
