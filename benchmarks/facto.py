@@ -28,9 +28,9 @@ from smallfoot._figures import figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
+from smallfoot.facto import convert
+from smallfoot.facto.layers import MaskMaxPool2d, MaskReLU, PooledScale
 from smallfoot.losses import SoftmaxCrossEntropy
-from smallfoot.lowrank import convert
-from smallfoot.lowrank.layers import MaskMaxPool2d, MaskReLU, PooledScale
 from smallfoot.models import build_model
 from smallfoot.models.fixup import Scale
 

@@ -316,7 +316,8 @@ def test_methods_and_models_name_list_options(run_cli):
 def test_every_method_states_what_it_does_with_a_users_model(run_cli):
     from smallfoot.methods import list_methods
 
-    for cls in list_methods():
+    # methods that other tests register for themselves are not smallfoot's
+    for cls in [m for m in list_methods() if m.__module__.startswith("smallfoot.")]:
         assert cls.user_model, f"{cls.name} does not say what it does with a user's module"
         code, out, _ = run_cli("methods", cls.name)
         assert code == 0 and " ".join(cls.user_model.split()[:3]) in " ".join(out.split())

@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"methods"},
     {
         "reversible",
-        "lowrank",
+        "facto",
         "manifold",
         "subspace",
         "layerwise",

@@ -2,7 +2,7 @@
 
 The public pieces live in sub-packages: ``smallfoot.data``, ``smallfoot.models``,
 ``smallfoot.train``, ``smallfoot.memory``, ``smallfoot.methods`` and one package per
-technique (``smallfoot.reversible``, ``smallfoot.lowrank``, ...). ``smallfoot.plan(model,
+technique (``smallfoot.reversible``, ``smallfoot.facto``, ...). ``smallfoot.plan(model,
 example_input, budget)`` answers which of them train a model in a memory budget (the module
 ``smallfoot.plan`` is callable as its function ``plan``).
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 TECHNIQUE_MODULES: tuple[str, ...] = (
-    "smallfoot.lowrank.method",
+    "smallfoot.facto.method",
     "smallfoot.layerwise.method",
     "smallfoot.manifold.method",
     "smallfoot.closedform.method",

@@ -12,7 +12,7 @@ from benchmarks.facto import (
 )
 
 from smallfoot.config import RunConfig, train_command
-from smallfoot.lowrank import convert
+from smallfoot.facto import convert
 from smallfoot.memory import measure
 from smallfoot.models import build_model
 from smallfoot.runner import run_training

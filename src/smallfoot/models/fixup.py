@@ -36,7 +36,7 @@ class Scale(nn.Module):
     """Multiplies its input by one learned scalar (initially 1): Fixup's scaling layer.
 
     Autograd keeps the whole input for the scalar's gradient; Facto-CNN replaces it by a
-    :class:`smallfoot.lowrank.PooledScale` that keeps a mean-pooled input.
+    :class:`smallfoot.facto.PooledScale` that keeps a mean-pooled input.
     """
 
     def __init__(self):

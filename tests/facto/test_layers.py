@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smallfoot.errors import ConfigError, ShapeError
-from smallfoot.lowrank import (
+from smallfoot.facto import (
     CompactBatchNorm2d,
     CompactBatchNormFunction,
     FactoConv2d,
@@ -17,7 +17,7 @@ from smallfoot.lowrank import (
     PooledScale,
     draw_direction,
 )
-from smallfoot.lowrank.layers import mean_pool, quantize_per_channel, upsample
+from smallfoot.facto.layers import mean_pool, quantize_per_channel, upsample
 from smallfoot.models.fixup import Scale
 
 TOL = dict(rtol=1e-10, atol=1e-10)

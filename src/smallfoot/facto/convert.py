@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank.layers import (
+from smallfoot.facto.layers import (
     CompactBatchNorm2d,
     FactoConv2d,
     FactoLinear,

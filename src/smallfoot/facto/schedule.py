@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank.convert import (
+from smallfoot.facto.convert import (
     direct_decay,
     factorized_layers,
     magnitude_parameters,
@@ -78,7 +78,7 @@ class FactoSchedule(Callback):
     step in full-rank training at the current rate (:func:`decay_amount`: ``lr * wd / (1 -
     momentum)`` for SGD); M gets the optimizer's weight decay. Each epoch's metrics get
     ``facto_phase``, ``facto_lr`` (the rate at the epoch's start) and ``facto_trainable``.
-    The model must have been converted (:func:`smallfoot.lowrank.convert`).
+    The model must have been converted (:func:`smallfoot.facto.convert`).
     """
 
     def __init__(
@@ -101,7 +101,7 @@ class FactoSchedule(Callback):
         if not factorized_layers(trainer.model):
             raise ConfigError(
                 "FactoSchedule found no Facto layers; convert the model with "
-                "smallfoot.lowrank.convert first"
+                "smallfoot.facto.convert first"
             )
         set_low_rank(trainer.model, True)
         self._forget(trainer.optimizer, [m.weight for m in factorized_layers(trainer.model)])

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smallfoot.lowrank import pack_bits, unpack_bits
+from smallfoot.facto import pack_bits, unpack_bits
 
 
 @settings(max_examples=40, deadline=None)

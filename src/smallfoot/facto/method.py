@@ -11,9 +11,9 @@ from torch import nn
 
 from smallfoot.config import apply_overrides
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank.convert import Conversion, convert, factorized_layers, set_low_rank
-from smallfoot.lowrank.layers import CompactBatchNorm2d
-from smallfoot.lowrank.schedule import FactoSchedule, drop_epochs, step_scheduler
+from smallfoot.facto.convert import Conversion, convert, factorized_layers, set_low_rank
+from smallfoot.facto.layers import CompactBatchNorm2d
+from smallfoot.facto.schedule import FactoSchedule, drop_epochs, step_scheduler
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, example_batch, register_method
 from smallfoot.train.trainer import Trainer

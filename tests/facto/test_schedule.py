@@ -3,7 +3,7 @@ import torch
 
 from smallfoot.data import load_dataset
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank import (
+from smallfoot.facto import (
     FactoLinear,
     FactoSchedule,
     convert,
@@ -11,7 +11,7 @@ from smallfoot.lowrank import (
     direct_decay,
     factorized_layers,
 )
-from smallfoot.lowrank.schedule import drop_epochs, step_scheduler
+from smallfoot.facto.schedule import drop_epochs, step_scheduler
 from smallfoot.models import build_model
 from smallfoot.train import Callback, TrainConfig, Trainer
 

@@ -6,8 +6,8 @@ below; :class:`FactoSchedule` runs full-rank then low-rank training with merge/r
 from the CLI.
 """
 
-from smallfoot.lowrank._bits import pack_bits, unpack_bits
-from smallfoot.lowrank.convert import (
+from smallfoot.facto._bits import pack_bits, unpack_bits
+from smallfoot.facto.convert import (
     Conversion,
     LayerChange,
     convert,
@@ -18,7 +18,7 @@ from smallfoot.lowrank.convert import (
     set_low_rank,
     trainable_elements,
 )
-from smallfoot.lowrank.layers import (
+from smallfoot.facto.layers import (
     CompactBatchNorm2d,
     CompactBatchNormFunction,
     FactoConv2d,
@@ -31,7 +31,7 @@ from smallfoot.lowrank.layers import (
     PooledScale,
     draw_direction,
 )
-from smallfoot.lowrank.schedule import FactoSchedule, decay_amount, drop_epochs, step_scheduler
+from smallfoot.facto.schedule import FactoSchedule, decay_amount, drop_epochs, step_scheduler
 
 __all__ = [
     "CompactBatchNorm2d",

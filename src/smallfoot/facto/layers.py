@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smallfoot.errors import ConfigError, ShapeError
-from smallfoot.lowrank._bits import pack_bits, unpack_bits
+from smallfoot.facto._bits import pack_bits, unpack_bits
 from smallfoot.models.fixup import Scale
 
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from smallfoot.errors import ConfigError
-from smallfoot.lowrank import (
+from smallfoot.facto import (
     CompactBatchNorm2d,
     FactoConv2d,
     FactoLinear,
