@@ -357,7 +357,7 @@ def filtering_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         f"{digits_epochs} epochs. cnn4 widths 16-32-64-64, SGD lr 0.05 momentum 0.9, cosine, "
         f"batch 64; medians over seeds {list(seeds)}. train_seconds: the whole run (the k-NN "
         "search is knn_seconds of it); the online rows train through Trainer callbacks. CPU "
-        "timings on a shared 2-core machine."
+        "timings; the machine and its load average are below."
     )
     return BenchResult(rows=rows, figures=figures + layer_figures + board_figures, notes=notes)
 

@@ -205,7 +205,7 @@ def losses_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "thesis' per-loss rate, weight decay, targets, alpha and beta for VGG-13 (scale 1), "
         "SGD momentum 0.9, batch 128, rate x0.1 at 50% and 75% of the epochs, on a "
         "Fashion-MNIST subset instead of CIFAR-10 and far fewer epochs than 300. Every row's "
-        "command is the exact `smallfoot train` line. CPU timings on a shared 2-core machine."
+        "command is the exact `smallfoot train` line. CPU timings; the machine and its load average are below."
     )
     return BenchResult(rows=rows, figures=[plot_curves(rows, out_dir / "vgg_error.png")],
                        notes=notes)  # fmt: skip

@@ -176,9 +176,8 @@ def plan_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "the fraction that leaves the budget for activations beside the baseline's other "
         "bytes; its peak = baseline peak - baseline saved + compiled saved; its overhead is "
         "against the same compiled step at budget 1.0 (the recomputation's cost, not the "
-        "backend's). Timings on the "
-        "shared 2-core machine under load: indicative only. Accuracy after training is not "
-        "measured here."
+        "backend's). Second-scale timings vary by several percent between runs (the load "
+        "average is recorded below). Accuracy after training is not measured here."
     )
     return BenchResult(rows=rows, notes=notes)
 
@@ -227,7 +226,7 @@ def plan_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
         claims.append(Claim(
             "plan.seconds",
             "A whole plan (every candidate estimated, the fitting ones timed, cold cache) takes "
-            "under a minute on the shared 2-core machine (measured: the slowest plan).",
+            "under a minute on the machine named below (measured: the slowest plan).",
             "issue 21: the whole plan for resnet18 at 3x224x224, batch 64, in under a minute",
             max(seconds), "<", 60.0, seeds=1, command=command, unit="s",
         ))  # fmt: skip

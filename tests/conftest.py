@@ -30,3 +30,26 @@ def run_cli(monkeypatch, capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """``interrupt_at(epoch, stage=None)`` makes ``Trainer.run_epoch`` raise KeyboardInterrupt
+    (Ctrl-C) when it starts epoch index ``epoch`` (only the Trainer whose run directory is named
+    ``stage``, when given) and returns the original ``run_epoch``, to restore with
+    ``monkeypatch.setattr(Trainer, "run_epoch", original)`` before resuming."""
+    from smallfoot.train import Trainer
+
+    original = Trainer.run_epoch
+
+    def arm(epoch: int, stage: str | None = None):
+        def run_epoch(self, index):
+            in_stage = stage is None or (self.run_dir is not None and self.run_dir.name == stage)
+            if index == epoch and in_stage:
+                raise KeyboardInterrupt
+            return original(self, index)
+
+        monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+        return original
+
+    return arm

@@ -45,7 +45,7 @@ def test_options_from_cli_strings_and_validation():
         get_method("facto", {"kernel": "0"})
 
 
-def test_run_records_phases_and_resumes_exactly(tmp_path, monkeypatch):
+def test_run_records_phases_and_resumes_exactly(tmp_path, monkeypatch, interrupt_at):
     run_training(facto_config(tmp_path, run_name="straight"))
     lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["facto_phase"] for line in lines] == [
@@ -53,14 +53,7 @@ def test_run_records_phases_and_resumes_exactly(tmp_path, monkeypatch):
         "low-rank",
         "low-rank",
     ]
-    original = Trainer.run_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    original = interrupt_at(2)
     with pytest.raises(TrainingInterrupted):
         run_training(facto_config(tmp_path, run_name="resumed"))
     monkeypatch.setattr(Trainer, "run_epoch", original)

@@ -1,3 +1,4 @@
+import functools
 import math
 
 import pytest
@@ -202,7 +203,8 @@ def test_probe_picks_the_best_accuracy_per_byte(tiny_cnn):
             return scores[convs[0].out_channels]
         return scores[0 if isinstance(subnet.decision[0], nn.Flatten) else 1]
 
-    _, record = fit_decision_block(
+    fit = functools.partial(
+        fit_decision_block,
         lambda decision: Subnet(feed, segment, decision),
         (4, 2, 2),
         3,
@@ -210,22 +212,14 @@ def test_probe_picks_the_best_accuracy_per_byte(tiny_cnn):
         reference,
         budget=math.inf,
         candidates=candidates,
-        probe=probe,
     )
+    _, record = fit(probe=probe)
     ratios = [t["probe_accuracy"] / t["peak"] for t in record["tried"]]
     best = record["tried"][ratios.index(max(ratios))]
     assert {k: record[k] for k in ("convs", "pool")} == {k: best[k] for k in ("convs", "pool")}
     assert record["probe_accuracy"] == best["probe_accuracy"]
     # without a probe the largest measured block within the budget wins (the thesis fills it)
-    _, largest = fit_decision_block(
-        lambda decision: Subnet(feed, segment, decision),
-        (4, 2, 2),
-        3,
-        batch,
-        reference,
-        budget=math.inf,
-        candidates=candidates,
-    )
+    _, largest = fit()
     assert largest["peak"] == max(t["peak"] for t in largest["tried"])
 
 

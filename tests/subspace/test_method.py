@@ -115,7 +115,9 @@ def test_a_saved_basis_is_reused_and_checked(tmp_path):
         run_training(other)
 
 
-def test_authors_sampling_starts_the_subspace_from_the_initial_weights(tmp_path, monkeypatch):
+def test_authors_sampling_starts_the_subspace_from_the_initial_weights(
+    tmp_path, monkeypatch, interrupt_at
+):
     options = dict(initial_sample=True, start="first", samples=2, dim=2, subspace_optimizer="psgd")
     starts, fit = [], Trainer.fit
 
@@ -137,7 +139,7 @@ def test_authors_sampling_starts_the_subspace_from_the_initial_weights(tmp_path,
     assert not torch.equal(first, last)
     end = torch.load(run / "subspace" / "checkpoint.pt", weights_only=False)["model"]
     # interrupted before the first subspace epoch finished: the resumed run starts there too
-    original = interrupt_at(monkeypatch, "subspace", 0)
+    original = interrupt_at(0, stage="subspace")
     with pytest.raises(TrainingInterrupted):
         run_training(subspace_config(tmp_path, name="cut", epochs=4, **options))
     monkeypatch.setattr(Trainer, "run_epoch", original)
@@ -152,22 +154,9 @@ def test_authors_sampling_starts_the_subspace_from_the_initial_weights(tmp_path,
         get_method("subspace", {"start": "first", "basis": "b.pt"})
 
 
-def interrupt_at(monkeypatch, stage: str, stage_epoch: int):
-    """Make the Trainer of ``stage`` raise KeyboardInterrupt (Ctrl-C) when it starts ``stage_epoch``."""
-    original = Trainer.run_epoch
-
-    def run_epoch(self, epoch):
-        if self.run_dir is not None and self.run_dir.name == stage and epoch == stage_epoch:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
-    return original
-
-
-def test_pbfgs_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_pbfgs_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, interrupt_at):
     run_training(subspace_config(tmp_path, name="straight", epochs=4))
-    original = interrupt_at(monkeypatch, "subspace", 1)
+    original = interrupt_at(1, stage="subspace")
     with pytest.raises(TrainingInterrupted) as info:
         run_training(subspace_config(tmp_path, name="cut", epochs=4))
     cut = tmp_path / "cut"
@@ -210,8 +199,8 @@ def test_too_few_epochs_are_refused_before_any_work_and_adapted_for_compare(tmp_
     assert reuse.adapt(dataclasses.replace(config, epochs=1), (8,))[1] == []
 
 
-def test_interrupt_during_sampling_names_the_run_and_resumes(tmp_path, monkeypatch):
-    original = interrupt_at(monkeypatch, "sampling", 1)
+def test_interrupt_during_sampling_names_the_run_and_resumes(tmp_path, monkeypatch, interrupt_at):
+    original = interrupt_at(1, stage="sampling")
     with pytest.raises(TrainingInterrupted) as info:
         run_training(subspace_config(tmp_path, name="cut"))
     cut = tmp_path / "cut"

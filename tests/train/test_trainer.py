@@ -53,17 +53,10 @@ def test_run_directory_contents(tmp_path):
     assert summary == saved
 
 
-def test_resume_gives_the_same_final_weights(tmp_path, monkeypatch):
+def test_resume_gives_the_same_final_weights(tmp_path, monkeypatch, interrupt_at):
     run_training(tiny_config(tmp_path, run_name="straight"))
     # interrupt the second run at the start of epoch 3 (index 2), then resume it
-    original = Trainer.run_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    original = interrupt_at(2)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         run_training(tiny_config(tmp_path, run_name="resumed"))
     monkeypatch.setattr(Trainer, "run_epoch", original)
@@ -237,23 +230,10 @@ def test_adamw_and_determinism(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def interrupt_at(monkeypatch, stop_epoch):
-    """Make the Trainer raise KeyboardInterrupt at the start of epoch index ``stop_epoch``."""
-    original = Trainer.run_epoch
-
-    def interrupted(self, epoch):
-        if epoch == stop_epoch:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
-    return original
-
-
 def test_interrupt_in_the_first_epoch_says_there_is_no_checkpoint_and_resume_restarts(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, interrupt_at
 ):
-    original = interrupt_at(monkeypatch, 0)
+    original = interrupt_at(0)
     with pytest.raises(
         TrainingInterrupted, match="no checkpoint yet.*starts the run again"
     ) as info:
@@ -265,14 +245,14 @@ def test_interrupt_in_the_first_epoch_says_there_is_no_checkpoint_and_resume_res
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_interrupt_later_names_the_checkpoint_epoch(tmp_path, monkeypatch):
-    interrupt_at(monkeypatch, 1)
+def test_interrupt_later_names_the_checkpoint_epoch(tmp_path, interrupt_at):
+    interrupt_at(1)
     with pytest.raises(TrainingInterrupted, match="checkpoint after epoch 1 is kept"):
         run_training(tiny_config(tmp_path, run_name="r"))
 
 
-def test_resume_with_more_epochs_and_a_new_learning_rate(tmp_path, monkeypatch):
-    original = interrupt_at(monkeypatch, 1)
+def test_resume_with_more_epochs_and_a_new_learning_rate(tmp_path, monkeypatch, interrupt_at):
+    original = interrupt_at(1)
     with pytest.raises(TrainingInterrupted):
         run_training(tiny_config(tmp_path, run_name="r", schedule="constant"))
     monkeypatch.setattr(Trainer, "run_epoch", original)

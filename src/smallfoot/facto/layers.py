@@ -348,6 +348,15 @@ class _Factorized:
         self.merge_()
         self.redraw_(generator)
 
+    @torch.no_grad()
+    def take_weights_(self, source: nn.Module, low_rank: bool) -> None:
+        """Copy ``source``'s weight and bias (a layer of the same shape, M = 0 here), then set
+        the mode: the layer computes what ``source`` computes."""
+        self.weight.copy_(source.weight)
+        if source.bias is not None:
+            self.bias.copy_(source.bias)
+        self.set_low_rank(low_rank)
+
     def set_low_rank(self, enabled: bool) -> None:
         """Low-rank mode freezes W (only M and the bias train); full-rank mode merges M D into
         W first and trains W like a plain layer."""
@@ -404,11 +413,7 @@ class FactoLinear(_Factorized, nn.Linear):
             device=linear.weight.device,
             dtype=linear.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        layer.set_low_rank(low_rank)
+        layer.take_weights_(linear, low_rank)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -508,11 +513,7 @@ class FactoConv2d(_Factorized, nn.Conv2d):
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        layer.set_low_rank(low_rank)
+        layer.take_weights_(conv, low_rank)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
