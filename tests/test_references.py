@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from smallfoot.data import load_dataset
+from smallfoot.data import BatchLoader, load_dataset
 from smallfoot.errors import ConfigError
 from smallfoot.models import build_model
 from smallfoot.references import resolve_reference
@@ -38,6 +38,24 @@ USER_MODULE = textwrap.dedent("""
 
     def single():
         return TensorDataset(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+
+    class CountingDataset(torch.utils.data.Dataset):
+        # blobs that count the items read; targets as torchvision's datasets have them
+
+        def __init__(self, data):
+            self.data, self.reads = data, 0
+            self.targets = data.tensors[1].tolist()
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, index):
+            self.reads += 1
+            return self.data[index]
+
+    def counting_blobs(n=120):
+        train, test = blobs(n)
+        return CountingDataset(train), CountingDataset(test)
 """)
 
 
@@ -77,6 +95,21 @@ def test_dataset_by_reference_reads_a_torch_dataset(user_module):
     assert train.input_shape == (1, 8, 8) and train.num_classes == 3
     assert train.x.dtype == torch.float32 and train.y.dtype == torch.int64
     assert len(load_dataset(f"{user_module}:blobs", "train", limit=7)) == 7
+
+
+def test_a_dataset_not_in_memory_reads_only_the_items_indexed(user_module):
+    train = load_dataset(f"{user_module}:counting_blobs", "train", in_memory=False)
+    source = train.x.dataset
+    reads = source.reads  # item 0, for the input shape; labels come from .targets
+    assert reads == 1 and train.input_shape == (1, 8, 8) and train.num_classes == 3
+    eager = load_dataset(f"{user_module}:blobs", "train")
+    index = torch.tensor([5, 0, 17])
+    assert torch.equal(train.x[index], eager.x[index]) and torch.equal(train.y, eager.y)
+    assert source.reads == reads + 3
+    limited = load_dataset(f"{user_module}:counting_blobs", "train", in_memory=False, limit=7)
+    assert len(limited) == 7 and limited.x.source.dataset.reads == 1  # the subset stays lazy
+    x, _ = next(iter(BatchLoader(limited, 4, workers=1).epoch(0)))
+    assert x.shape == (4, 1, 8, 8)
 
 
 def test_a_dataset_function_must_return_a_pair(user_module):

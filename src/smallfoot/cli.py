@@ -341,7 +341,8 @@ def train(
         None,
         "--resume",
         help="Continue the run in this directory from its checkpoint; takes only --epochs, "
-        "--lr, --data-root, --device, --progress/--no-progress and --memory/--no-memory.",
+        "--lr, --data-root, --workers, --device, --progress/--no-progress and "
+        "--memory/--no-memory.",
     ),
     method: str | None = typer.Option(
         None,

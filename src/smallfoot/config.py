@@ -62,6 +62,8 @@ class RunConfig:
     """seeds every generator (weights, data order, augmentation, dropout)"""
     augment: bool = False
     """random crop (padding 4 for 32px images, 2 otherwise) and, for colour images, horizontal flip"""
+    workers: int = 0
+    """processes reading the batches (torch.utils.data.DataLoader workers); 0 reads in the training process. Helps when the images are decoded from files"""
     data_root: str | None = None
     """directory holding the dataset files (CIFAR, MNIST); Fashion-MNIST defaults to the Debian path"""
     train_limit: int | None = None
@@ -126,6 +128,8 @@ class RunConfig:
             raise ConfigError(f"milestones must be fractions in [0, 1], got {self.milestones!r}")
         if not 0.0 <= self.label_noise <= 1.0:
             raise ConfigError(f"label_noise must lie in [0, 1], got {self.label_noise}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.optimizer not in ("sgd", "adamw"):

@@ -50,3 +50,30 @@ def test_label_noise_changes_exact_fraction():
 def test_batch_size_must_be_positive():
     with pytest.raises(ConfigError, match="batch size"):
         BatchLoader(dataset(), 0)
+
+
+def test_workers_give_the_same_batches_and_augmentation_every_epoch():
+    ds = dataset()
+    augment = Augment(crop_padding=1, flip=True)
+    inline = BatchLoader(ds, 16, seed=2, augment=augment)
+    workers = BatchLoader(ds, 16, seed=2, augment=augment, workers=2)
+    for epoch in (0, 1, 0):  # the persistent workers serve a repeated epoch the same way
+        expected = list(inline.epoch(epoch))
+        got = list(workers.epoch(epoch))
+        assert len(got) == len(expected) == 4
+        for (x, y), (ex, ey) in zip(got, expected, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_workers_serve_a_new_epoch_after_an_abandoned_one():
+    loader = BatchLoader(dataset(), 8, seed=0, workers=1)
+    next(iter(loader.epoch(0)))  # a training loop interrupted after one batch
+    expected = [y for _, y in BatchLoader(dataset(), 8, seed=0).epoch(1)]
+    got = [y for _, y in loader.epoch(1)]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("workers", [-1, 1.5, True])
+def test_workers_must_be_a_non_negative_integer(workers):
+    with pytest.raises(ConfigError, match="--workers must be an integer >= 0"):
+        BatchLoader(dataset(), 8, workers=workers)

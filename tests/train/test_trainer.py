@@ -230,6 +230,22 @@ def test_adamw_and_determinism(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_workers_train_the_same_weights_and_may_change_on_resume(
+    tmp_path, monkeypatch, interrupt_at
+):
+    run_training(tiny_config(tmp_path, run_name="inline"))
+    original = interrupt_at(2)
+    with pytest.raises(TrainingInterrupted):
+        run_training(tiny_config(tmp_path, run_name="workers", workers=2))
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    summary = run_training(
+        RunConfig(), resume_dir=tmp_path / "workers", resume_overrides={"workers": 1}
+    )
+    assert summary["epochs"] == 3
+    inline, workers = final_weights(tmp_path / "inline"), final_weights(tmp_path / "workers")
+    assert all(torch.equal(inline[k], workers[k]) for k in inline)
+
+
 def test_interrupt_in_the_first_epoch_says_there_is_no_checkpoint_and_resume_restarts(
     tmp_path, monkeypatch, interrupt_at
 ):

@@ -1,4 +1,5 @@
-"""Datasets as in-memory tensors: ``load_dataset(name, split, root)``, loaders and a registry."""
+"""Datasets as in-memory tensors or read on demand: ``load_dataset(name, split, root)``,
+loaders and a registry."""
 
 from smallfoot.data import (
     folder,  # noqa: F401  registers image-folder
@@ -7,6 +8,7 @@ from smallfoot.data import (
 from smallfoot.data.datasets import (
     ArrayDataset,
     DatasetInfo,
+    LazyInputs,
     get_dataset_info,
     list_datasets,
     load_dataset,
@@ -19,6 +21,7 @@ __all__ = [
     "Augment",
     "BatchLoader",
     "DatasetInfo",
+    "LazyInputs",
     "add_label_noise",
     "get_dataset_info",
     "list_datasets",

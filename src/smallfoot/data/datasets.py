@@ -22,19 +22,102 @@ FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 
 
+class LazyInputs:
+    """Inputs read on demand that index like an ``(N, ...)`` float32 tensor: ``inputs[i]``,
+    ``inputs[a:b]`` or ``inputs[index_tensor]`` read just those items, so a mini-batch
+    loader (and its worker processes) reads only its batch and the set need not fit in
+    memory. Subclasses give :attr:`item_shape`, ``__len__`` and :meth:`read`."""
+
+    dtype = torch.float32
+    item_shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, indices: list[int]) -> torch.Tensor:
+        """The items at ``indices`` stacked, ``(len(indices), *item_shape)`` float32."""
+        raise NotImplementedError
+
+    def select(self, index: torch.Tensor) -> LazyInputs:
+        """The items at ``index`` as another lazy set (nothing is read)."""
+        return _SelectedInputs(self, [int(i) for i in index.reshape(-1)])
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(N, *item_shape)``."""
+        return torch.Size((len(self), *self.item_shape))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, int):
+            return self[torch.tensor([index])][0]
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        indices = [int(i) for i in torch.as_tensor(index).reshape(-1)]
+        if not indices:
+            return torch.empty(0, *self.item_shape)
+        return self.read(indices)
+
+
+class _SelectedInputs(LazyInputs):
+    """A subset of another :class:`LazyInputs`, by position."""
+
+    def __init__(self, source: LazyInputs, positions: list[int]):
+        self.source, self.positions = source, positions
+        self.item_shape = source.item_shape
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def read(self, indices: list[int]) -> torch.Tensor:
+        return self.source.read([self.positions[i] for i in indices])
+
+
+class DatasetInputs(LazyInputs):
+    """The inputs of a map-style ``torch.utils.data.Dataset`` of ``(input, label)`` items,
+    read on demand (each item's label is read too, and dropped)."""
+
+    def __init__(self, dataset, name: str, item_shape: tuple[int, ...]):
+        self.dataset, self.name, self.item_shape = dataset, name, item_shape
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def read(self, indices: list[int]) -> torch.Tensor:
+        items = []
+        for index in indices:
+            x = torch.as_tensor(_item(self.dataset, index, self.name)[0], dtype=torch.float32)
+            if tuple(x.shape) != self.item_shape:
+                raise DatasetError(
+                    f"{self.name}: item {index} has shape {tuple(x.shape)}, item 0 "
+                    f"{self.item_shape}; every input must have the same shape"
+                )
+            items.append(x)
+        return torch.stack(items)
+
+
+def _item(dataset, index: int, name: str):
+    """Item ``index`` of a map-style dataset, checked to be an ``(input, label)`` pair."""
+    item = dataset[index]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise DatasetError(f"{name}: item {index} is not an (input, label) pair")
+    return item
+
+
 @dataclass
 class ArrayDataset:
     """A labelled dataset held in memory.
 
     Attributes:
-        x: float32 inputs, ``(N, C, H, W)`` for images or ``(N, D)`` for tabular data.
+        x: float32 inputs, ``(N, C, H, W)`` for images or ``(N, D)`` for tabular data: a
+            tensor, or :class:`LazyInputs` read a batch at a time (an image folder, a user's
+            dataset with ``in_memory=false``).
         y: int64 class labels ``(N,)`` (float targets ``(N, D)`` for regression sets).
         num_classes: number of classes (0 for regression).
         name: dataset name, e.g. ``"fashion-mnist"``.
         classes: optional class names.
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | LazyInputs
     y: torch.Tensor
     num_classes: int
     name: str
@@ -53,11 +136,10 @@ class ArrayDataset:
         return tuple(self.x.shape[1:])
 
     def subset(self, indices) -> ArrayDataset:
-        """A new dataset holding copies of the given rows."""
+        """A new dataset holding copies of the given rows (lazy inputs stay lazy)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        return ArrayDataset(
-            self.x[index].clone(), self.y[index].clone(), self.num_classes, self.name, self.classes
-        )
+        x = self.x.select(index) if isinstance(self.x, LazyInputs) else self.x[index].clone()
+        return ArrayDataset(x, self.y[index].clone(), self.num_classes, self.name, self.classes)
 
 
 @dataclass(frozen=True)
@@ -136,16 +218,27 @@ def load_dataset(
 
 
 def load_referenced_dataset(
-    reference: str, split: str, *, limit: int | None = None, seed: int = 0, **options
+    reference: str,
+    split: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    in_memory: bool = True,
+    **options,
 ) -> ArrayDataset:
     """Split ``split`` (train or test) of a user's dataset: ``reference`` names a function
     (``package.module:function``) called with ``options`` as keyword arguments that returns a
     ``(train, test)`` pair. Each may be an :class:`ArrayDataset` or any map-style
-    ``torch.utils.data.Dataset`` of ``(input tensor, integer label)`` items, which is read once
-    into memory (the whole split must fit). ``limit`` keeps that many samples (seeded choice)."""
+    ``torch.utils.data.Dataset`` of ``(input tensor, integer label)`` items. With
+    ``in_memory`` (the default) a Dataset is read once into memory (the whole split must fit);
+    ``in_memory=false`` reads its inputs a batch at a time (:class:`DatasetInputs`; pair it
+    with ``--workers``), keeping only the labels in memory: its ``targets`` attribute when it
+    has one (torchvision's datasets do), else one pass over the items. ``limit`` keeps that
+    many samples (seeded choice)."""
     function = resolve_reference(reference, "--dataset")
     if split not in ("train", "test"):
         raise ConfigError(f"dataset {reference!r} has no split {split!r}; choose train or test")
+    in_memory = _check_bool("in_memory", in_memory)
     try:
         pair = function(**options)
     except TypeError as exc:
@@ -159,39 +252,31 @@ def load_referenced_dataset(
         )
     data = pair[0 if split == "train" else 1]
     if not isinstance(data, ArrayDataset):
-        data = _materialise(data, f"{reference} ({split})")
+        name = f"{reference} ({split})"
+        data = _materialise(data, name) if in_memory else _wrap(data, name)
     return _limit(data, limit, seed)
 
 
-def _materialise(dataset, name: str) -> ArrayDataset:
-    """A map-style dataset of ``(input, label)`` items read into one :class:`ArrayDataset`;
-    the class count is the dataset's ``num_classes`` or ``len(classes)`` (torchvision's
-    attribute) when it has one, else the largest label + 1."""
+def _check_map_style(dataset, name: str) -> None:
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise ConfigError(
             f"--dataset {name}: a {type(dataset).__name__} is not a map-style dataset "
             "(it needs __len__ and __getitem__)"
         )
-    inputs, labels = [], []
-    for index in range(len(dataset)):
-        item = dataset[index]
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise DatasetError(f"{name}: item {index} is not an (input, label) pair")
-        x, y = item
-        x = torch.as_tensor(x, dtype=torch.float32)
-        try:
-            y = int(y)
-        except (TypeError, ValueError):
-            raise DatasetError(f"{name}: item {index} has label {y!r}, not an integer") from None
-        if inputs and x.shape != inputs[0].shape:
-            raise DatasetError(
-                f"{name}: item {index} has shape {tuple(x.shape)}, item 0 {tuple(inputs[0].shape)}; "
-                "every input must have the same shape"
-            )
-        inputs.append(x)
-        labels.append(y)
-    if not inputs:
+    if len(dataset) == 0:
         raise DatasetError(f"{name} is empty")
+
+
+def _label(y, index: int, name: str) -> int:
+    try:
+        return int(y)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{name}: item {index} has label {y!r}, not an integer") from None
+
+
+def _labelled(x, labels: list[int], dataset, name: str) -> ArrayDataset:
+    """``x`` with ``labels``, the class count from the dataset's ``num_classes`` or
+    ``len(classes)`` (torchvision's attribute) when it has one, else the largest label + 1."""
     y = torch.tensor(labels, dtype=torch.int64)
     classes = getattr(dataset, "classes", None)
     num_classes = getattr(dataset, "num_classes", len(classes) if classes else int(y.max()) + 1)
@@ -200,7 +285,36 @@ def _materialise(dataset, name: str) -> ArrayDataset:
             f"{name}: labels must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}"
         )
     names = tuple(str(c) for c in classes) if classes else None
-    return ArrayDataset(torch.stack(inputs), y, num_classes, name, names)
+    return ArrayDataset(x, y, num_classes, name, names)
+
+
+def _materialise(dataset, name: str) -> ArrayDataset:
+    """A map-style dataset of ``(input, label)`` items read into one :class:`ArrayDataset`."""
+    _check_map_style(dataset, name)
+    inputs, labels = [], []
+    for index in range(len(dataset)):
+        x, y = _item(dataset, index, name)
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if inputs and x.shape != inputs[0].shape:
+            raise DatasetError(
+                f"{name}: item {index} has shape {tuple(x.shape)}, item 0 {tuple(inputs[0].shape)}; "
+                "every input must have the same shape"
+            )
+        inputs.append(x)
+        labels.append(_label(y, index, name))
+    return _labelled(torch.stack(inputs), labels, dataset, name)
+
+
+def _wrap(dataset, name: str) -> ArrayDataset:
+    """A map-style dataset as an :class:`ArrayDataset` whose inputs are read on demand."""
+    _check_map_style(dataset, name)
+    first = torch.as_tensor(_item(dataset, 0, name)[0], dtype=torch.float32)
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets) == len(dataset):
+        labels = [_label(y, i, name) for i, y in enumerate(targets)]
+    else:
+        labels = [_label(_item(dataset, i, name)[1], i, name) for i in range(len(dataset))]
+    return _labelled(DatasetInputs(dataset, name, tuple(first.shape)), labels, dataset, name)
 
 
 def _check_int(name: str, value, minimum: int) -> int:

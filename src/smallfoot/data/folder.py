@@ -14,6 +14,7 @@ import torch
 
 from smallfoot.data.datasets import (
     ArrayDataset,
+    LazyInputs,
     _check_bool,
     _check_int,
     _limit,
@@ -47,33 +48,23 @@ def _open(path: Path, channels: int, size: int) -> torch.Tensor:
     return data.view(size, size, channels).permute(2, 0, 1).float().div_(255)
 
 
-class ImageFiles:
+class ImageFiles(LazyInputs):
     """Image files that index like an ``(N, C, H, W)`` float32 tensor: ``files[i]``,
     ``files[a:b]`` or ``files[index_tensor]`` decode just those images (normalised with
     ``mean`` and ``std`` per channel), so a mini-batch loader reads only its batch."""
 
     def __init__(self, paths: list[Path], channels: int, size: int, mean=None, std=None):
         self.paths, self.channels, self.size = paths, channels, size
+        self.item_shape = (channels, size, size)
         self.mean = None if mean is None else torch.as_tensor(mean).view(-1, 1, 1)
         self.std = None if std is None else torch.as_tensor(std).view(-1, 1, 1)
-        self.dtype = torch.float32
-
-    @property
-    def shape(self) -> torch.Size:
-        """``(N, C, H, W)``."""
-        return torch.Size((len(self.paths), self.channels, self.size, self.size))
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index) -> torch.Tensor:
-        if isinstance(index, int):
-            return self[torch.tensor([index])][0]
-        if isinstance(index, slice):
-            index = torch.arange(len(self.paths))[index]
-        index = torch.as_tensor(index)
-        images = [_open(self.paths[int(i)], self.channels, self.size) for i in index.reshape(-1)]
-        batch = torch.stack(images) if images else torch.empty(0, *self.shape[1:])
+    def read(self, indices: list[int]) -> torch.Tensor:
+        """The images at ``indices``, decoded and normalised, ``(len(indices), C, H, W)``."""
+        batch = torch.stack([_open(self.paths[i], self.channels, self.size) for i in indices])
         if self.mean is not None:
             batch = (batch - self.mean) / self.std
         return batch

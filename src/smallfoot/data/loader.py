@@ -1,4 +1,5 @@
-"""Mini-batches from an in-memory dataset: seeded order, light augmentation, label noise."""
+"""Mini-batches of a dataset: seeded order, optional worker processes, light augmentation,
+label noise."""
 
 from __future__ import annotations
 
@@ -45,12 +46,44 @@ class Augment:
         return x
 
 
+class _BatchSource:
+    """What a ``DataLoader`` worker reads: ``source[index]`` is the ``(x, y)`` mini-batch of
+    an index tensor (the dataset's own batched indexing, so a lazy ``x`` reads only its batch)."""
+
+    def __init__(self, dataset: ArrayDataset):
+        self.dataset = dataset
+
+    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.x[index], self.dataset.y[index]
+
+
+class _EpochBatches:
+    """A ``DataLoader`` sampler yielding the index batches of the current epoch; it runs in
+    the main process, so the order stays the seeded one whatever the number of workers."""
+
+    def __init__(self):
+        self.batches: list[torch.Tensor] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class BatchLoader:
     """Yields ``(x, y)`` mini-batches of an :class:`ArrayDataset`.
 
     The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
     batches. Batches are index copies (never views of the whole set), so the memory meter
     charges only the batch.
+
+    ``workers`` > 0 reads the batches in that many ``torch.utils.data.DataLoader`` worker
+    processes (persistent across epochs, two batches ahead each, pinned memory with
+    ``pin_memory``): worth it when ``x`` is read lazily (an image folder, a user's dataset
+    with ``in_memory=false``), where decoding would otherwise stall the training step. The
+    batches, and the augmentation (drawn in the main process), are the same for any number
+    of workers.
     """
 
     def __init__(
@@ -61,27 +94,63 @@ class BatchLoader:
         seed: int = 0,
         augment: Augment | None = None,
         drop_last: bool = False,
+        workers: int = 0,
+        pin_memory: bool = False,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"--workers must be an integer >= 0, got {workers!r}")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.seed, self.augment, self.drop_last = seed, augment, drop_last
+        self.workers, self.pin_memory = workers, pin_memory
+        self._sampler: _EpochBatches | None = None
+        self._data_loader: torch.utils.data.DataLoader | None = None
 
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Iterate the batches of epoch ``epoch`` (0-based)."""
+    def plan(self, epoch: int) -> tuple[list[torch.Tensor], torch.Generator]:
+        """The index batches of epoch ``epoch`` (0-based) and the generator the augmentation
+        of that epoch draws from (seeded by ``(seed, epoch)``)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            x = self.dataset.x[index]
+        batches = [
+            order[start : start + self.batch_size]
+            for start in range(0, len(self) * self.batch_size, self.batch_size)
+        ]
+        return batches, generator
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate the batches of epoch ``epoch`` (0-based)."""
+        batches, generator = self.plan(epoch)
+        for x, y in self._fetch(batches):
             if self.augment is not None:
                 x = self.augment(x, generator)
-            yield x, self.dataset.y[index]
+            yield x, y
+
+    def _fetch(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.workers == 0:
+            for index in batches:
+                yield self.dataset.x[index], self.dataset.y[index]
+            return
+        if self._data_loader is None:
+            self._sampler = _EpochBatches()
+            self._data_loader = torch.utils.data.DataLoader(
+                _BatchSource(self.dataset),
+                sampler=self._sampler,
+                batch_size=None,
+                num_workers=self.workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=True,
+                # its own generator: the workers' base seed must not draw from the global RNG,
+                # which dropout and the rest of training use (results would depend on workers)
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+        self._sampler.batches = batches
+        yield from self._data_loader
 
     def __iter__(self):
         return self.epoch(0)

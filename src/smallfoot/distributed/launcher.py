@@ -72,8 +72,18 @@ class ShardedLoader(BatchLoader):
         seed: int,
         augment_seed: int,
         augment=None,
+        workers: int = 0,
+        pin_memory: bool = False,
     ):
-        super().__init__(dataset, batch_size, shuffle=True, seed=seed, augment=augment)
+        super().__init__(
+            dataset,
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            augment=augment,
+            workers=workers,
+            pin_memory=pin_memory,
+        )
         self.rank, self.world, self.augment_seed = rank, world, augment_seed
 
     def shard_size(self) -> int:
@@ -83,8 +93,9 @@ class ShardedLoader(BatchLoader):
     def __len__(self) -> int:
         return math.ceil(self.shard_size() / self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Iterate this rank's batches of epoch ``epoch`` (0-based)."""
+    def plan(self, epoch: int) -> tuple[list[torch.Tensor], torch.Generator]:
+        """This rank's index batches of epoch ``epoch`` (0-based) and its augmentation
+        generator."""
         order = torch.randperm(
             len(self.dataset),
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
@@ -92,12 +103,11 @@ class ShardedLoader(BatchLoader):
         padded = order.repeat(math.ceil(self.shard_size() * self.world / len(order)))
         shard = padded[: self.shard_size() * self.world][self.rank :: self.world]
         generator = torch.Generator().manual_seed(self.augment_seed * 1_000_003 + epoch)
-        for start in range(0, len(shard), self.batch_size):
-            index = shard[start : start + self.batch_size]
-            x = self.dataset.x[index]
-            if self.augment is not None:
-                x = self.augment(x, generator)
-            yield x, self.dataset.y[index]
+        batches = [
+            shard[start : start + self.batch_size]
+            for start in range(0, len(shard), self.batch_size)
+        ]
+        return batches, generator
 
 
 def _register_hook(ddp: DistributedDataParallel, sync: str, codec: CodecConfig):
@@ -148,7 +158,7 @@ class DistributedTrainer(Trainer):
                     dist.broadcast(tensor, 0)
             self.forward_model = self.model  # ranks train alone; CompressedAveraging syncs
 
-    def loader(self) -> ShardedLoader:
+    def make_loader(self) -> ShardedLoader:
         """This rank's shard of every epoch."""
         augment = default_augment(self.train_set.input_shape) if self.config.augment else None
         return ShardedLoader(
@@ -159,6 +169,8 @@ class DistributedTrainer(Trainer):
             seed=self.data_seed,
             augment_seed=self.config.seed,
             augment=augment,
+            workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
         )
 
     def steps_per_epoch(self) -> int:

@@ -544,6 +544,7 @@ class PartitionWorker:
                 shuffle=True,
                 seed=self.config.seed,
                 augment=augment,
+                workers=self.config.workers,
             )
             for x, y in loader.epoch(position):
                 yield x, y

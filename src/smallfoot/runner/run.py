@@ -79,7 +79,7 @@ def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[s
     return train, test, record
 
 
-RESUME_OVERRIDES = ("epochs", "lr", "data_root", "device", "progress", "measure_memory")
+RESUME_OVERRIDES = ("epochs", "lr", "data_root", "workers", "device", "progress", "measure_memory")
 """The fields ``--resume`` may change: more epochs, a new learning rate (applied to the
 optimizer's parameter groups), where the data lives, the device, and what is shown/measured."""
 

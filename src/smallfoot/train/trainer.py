@@ -38,6 +38,7 @@ class TrainConfig:
     gamma: float = 0.1
     seed: int = 0
     augment: bool = False
+    workers: int = 0
     eval_batch_size: int = 512
     device: str = "cpu"
 
@@ -164,6 +165,7 @@ class Trainer:
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
+        self._train_loader: BatchLoader | None = None
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.predict_fn = predict_fn if predict_fn is not None else argmax_predict
         self.optimizer = (
@@ -186,7 +188,16 @@ class Trainer:
         return -(-len(self.train_set) // self.config.batch_size)
 
     def loader(self) -> BatchLoader:
-        """The training batches (seeded order, optional augmentation)."""
+        """The training batches: made by :meth:`make_loader` and kept while the training set
+        stays the same object, so its worker processes (``config.workers``) live across
+        epochs."""
+        if self._train_loader is None or self._train_loader.dataset is not self.train_set:
+            self._train_loader = self.make_loader()
+        return self._train_loader
+
+    def make_loader(self) -> BatchLoader:
+        """A loader of the training set (seeded order, optional augmentation, worker
+        processes, pinned memory when training on a GPU)."""
         augment = default_augment(self.train_set.input_shape) if self.config.augment else None
         return BatchLoader(
             self.train_set,
@@ -194,6 +205,8 @@ class Trainer:
             shuffle=True,
             seed=self.config.seed,
             augment=augment,
+            workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
         )
 
     # -- the loop --------------------------------------------------------------------------
@@ -329,7 +342,13 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         total_loss, correct = 0.0, 0
-        loader = BatchLoader(dataset, self.config.eval_batch_size, shuffle=False)
+        loader = BatchLoader(
+            dataset,
+            self.config.eval_batch_size,
+            shuffle=False,
+            workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+        )
         for x, y in loader.epoch(0):
             x, y = x.to(self.device), y.to(self.device)
             output = self.model(x)

@@ -1,0 +1,138 @@
+"""Benchmark ``datapath``: is the loader the bottleneck when the data is on disk?
+
+Fashion-MNIST is written out as a class-per-folder tree of PNGs (the layout ``--dataset
+image-folder`` reads), then:
+
+* **the data path alone**: images/s of one epoch of ``BatchLoader`` batches (batch 128) from
+  the in-memory tensor and from the PNG folder with 0, 1 and 2 worker processes, nothing
+  trained;
+* **the same run from memory and from the folder**: ``smallfoot train`` (cnn4, 2 epochs) on
+  ``fashion-mnist`` and on the PNG tree with ``--workers`` 0, 1 and 2, each row with its
+  command: test accuracy and the seconds per training epoch side by side.
+
+Training's own images/s is the in-memory run's (its loader costs an index copy), so a data
+path is not the bottleneck when it delivers more images per second than that.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smallfoot.bench import BenchResult, register_benchmark
+from smallfoot.bench.grid import RUNS_ROOT, GridRow, run_grid
+from smallfoot.config import RunConfig
+from smallfoot.data import BatchLoader, load_dataset
+
+WORKERS = (0, 1, 2)
+BATCH = 128
+
+
+def write_png_tree(root: Path, limits: dict[str, int | None]) -> dict[str, Any]:
+    """Write Fashion-MNIST's splits as ``root/<split>/<class>/<index>.png`` (8-bit grey, the
+    dataset's own pixels; ``limits`` per split: the seeded choice ``--train-limit`` makes) and
+    return the image count and the seconds it took. An existing complete tree is reused."""
+    from PIL import Image
+
+    done = root / "complete"
+    if done.exists():
+        return {"images": int(done.read_text()), "write_seconds": None}
+    start, count = time.perf_counter(), 0
+    for split, limit in limits.items():
+        data = load_dataset("fashion-mnist", split, normalize=False, limit=limit, seed=0)
+        pixels = (data.x[:, 0] * 255).round().to(torch.uint8).numpy()  # (N, 28, 28)
+        for index, (image, label) in enumerate(zip(pixels, data.y.tolist(), strict=True)):
+            folder = root / split / data.classes[label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(image), mode="L").save(folder / f"{index}.png")
+            count += 1
+    done.write_text(str(count))
+    return {"images": count, "write_seconds": round(time.perf_counter() - start, 1)}
+
+
+def loader_rows(root: Path, limit: int | None) -> list[dict[str, Any]]:
+    """Images/s of one epoch of batches alone: in memory, then the PNG folder per worker count."""
+    section = f"the data path alone: one epoch of batches of {BATCH}, nothing trained"
+    sources = [
+        ("in memory (fashion-mnist)", load_dataset("fashion-mnist", "train", limit=limit), 0)
+    ]
+    folder = load_dataset("image-folder", "train", root, size=28, channels=1)
+    sources += [(f"PNG folder, {w} workers", folder, w) for w in WORKERS]
+    rows = []
+    for label, data, workers in sources:
+        loader = BatchLoader(data, BATCH, seed=0, workers=workers)
+        start = time.perf_counter()
+        images = sum(len(y) for _, y in loader.epoch(0))
+        seconds = time.perf_counter() - start
+        rows.append({
+            "section": section, "source": label, "workers": workers, "images": images,
+            "seconds": round(seconds, 2), "images_per_s": round(images / seconds),
+        })  # fmt: skip
+        print(f"datapath bench: {label}: {images / seconds:,.0f} images/s", flush=True)
+    return rows
+
+
+def run_rows(root: Path, quick: bool, limits: dict[str, int | None]) -> list[dict[str, Any]]:
+    """``smallfoot train`` cnn4 on the in-memory set and on the PNG folder per worker count."""
+    base = RunConfig(
+        model="cnn4", epochs=1 if quick else 2, batch_size=BATCH, device="cpu",
+        measure_memory=False,
+    )  # fmt: skip
+    memory = replace(
+        base, dataset="fashion-mnist", train_limit=limits["train"], test_limit=limits["test"]
+    )
+    grid = [
+        GridRow("in memory", memory, extra={"source": "in memory (fashion-mnist)", "workers": 0})
+    ]
+    for workers in WORKERS:
+        folder = replace(
+            base, dataset="image-folder", data_root=str(root),
+            data_options={"size": 28, "channels": 1}, workers=workers,
+        )  # fmt: skip
+        extra = {"source": f"PNG folder, {workers} workers", "workers": workers}
+        grid.append(GridRow(f"PNG folder {workers} workers", folder, extra=extra))
+    rows = []
+    for record in run_grid(grid, "datapath", quick=quick):
+        epoch_seconds = [line["seconds"] for line in _metrics(Path(record["run_dir"]))]
+        images = record["train_samples"]
+        rows.append({
+            "section": "the same run from memory and from the PNG folder (smallfoot train)",
+            "source": record["source"], "workers": record["workers"],
+            "test_accuracy_pct": round(100 * record["test_accuracy"], 2),
+            "seconds_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 1),
+            "train_images_per_s": round(images / (sum(epoch_seconds) / len(epoch_seconds))),
+            "command": record["command"],
+        })  # fmt: skip
+    return rows
+
+
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run's ``metrics.jsonl``."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@register_benchmark("datapath", "Images from disk: loader images/s with 0-2 workers vs training")
+def datapath_benchmark(quick: bool, out_dir: Path) -> BenchResult:
+    """Full Fashion-MNIST (quick: 2,000 / 500 images) as PNGs: the loader alone and
+    ``smallfoot train`` cnn4 from memory and from the folder with 0, 1 and 2 workers."""
+    limits = {"train": 2000, "test": 500} if quick else {"train": None, "test": None}
+    root = RUNS_ROOT / ("datapath-quick" if quick else "datapath") / "fashion-mnist-png"
+    written = write_png_tree(root, limits)
+    rows = loader_rows(root, limits["train"]) + run_rows(root, quick, limits)
+    cores = torch.get_num_threads()
+    notes = (
+        f"{written['images']:,} Fashion-MNIST images as 28x28 8-bit PNGs"
+        + (f" (written in {written['write_seconds']} s)" if written["write_seconds"] else "")
+        + f"; batch {BATCH}; torch threads in the training process: {cores}. The folder is "
+        "read by `--dataset image-folder` (Pillow decodes each batch's files; normalised with "
+        "the mean and std of 1,000 training images, where the in-memory set uses the whole "
+        "split's, so accuracies differ slightly). Worker processes share the machine's cores "
+        "with the training step."
+    )
+    return BenchResult(rows=rows, notes=notes)
