@@ -132,22 +132,26 @@ def neighbour_purity(
     one that does not: an int64 ``(N,)`` in ``[0, min(max_k, block size - 1)]``.
 
     A sample is redundant for ``k`` exactly when its purity is ``>= k``, so one search serves
-    every ``k <= max_k``. ``features`` ``(N, ...)`` are flattened; ``labels`` ``(N,)``.
+    every ``k <= max_k``. ``features`` ``(N, ...)`` (a tensor or lazy inputs, read one block
+    at a time) are flattened; ``labels`` ``(N,)``.
     ``batch_size``: search within seeded random blocks of this many samples (``None`` or 0:
     the whole set, exactly). ``chunk_size``: the tile side of :func:`nearest_neighbours`; it
     changes memory and speed, not the result.
     """
-    x = _flat(features)
-    if labels.shape != (len(x),):
-        raise ShapeError(f"labels must be ({len(x)},), got {tuple(labels.shape)}")
+    if len(features.shape) < 2:
+        raise ShapeError(f"features must be (N, ...) with N samples, got {tuple(features.shape)}")
+    n = len(features)
+    if labels.shape != (n,):
+        raise ShapeError(f"labels must be ({n},), got {tuple(labels.shape)}")
     if max_k < 1:
         raise ConfigError(f"k must be at least 1, got {max_k}")
-    purity = torch.zeros(len(x), dtype=torch.long)
-    for block in _blocks(len(x), batch_size, seed):
+    purity = torch.zeros(n, dtype=torch.long)
+    for block in _blocks(n, batch_size, seed):
         kk = min(max_k, len(block) - 1)
         if kk < 1:
             continue
-        neighbours = nearest_neighbours(x[block], kk, chunk_size)
+        # one block's rows at a time: lazy features are read (and held) a block at a time
+        neighbours = nearest_neighbours(_flat(features[block]), kk, chunk_size)
         block_labels = labels[block]
         same = block_labels[neighbours] == block_labels[:, None]
         purity[block] = same.long().cumprod(dim=1).sum(dim=1)
