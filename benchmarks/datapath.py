@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smallfoot.bench import BenchResult, register_benchmark
+from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import RUNS_ROOT, GridRow, run_grid
 from smallfoot.config import RunConfig
 from smallfoot.data import BatchLoader, load_dataset
@@ -136,3 +136,46 @@ def datapath_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "with the training step."
     )
     return BenchResult(rows=rows, notes=notes)
+
+
+@register_claims("datapath")
+def datapath_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
+    """Issue 23's requirements of a data path on disk: the loader (its best worker count)
+    outruns cnn4's training, and the folder runs give the in-memory run's accuracy (the same
+    for every worker count)."""
+    loaders = [r for r in rows if "images_per_s" in r and r["source"].startswith("PNG")]
+    runs = [r for r in rows if "test_accuracy_pct" in r]
+    memory = [r for r in runs if r["source"].startswith("in memory")]
+    if not loaders or not memory:
+        return []
+    best = max(loaders, key=lambda r: r["images_per_s"])
+    folder = [r for r in runs if r["source"].startswith("PNG")]
+    accuracies = sorted({r["test_accuracy_pct"] for r in folder})
+    return [
+        Claim(
+            "datapath.loader_outruns_training",
+            f"Reading Fashion-MNIST from PNG files ({best['workers']} workers, the fastest: "
+            f"{best['images_per_s']:,} images/s) delivers images faster than cnn4 trains on them "
+            f"from memory ({memory[0]['train_images_per_s']:,} images/s); measured: the ratio.",
+            "issue 23: with data on disk the loader must not be the bottleneck of our models",
+            round(best["images_per_s"] / memory[0]["train_images_per_s"], 2),
+            ">=",
+            1.0,
+            seeds=1,
+            command=command,
+            unit="x",
+        ),  # fmt: skip
+        Claim(
+            "datapath.folder_accuracy",
+            "cnn4 trained from the PNG folder reaches the in-memory run's test accuracy (within "
+            f"1 point; the folder runs with 0, 1 and 2 workers gave {accuracies} %, the workers "
+            "change no result); measured: folder minus memory.",
+            "issue 23: the same run from an in-memory dataset and from the folder, accuracy equal",
+            round(folder[0]["test_accuracy_pct"] - memory[0]["test_accuracy_pct"], 2),
+            "within",
+            (-1.0, 1.0),
+            seeds=1,
+            command=command,
+            unit="points",
+        ),  # fmt: skip
+    ]

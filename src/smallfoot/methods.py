@@ -32,12 +32,14 @@ from torch import nn
 
 from smallfoot.config import RunConfig
 from smallfoot.data import ArrayDataset, BatchLoader
+from smallfoot.data.filtering import FilterSpec
 from smallfoot.errors import ConfigError, UnknownNameError
 from smallfoot.losses import build_loss
 from smallfoot.memory import estimate, measure
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.models import build_model
 from smallfoot.plugins import load_plugins
+from smallfoot.train.filtering import online_filter
 from smallfoot.train.trainer import Callback, TrainConfig, Trainer, make_optimizer
 
 
@@ -96,6 +98,8 @@ class Method:
     """the method brings its own optimizer"""
     staged: ClassVar[bool] = False
     """the method trains in stages (its memory report names the largest stage)"""
+    online_filters: ClassVar[bool] = True
+    """an online ``--filter`` works: the method trains through :meth:`make_trainer`"""
     user_model: ClassVar[str] = ""
     """what the method does with a user's own ``nn.Module`` (``--model package.module:function``):
     which modules it takes, or why it refuses them"""
@@ -131,6 +135,9 @@ class Method:
         """A ``trainer_class`` (a :class:`Trainer`) wired with this method's loss, optimizer
         and callbacks; ``trainer_options`` are the subclass's own keyword arguments."""
         loss_fn, predict_fn = self.make_loss(ctx)
+        callbacks = self.callbacks(ctx, model)
+        if ctx.config.filter and (spec := FilterSpec.parse(ctx.config.filter)).online:
+            callbacks.append(online_filter(spec))
         return trainer_class(
             model,
             ctx.train_set,
@@ -139,7 +146,7 @@ class Method:
             loss_fn=loss_fn,
             predict_fn=predict_fn,
             optimizer=self.make_optimizer(ctx, model),
-            callbacks=self.callbacks(ctx, model),
+            callbacks=callbacks,
             run_dir=ctx.run_dir,
             progress=ctx.config.progress,
             **trainer_options,

@@ -1,8 +1,16 @@
 """The filtering benchmark's k-NN comparison and claims."""
 
+import json
+
 import pytest
 import torch
-from benchmarks.filtering import filtering_claims, knn_timings, table_rows, table_summary
+from benchmarks.filtering import (
+    filtering_claims,
+    knn_timings,
+    online_rows,
+    table_rows,
+    table_summary,
+)
 
 from smallfoot.data import ArrayDataset
 
@@ -45,16 +53,30 @@ def test_table_rows_are_train_commands_with_the_default_knn_chunks():
     assert rows[0].config.filter is None and rows[-1].config.filter == "k=42"
 
 
-def test_table_summary_medians_and_changes():
-    def record(label, seed, accuracy, kept=None):
+def test_table_summary_medians_and_changes(tmp_path):
+    def record(label, seed, accuracy, kept=None, online=None):
+        run_dir = tmp_path / f"{label}-{seed}"
+        run_dir.mkdir()
+        epochs = online or [None, None]
+        lines = [{"epoch": i, **({"kept_fraction": k} if k else {})} for i, k in enumerate(epochs)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         data = {"filter": {"total": 100, "seconds": 0.5}} if kept else None
         return {"dataset": "digits", "table_row": label, "seed": seed, "test_accuracy": accuracy,
                 "train_samples": kept or 100, "seconds": 2.0, "command": f"smallfoot {label}",
-                **({"data": data} if data else {})}  # fmt: skip
+                "run_dir": str(run_dir), **({"data": data} if data else {})}  # fmt: skip
 
     records = [record("full data", 0, 0.90), record("full data", 1, 0.92),
-               record("k=42", 0, 0.91, kept=80), record("k=42", 1, 0.89, kept=80)]  # fmt: skip
-    full, k42 = table_summary(records)
+               record("k=42", 0, 0.91, kept=80), record("k=42", 1, 0.89, kept=80),
+               record("online", 0, 0.9, online=[1.0, 0.5])]  # fmt: skip
+    full, k42, online = table_summary(records)
     assert full["test_accuracy_pct"] == 91.0 and full["kept_pct"] == 100.0
     assert k42["kept_pct"] == 80.0 and k42["knn_seconds"] == 0.5
     assert k42["accuracy_change_points"] == -1.0
+    assert online["kept_pct"] == 75.0 and online["knn_seconds"] is None
+
+
+def test_online_rows_are_train_commands_with_online_filters():
+    rows = online_rows("digits", None, 3, (0,))
+    assert [row.config.filter for row in rows] == ["k=10,online=true,from=2,cap=0.6",
+                                                   "loss=0.25,from=2"]  # fmt: skip
+    assert all(row.config.model_options == {"widths": [16, 32, 64, 64]} for row in rows)

@@ -160,7 +160,7 @@ def test_filter_spec_and_apply_filter():
     assert FilterSpec.parse("k=5,knn_chunk=0").knn_chunk == 0  # exact
     with pytest.raises(ConfigError, match="knn_chunk"):
         FilterSpec.parse("k=42,batch=6000")  # a k-NN chunk, not a training batch size
-    for bad in ("k", "cap=0.5", "k=ten", "k=0", "k=3,foo=1", "k=3,knn_chunk=1"):
+    for bad in ("k", "cap=0.5", "k=ten", "k=0", "k=3,foo=1", "k=3,knn_chunk=1", "k=3,loss=0.2"):
         with pytest.raises(ConfigError):
             FilterSpec.parse(bad)
     data = dataset()
@@ -171,6 +171,48 @@ def test_filter_spec_and_apply_filter():
     assert sum(record["removed_per_class"]) == len(record["removed"])
     kept = sorted(set(range(200)) - set(record["removed"]))
     assert torch.equal(filtered.x, data.x[kept])
+
+
+def test_online_filter_specs():
+    spec = FilterSpec.parse("k=10,online=true,from=2,cap=0.6")
+    assert (spec.k, spec.online, spec.start, spec.cap, spec.every) == (10, True, 2, 0.6, 1)
+    loss = FilterSpec.parse("loss=0.25,from=3,every=2,batch=512")
+    assert (loss.loss, loss.online, loss.start, loss.every, loss.batch) == (0.25, True, 3, 2, 512)
+    for bad, message in (
+        ("k=3,from=2", "add online=true"),
+        ("loss=0.2,online=false", "runs online"),
+        ("loss=0.3,cap=0.5", "apply to k-filters"),
+        ("loss=1.5", r"fraction in \[0, 1\)"),
+        ("k=3,online=maybe", "online must be true or false"),
+        ("k=3,online=true,from=0", "at least 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            FilterSpec.parse(bad)
+
+
+def test_online_filters_run_from_a_run_config(tmp_path):
+    import json
+
+    from smallfoot.config import RunConfig
+    from smallfoot.runner import run_training
+
+    def run(name, spec, **overrides):
+        config = RunConfig(
+            dataset="digits", model="mlp", epochs=3, filter=spec, out_dir=str(tmp_path),
+            run_name=name, progress=False, measure_memory=False, train_limit=400,
+            test_limit=100, **overrides,
+        )  # fmt: skip
+        run_training(config)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["kept_fraction"] for line in lines]
+
+    assert run("loss", "loss=0.5,from=2,batch=100") == [1.0, 0.5, 0.5]
+    kept = run("knn", "k=3,online=true,from=3,cap=0.2,knn_chunk=0")
+    assert kept[:2] == [1.0, 1.0] and 0.8 <= kept[2] < 1.0
+    record = json.loads((tmp_path / "loss" / "data.json").read_text())["filter"]
+    assert record == {"online": "loss=0.5,from=2,batch=100"}
+    with pytest.raises(ConfigError, match=r"own loop; filter offline \(--filter k=3,cap=0.2\)"):
+        run("closed", "k=3,online=true,from=2,cap=0.2", method="closedform")
 
 
 def test_loss_filter_drops_exactly_the_requested_fraction():

@@ -95,6 +95,7 @@ class ClosedForm(Method):
     user_model = "refused: it fits an MLP (--model mlp)"
     description = "closed-form MLP fit with Platonic projections (no gradients; model mlp)"
     staged = True
+    online_filters = False
 
     @dataclass
     class Options:

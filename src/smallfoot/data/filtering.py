@@ -252,21 +252,38 @@ def k_redundancy(
 
 @dataclass
 class FilterSpec:
-    """A parsed ``--filter`` value, e.g. ``"k=42"`` or ``"k=10,cap=0.6,knn_chunk=0,seed=1"``.
+    """A parsed ``--filter`` value: ``"k=42"``, ``"k=10,cap=0.6,knn_chunk=0,seed=1"`` (offline:
+    the training set is k-filtered once, before training), ``"k=10,online=true,from=2,cap=0.6"``
+    (online k-filtering, thesis section 6.8.2) or ``"loss=0.25,from=2"`` (online loss filter).
 
     Attributes:
-        k: neighbourhood size.
-        cap: the largest fraction of the data removed (``None``: no cap).
+        k: neighbourhood size of a k-filter (``None`` for a loss filter).
+        cap: the largest fraction of the data a k-filter removes (``None``: no cap).
         knn_chunk: samples per k-NN chunk, searched independently (the thesis' procedure;
             default ``KNN_CHUNK``); 0: exact search over the whole training set. Not the
             training batch size.
         seed: seed of the chunk split and of the capped selection.
+        loss: the fraction of each large batch a loss filter drops (the lowest losses).
+        online: filter during training, through the Trainer (a loss filter always is).
+        start: online: the first epoch (1-based) trained on the filtered data.
+        every: online: epochs between refreshes of the filtered subset.
+        layer: online k-filter: the module whose output is searched (default: the input).
+        batch: loss filter: samples per large batch whose lowest-loss fraction is dropped.
     """
 
-    k: int
+    k: int | None = None
     cap: float | None = None
     knn_chunk: int = KNN_CHUNK
     seed: int = 0
+    loss: float | None = None
+    online: bool = False
+    start: int = 1
+    every: int = 1
+    layer: str | None = None
+    batch: int = 4096
+
+    KEYS = ("k", "loss", "cap", "knn_chunk", "seed", "online", "from", "every", "layer", "batch")
+    EXAMPLE = "k=42, k=10,cap=0.6,knn_chunk=6000, k=10,online=true,from=2 or loss=0.25,from=2"
 
     @classmethod
     def parse(cls, spec: str | dict[str, Any]) -> FilterSpec:
@@ -282,36 +299,74 @@ class FilterSpec:
                 items[key.strip()] = value.strip()
         else:
             items = dict(spec)
-        unknown = sorted(set(items) - {"k", "cap", "knn_chunk", "seed"})
-        if unknown or "k" not in items:
+        unknown = sorted(set(items) - set(cls.KEYS))
+        if unknown or ("k" in items) == ("loss" in items):
             raise ConfigError(
-                f"filter {spec!r}: keys are k (required), cap, knn_chunk (samples per k-NN "
-                f"chunk, 0 = exact), seed, e.g. k=42 or k=10,cap=0.6,knn_chunk=6000"
-                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                f"filter {spec!r}: give k (k-filter) or loss (loss filter), with cap, knn_chunk "
+                f"(samples per k-NN chunk, 0 = exact), seed, online, from, every, layer, batch, "
+                f"e.g. {cls.EXAMPLE}" + (f"; unknown: {', '.join(unknown)}" if unknown else "")
             )
         try:
             parsed = cls(
-                k=int(items["k"]),
+                k=int(items["k"]) if "k" in items else None,
+                loss=float(items["loss"]) if "loss" in items else None,
                 cap=float(items["cap"]) if items.get("cap") is not None else None,
                 knn_chunk=int(items.get("knn_chunk", KNN_CHUNK)),
                 seed=int(items.get("seed", 0)),
+                online=_flag(items.get("online", "loss" in items)),
+                start=int(items.get("from", 1)),
+                every=int(items.get("every", 1)),
+                layer=items.get("layer"),
+                batch=int(items.get("batch", 4096)),
             )
         except ValueError as exc:
-            raise ConfigError(f"filter {spec!r}: {exc}; e.g. k=42,cap=0.6,knn_chunk=6000") from None
-        if parsed.k < 1:
+            raise ConfigError(f"filter {spec!r}: {exc}; e.g. {cls.EXAMPLE}") from None
+        parsed._check(spec, items)
+        return parsed
+
+    def _check(self, spec, items: dict[str, Any]) -> None:
+        if self.k is not None and self.k < 1:
             raise ConfigError(f"filter {spec!r}: k must be at least 1")
-        if parsed.knn_chunk < 0 or parsed.knn_chunk == 1:
+        if self.loss is not None and not 0.0 <= self.loss < 1.0:
+            raise ConfigError(f"filter {spec!r}: loss must be a fraction in [0, 1), e.g. 0.25")
+        if self.loss is not None and not self.online:
+            raise ConfigError(f"filter {spec!r}: a loss filter runs online; drop online=false")
+        if self.knn_chunk < 0 or self.knn_chunk == 1:
             raise ConfigError(
                 f"filter {spec!r}: knn_chunk must be 0 (exact search) or at least 2, e.g. "
                 "k=42,knn_chunk=6000"
             )
-        return parsed
+        if self.start < 1 or self.every < 1 or self.batch < 1:
+            raise ConfigError(f"filter {spec!r}: from, every and batch must be at least 1")
+        if self.k is not None and "batch" in items:
+            raise ConfigError(
+                f"filter {spec!r}: batch is the loss filter's; a k-filter's chunks are knn_chunk"
+            )
+        if self.loss is not None and {"cap", "knn_chunk", "layer"} & set(items):
+            raise ConfigError(f"filter {spec!r}: cap, knn_chunk and layer apply to k-filters")
+        online_only = sorted({"from", "every", "layer"} & set(items))
+        if not self.online and online_only:
+            raise ConfigError(
+                f"filter {spec!r}: {', '.join(online_only)} only apply to online filters; "
+                "add online=true"
+            )
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"online must be true or false, got {value!r}")
 
 
 def apply_filter(
     dataset: ArrayDataset, spec: str | dict[str, Any] | FilterSpec
 ) -> tuple[ArrayDataset, dict[str, Any]]:
-    """k-filter a training set before training: returns the kept subset and a record.
+    """k-filter a training set before training (an offline ``--filter``): returns the kept
+    subset and a record.
 
     The record (written to the run directory's ``data.json``) holds ``k``, ``cap``,
     ``knn_chunk`` (0: exact),
@@ -319,6 +374,8 @@ def apply_filter(
     ``removed`` indices (into the training set as loaded, after ``--train-limit``).
     """
     spec = spec if isinstance(spec, FilterSpec) else FilterSpec.parse(spec)
+    if spec.online:
+        raise ConfigError(f"{spec} filters during training; the Trainer applies it, not this")
     result = k_filter(
         dataset.x,
         dataset.y,

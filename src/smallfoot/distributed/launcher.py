@@ -34,6 +34,7 @@ from smallfoot._io import atomic_write_json
 from smallfoot.compress import CodecConfig
 from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader
+from smallfoot.data.filtering import FilterSpec
 from smallfoot.distributed.averaging import CompressedAveraging
 from smallfoot.distributed.groups import end_process_group
 from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
@@ -275,6 +276,11 @@ def check_launch(config: RunConfig, nproc: int, sync: str) -> None:
     if resolve_device(config.device) != "cpu":
         raise ConfigError(
             f'data-parallel runs use gloo on the CPU for now, not {config.device!r}; set device = "cpu" in the config'
+        )
+    if config.filter and FilterSpec.parse(config.filter).online:
+        raise ConfigError(
+            f"--filter {config.filter} filters online, which data-parallel runs do not do yet "
+            "(each rank would filter its own shard); run it with --nproc 1"
         )
     method = type(get_method(config.method, config.method_options))
     if method.train is not Method.train or method.make_trainer is not Method.make_trainer:

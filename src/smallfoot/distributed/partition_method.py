@@ -70,6 +70,7 @@ class Partitionwise(Method):
     )
     Options = PartitionOptions
     staged = True
+    online_filters = False
 
     def check_run(self, ctx: RunContext) -> None:
         """Refuse a model that cannot be split as asked, or a device other than the CPU."""

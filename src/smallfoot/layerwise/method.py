@@ -28,6 +28,7 @@ class Layerwise(Method):
     )
     Options = LayerwiseOptions
     staged = True
+    online_filters = False
 
     def train(self, ctx: RunContext) -> TrainOutcome:
         """Train (or resume) segment by segment; the memory report is the largest segment's."""

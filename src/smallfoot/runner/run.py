@@ -15,9 +15,9 @@ import torch
 from smallfoot._io import atomic_write_json, load_checked
 from smallfoot.config import RunConfig, apply_overrides, load_config, save_config
 from smallfoot.data import ArrayDataset, add_label_noise, load_dataset
-from smallfoot.data.filtering import apply_filter
+from smallfoot.data.filtering import FilterSpec, apply_filter
 from smallfoot.errors import ConfigError, DatasetError
-from smallfoot.methods import RunContext, get_method
+from smallfoot.methods import Method, RunContext, get_method
 from smallfoot.models import parameter_count
 
 
@@ -71,12 +71,34 @@ def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[s
     if config.label_noise:
         train = add_label_noise(train, config.label_noise, config.seed)
         record["label_noise"] = config.label_noise
-    if config.filter:
+    spec = FilterSpec.parse(config.filter) if config.filter else None
+    if spec is not None and spec.online:
+        record["filter"] = {"online": config.filter}
+    elif spec is not None:
         before = len(train)
-        train, record["filter"] = apply_filter(train, config.filter)
+        train, record["filter"] = apply_filter(train, spec)
         record["filter"].setdefault("kept", len(train))
         record["filter"].setdefault("total", before)
     return train, test, record
+
+
+def check_online_filter(method: Method, config: RunConfig) -> None:
+    """Refuse an online ``--filter`` for a method that does not train through the Trainer's
+    epochs (``Method.online_filters``), naming the offline alternative."""
+    if not config.filter or method.online_filters:
+        return
+    spec = FilterSpec.parse(config.filter)
+    if spec.online:
+        offline = ",".join(
+            part.strip()
+            for part in config.filter.split(",")
+            if part.split("=")[0].strip() in ("k", "cap", "knn_chunk", "seed")
+        )
+        fix = f"filter offline (--filter {offline})" if spec.k is not None else "drop --filter"
+        raise ConfigError(
+            f"--filter {config.filter} filters between the Trainer's epochs, but --method "
+            f"{config.method} trains with its own loop; {fix}"
+        )
 
 
 RESUME_OVERRIDES = ("epochs", "lr", "data_root", "workers", "device", "progress", "measure_memory")
@@ -250,6 +272,7 @@ def run_training(
     seed_everything(config.seed)
     train_set, test_set, data_record = load_run_data(config)
     # a run the method cannot honour is refused before its directory exists
+    check_online_filter(method, config)
     method.check_run(RunContext(config, method.options, train_set, test_set, None, device))
     if resume_dir is None:
         run_dir = new_run_dir(config)

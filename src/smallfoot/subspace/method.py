@@ -239,6 +239,7 @@ class Subspace(Method):
     Options = SubspaceOptions
     changes_optimizer = True
     staged = True
+    online_filters = False
 
     def sampling_epochs(self) -> int:
         """Epochs of the sampling stage: ``sample_epochs``, or 0 when a saved basis is reused."""

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from smallfoot.data.datasets import ArrayDataset
-from smallfoot.data.filtering import k_filter, loss_filter, representations
+from smallfoot.data.filtering import FilterSpec, k_filter, loss_filter, representations
 from smallfoot.errors import ConfigError
 from smallfoot.train.trainer import Callback, Trainer
 
@@ -164,3 +164,20 @@ class LossFilter(_EpochFilter):
         )
         kept = loss_filter(losses[order], self.fraction, self.batch_size)
         return order[kept].sort().values
+
+
+def online_filter(spec: FilterSpec) -> _EpochFilter:
+    """The Trainer callback of an online ``--filter`` (``FilterSpec.online``): an
+    :class:`OnlineKFilter` or a :class:`LossFilter` that first filters at epoch ``spec.start``
+    (1-based) and refreshes every ``spec.every`` epochs."""
+    if not spec.online:
+        raise ConfigError("an offline --filter is applied to the data before training")
+    if spec.loss is not None:
+        return LossFilter(
+            spec.loss, every=spec.every, warmup=spec.start - 1, batch_size=spec.batch,
+            seed=spec.seed,
+        )  # fmt: skip
+    return OnlineKFilter(
+        spec.k, every=spec.every, warmup=spec.start - 1, max_fraction=spec.cap, layer=spec.layer,
+        batch_size=spec.knn_chunk or None, seed=spec.seed,
+    )  # fmt: skip
