@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: install
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
-		$(BIN)/smallfoot train --config configs/main.toml; \
+		$(BIN)/smallfoot plan --model cnn4 --dataset fashion-mnist --batch-size 128 --budget 24MiB --train --epochs 3; \
 	else \
-		echo "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): training on scikit-learn's digits instead"; \
-		$(BIN)/smallfoot train --config configs/main-digits.toml; \
+		echo "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): planning and training on scikit-learn's digits instead"; \
+		$(BIN)/smallfoot plan --model cnn4 --dataset digits --batch-size 128 --budget 3MiB --train --epochs 10; \
 	fi
 
 lint: install

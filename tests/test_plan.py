@@ -1,13 +1,11 @@
 """The planner: candidates estimated on fake tensors, ranked, cached, verified."""
 
 import json
-import sys
 
 import pytest
 import torch
 
 import smallfoot
-from smallfoot import cli
 from smallfoot.errors import BudgetError, ConfigError, ShapeError
 from smallfoot.plan import (
     Candidate,
@@ -161,37 +159,26 @@ def test_verify_measures_the_real_peak():
     assert checked["real_peak"] > 0 and checked["fits"]
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["smallfoot", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
 def few_specs(monkeypatch):
     monkeypatch.setattr("smallfoot.plan.candidate_specs", lambda *args, **kwargs: SPECS[:3])
 
 
-def test_cli_plan_json(monkeypatch, capsys, few_specs):
-    code, out, _ = run_cli(monkeypatch, capsys, "plan", "--model", "cnn4", "--input", "1x16x16",
+def test_cli_plan_json(run_cli, few_specs):
+    code, out, _ = run_cli("plan", "--model", "cnn4", "--input", "1x16x16",
                            "--batch-size", "8", "--budget", "1GiB", "--json", "--no-cache")  # fmt: skip
     assert code == 0
     data = json.loads(out)
     assert data["budget"] == 2**30 and data["chosen"]["name"] == "baseline"
 
 
-def test_cli_plan_table_and_no_fit(monkeypatch, capsys, few_specs):
+def test_cli_plan_table_and_no_fit(run_cli, few_specs):
     args = ["plan", "--model", "cnn4", "--input", "1x16x16", "--batch-size", "8", "--no-cache"]
-    code, out, _ = run_cli(monkeypatch, capsys, *args, "--budget", "1GiB")
+    code, out, _ = run_cli(*args, "--budget", "1GiB")
     assert code == 0 and "chosen: baseline (--method baseline)" in out
-    code, out, err = run_cli(monkeypatch, capsys, *args, "--budget", "1KiB")
+    code, out, err = run_cli(*args, "--budget", "1KiB")
     assert code == 2 and "no candidate fits 0.0 MiB" in err and "does not fit:" in out
-    code, _, err = run_cli(monkeypatch, capsys, *args, "--budget", "1GiB", "--train")
+    code, _, err = run_cli(*args, "--budget", "1GiB", "--train")
     assert code == 2 and "--train needs --dataset NAME" in err
 
 
@@ -210,3 +197,14 @@ def test_composition_is_planned_where_neither_part_fits():
     assert result.chosen.command_flags() == (
         "--method accumulate+checkpoint --micro-batches 2 --segments 17"
     )
+
+
+@pytest.mark.slow
+def test_cli_plan_trains_the_chosen_plan_and_checks_its_peak(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        "plan", "--model", "cnn4", "--dataset", "digits", "--batch-size", "128",
+        "--budget", "4MiB", "--train", "--epochs", "1", "--no-cache",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "(within the budget); plain backprop needs" in out and "budget 4.0 MiB:" in out

@@ -642,6 +642,12 @@ def compare(
     plot: Path | None = typer.Option(
         None, "--plot", help="Save the accuracy-vs-memory plot here (PNG)."
     ),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        help="Compare only the plans that fit this memory budget (e.g. 40MiB), as `smallfoot "
+        "plan` ranks them; the baseline trains too, as the reference.",
+    ),
     run_flags: dict[str, Any] | None = None,
 ):
     """Train one dataset/model with the baseline and every method; print one table, save one
@@ -651,16 +657,32 @@ def compare(
 
     if plot is not None:
         check_writable(plot, "--plot")
+    if budget is not None and methods_:
+        raise ConfigError("--budget chooses the methods (the plans that fit); drop --methods")
     chosen = methods_.split(",") if methods_ else [cls.name for cls in list_methods()]
     base = build_run_config(ctx, config, run_overrides(run_flags), chosen)
+    plans, limit = (None, None) if budget is None else _fitting_plans(base, budget)
     rows = compare_methods(
         base,
         methods_.split(",") if methods_ else None,
         out_dir,
+        plans=plans,
         on_start=_compare_started,
         on_row=_compare_finished,
     )
-    print_comparison(rows, f"{base.dataset} / {base.model}: methods compared")
+    title = f"{base.dataset} / {base.model}: methods compared"
+    if limit is not None:
+        title = f"{base.dataset} / {base.model}: the plans that fit {_mib(limit)}"
+    print_comparison(rows, title)
+    if limit is not None:
+        for row in rows:
+            if "error" not in row and row.get("peak") is not None:
+                verdict = "within" if row["peak"] <= limit else "over"
+                console.print(
+                    f"{row.get('plan', row['method'])}: measured peak {_mib(row['peak'])}, "
+                    f"{verdict} the budget",
+                    soft_wrap=True,
+                )
     console.print(f"rows: {Path(out_dir) / 'compare.json'}")
     if plot is not None:
         console.print(f"plot: {plot_comparison(rows, plot)}")
@@ -671,6 +693,33 @@ def compare(
             file=sys.stderr,
         )
         raise typer.Exit(1)
+
+
+def _fitting_plans(base, budget: str) -> tuple[list[tuple[str, str, dict[str, Any]]], int]:
+    """``(plans, budget in bytes)``: the baseline (the reference) and every candidate of
+    ``smallfoot plan`` that fits ``budget`` for the base run's model, data and batch, ranked.
+    None fitting raises ``BudgetError``."""
+    from smallfoot.plan import default_cache_path, format_bytes
+    from smallfoot.plan import plan as make_plan
+    from smallfoot.runner.step import dataset_input
+
+    shape, classes = dataset_input(base.dataset, base.data_root, dict(base.data_options))
+    device = "cuda" if base.device.startswith("cuda") else "cpu"
+    result = make_plan(
+        base.model, (base.batch_size, *shape), budget, classes=classes,
+        optimizer=base.optimizer, device=device, cache=default_cache_path(),
+    )  # fmt: skip
+    fitting = [c for c in result.candidates if c.fits]
+    if not fitting:
+        raise BudgetError(
+            f"no candidate fits {format_bytes(result.budget)} for {base.model} at batch "
+            f"{base.batch_size} (baseline {format_bytes(result.baseline_peak)}); give a larger "
+            "--budget or a smaller --batch-size"
+        )
+    plans = [(c.name, c.method, dict(c.options)) for c in fitting]
+    if not any(method == "baseline" for _, method, _ in plans):
+        plans.insert(0, ("baseline (reference, over the budget)", "baseline", {}))
+    return plans, result.budget
 
 
 def _compare_started(index: int, total: int, name: str, config, notes: list[str]) -> None:
@@ -711,10 +760,10 @@ def print_comparison(rows: list[dict[str, Any]], title: str) -> None:
         table.add_column(column, no_wrap=True, justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(row["method"], "-", "-", "failed", *[""] * 6)
+            table.add_row(row.get("plan", row["method"]), "-", "-", "failed", *[""] * 6)
             continue
         table.add_row(
-            row["method"] + ("*" if row.get("adapted") else ""),
+            row.get("plan", row["method"]) + ("*" if row.get("adapted") else ""),
             row["model"],
             str(row["epochs"]),
             _pct(row["test_accuracy"]),
@@ -730,13 +779,19 @@ def print_comparison(rows: list[dict[str, Any]], title: str) -> None:
     wide.print(table)
     for row in rows:
         if row.get("stage"):
-            console.print(f"{row['method']}: memory of its {row['stage']} stage", soft_wrap=True)
+            console.print(
+                f"{row.get('plan', row['method'])}: memory of its {row['stage']} stage",
+                soft_wrap=True,
+            )
     for row in rows:
         for note in row.get("adapted") or []:
-            console.print(f"* {row['method']}: {note}", soft_wrap=True)
+            console.print(f"* {row.get('plan', row['method'])}: {note}", soft_wrap=True)
     for row in rows:
         if "error" in row:
-            console.print(f"[red]{row['method']} failed[/red]: {row['error']}", soft_wrap=True)
+            console.print(
+                f"[red]{row.get('plan', row['method'])} failed[/red]: {row['error']}",
+                soft_wrap=True,
+            )
 
 
 def _ratio(value) -> str:
@@ -1185,7 +1240,17 @@ def plan(
             data_root=data_root,
             device=device,
         )
-        print_summary(run_training(config))
+        summary = run_training(config)
+        print_summary(summary)
+        peak = (summary.get("memory") or {}).get("peak")
+        if peak is not None:
+            verdict = "within" if peak <= result.budget else "OVER"
+            console.print(
+                f"budget {format_bytes(result.budget)}: {chosen.name} measured "
+                f"{format_bytes(peak)} ({verdict} the budget); plain backprop needs "
+                f"{format_bytes(result.baseline_peak)} (estimated)",
+                soft_wrap=True,
+            )
 
 
 def torch_cuda_available() -> bool:

@@ -135,3 +135,31 @@ def test_a_refused_run_leaves_no_run_directory(tmp_path):
     with pytest.raises(ConfigError, match="needs --epochs 2"):
         run_training(config)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_compare_with_a_budget_trains_the_plans_that_fit(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("SMALLFOOT_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(
+        "compare", "--dataset", "digits", "--model", "cnn4", "--epochs", "1",
+        "--train-limit", "256", "--test-limit", "128", "--budget", "5MiB",
+        "--out-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert code == 0, err
+    rows = json.loads((tmp_path / "runs" / "compare.json").read_text())
+    assert rows[0]["plan"] == "baseline (reference, over the budget)"
+    assert len(rows) >= 3 and all("error" not in row for row in rows)
+    assert all(row["peak"] <= 5 * 2**20 for row in rows[1:]), [r["peak"] for r in rows]
+    assert "the plans that fit 5.00 MiB" in out
+    assert f"{rows[1]['plan']}: measured peak" in out and "within the budget" in out
+    code, _, err = run_cli("compare", "--budget", "5MiB", "--methods", "baseline")
+    assert code != 0 and "drop --methods" in err
+
+
+def test_an_adaptation_note_names_the_configured_variant():
+    from smallfoot.runner.compare import method_config
+
+    base = dataclasses.replace(tiny_base(), model="cnn4", method_options={"variant": "irevnet"})
+    config, notes = method_config(base, "reversible", (1, 28, 28))
+    assert config.method_options == {"variant": "irevnet"}
+    assert notes[0].startswith("trains irevnet18 (") and "pad_to=32" in notes[1]

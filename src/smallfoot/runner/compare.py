@@ -21,7 +21,7 @@ from smallfoot._io import atomic_write_json
 from smallfoot.config import RunConfig, apply_overrides
 from smallfoot.data import load_dataset
 from smallfoot.errors import SmallfootError, TrainingInterrupted
-from smallfoot.methods import get_method_class, list_methods, option_fields
+from smallfoot.methods import get_method, get_method_class, list_methods, option_fields
 from smallfoot.runner.run import run_training
 
 RATIO_KEYS = ("peak", "saved_activations", "seconds")
@@ -41,7 +41,8 @@ def method_config(
     }
     config = apply_overrides(base, {"method": name, "run_name": None})
     config = dataclasses.replace(config, method_options=options)
-    return cls().adapt(config, input_shape)
+    # the method as configured adapts (a reversible variant names its own model)
+    return get_method(name, options).adapt(config, input_shape)
 
 
 def base_input_shape(base: RunConfig) -> tuple[int, ...]:
@@ -81,11 +82,13 @@ def compare_methods(
     out_dir: str | Path = "runs/compare",
     *,
     warm: bool = True,
+    plans: list[tuple[str, str, dict[str, Any]]] | None = None,
     on_start: Callable[[int, int, str, RunConfig, list[str]], None] | None = None,
     on_row: Callable[[int, int, dict[str, Any], float], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``base`` once per method (default: every registered method, baseline first) and
-    return one row each.
+    return one row each. ``plans`` instead names each run: ``(label, method, options)``, e.g.
+    the candidates of ``smallfoot plan`` (the row keeps the label as ``plan``).
 
     A row holds the method, the model it actually trained, epochs, parameters, ``adapted``
     (notes on what was changed so the method could run), test accuracy, seconds, peak and
@@ -97,10 +100,12 @@ def compare_methods(
     report progress.
     ``warm`` runs :func:`warm_up` first so time ratios compare steady-state runs.
     """
-    names = methods or [cls.name for cls in list_methods()]
-    if "baseline" in names:
-        names = ["baseline"] + [n for n in names if n != "baseline"]
-    for name in names:
+    if plans is None:
+        names = methods or [cls.name for cls in list_methods()]
+        if "baseline" in names:
+            names = ["baseline"] + [n for n in names if n != "baseline"]
+        plans = [(name, name, dict(base.method_options)) for name in names]
+    for _, name, _ in plans:
         get_method_class(name)  # unknown names fail before any training
     out_dir = Path(out_dir)
     base = apply_overrides(base, {"out_dir": str(out_dir)})
@@ -109,21 +114,24 @@ def compare_methods(
         warm_up(base)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for index, name in enumerate(names):
+    for index, (label, name, options) in enumerate(plans):
+        planned = dataclasses.replace(base, method_options=options)
         try:
-            config, notes = method_config(base, name, input_shape)
+            config, notes = method_config(planned, name, input_shape)
         except SmallfootError as exc:
             config, notes = None, []
             row = {"method": name, "adapted": [], "error": str(exc)}
         else:
             if on_start is not None:
-                on_start(index, len(names), name, config, notes)
+                on_start(index, len(plans), label, config, notes)
             row = _run_row(name, config, notes, rows, out_dir)
+        if label != name:
+            row["plan"] = label
         rows.append(row)
         _add_ratios(rows)
         atomic_write_json(out_dir / "compare.json", rows)
         if on_row is not None:
-            on_row(index, len(names), row, time.perf_counter() - started)
+            on_row(index, len(plans), row, time.perf_counter() - started)
     return rows
 
 
@@ -180,7 +188,8 @@ def plot_comparison(rows: list[dict[str, Any]], path: str | Path) -> Path:
                 continue
             x, y = row["peak"] / 2**20, 100 * row["test_accuracy"]
             ax.scatter(x, y)
-            ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(4, 4))
+            label = row.get("plan", row["method"])
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel("peak memory of one training step (MiB, smallfoot.memory)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
