@@ -53,6 +53,13 @@ USER_MODULE = textwrap.dedent("""
             self.reads += 1
             return self.data[index]
 
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.zeros(4), 0)])
+
+    def stream():
+        return Stream(), Stream()
+
     def counting_blobs(n=120):
         train, test = blobs(n)
         return CountingDataset(train), CountingDataset(test)
@@ -110,6 +117,11 @@ def test_a_dataset_not_in_memory_reads_only_the_items_indexed(user_module):
     assert len(limited) == 7 and limited.x.source.dataset.reads == 1  # the subset stays lazy
     x, _ = next(iter(BatchLoader(limited, 4, workers=1).epoch(0)))
     assert x.shape == (4, 1, 8, 8)
+
+
+def test_an_iterable_dataset_is_refused_in_one_line(user_module):
+    with pytest.raises(ConfigError, match="is an IterableDataset; smallfoot reads map-style"):
+        load_dataset(f"{user_module}:stream", "train", in_memory=False)
 
 
 def test_a_dataset_function_must_return_a_pair(user_module):

@@ -258,6 +258,12 @@ def load_referenced_dataset(
 
 
 def _check_map_style(dataset, name: str) -> None:
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        raise ConfigError(
+            f"--dataset {name}: a {type(dataset).__name__} is an IterableDataset; smallfoot "
+            "reads map-style datasets (the seeded, resumable batch order needs __len__ and "
+            "__getitem__): return a map-style Dataset (with in_memory=false for large data)"
+        )
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise ConfigError(
             f"--dataset {name}: a {type(dataset).__name__} is not a map-style dataset "
