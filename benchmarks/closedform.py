@@ -9,7 +9,6 @@ call scikit-learn directly."""
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from smallfoot.bench import BenchResult, Claim, register_benchmark, register_cla
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
 from smallfoot.data import ArrayDataset, load_dataset
+from smallfoot.train.rundir import MetricsLog
 
 FASHION_WIDTH = 1024
 """Hidden width of the Fashion-MNIST comparison (issue 18: >= 85% at 1024)."""
@@ -105,10 +105,8 @@ def fashion_rows(quick: bool) -> tuple[list[GridRow], dict[str, Any]]:
 def sgd_curve(record: dict[str, Any]) -> tuple[list[float], list[float]]:
     """Cumulative training seconds (evaluation excluded) and test accuracy after each epoch of
     an SGD run, from its ``metrics.jsonl``."""
-    lines = (Path(record["run_dir"]) / "metrics.jsonl").read_text().splitlines()
     seconds, accuracy, elapsed = [], [], 0.0
-    for line in lines:
-        metrics = json.loads(line)
+    for metrics in MetricsLog(record["run_dir"]).read():
         elapsed += metrics["seconds"]
         seconds.append(round(elapsed, 2))
         accuracy.append(metrics["test_accuracy"])

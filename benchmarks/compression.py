@@ -15,7 +15,6 @@ range-coded, Huffman-coded, zlib and lzma on raw float32, encode/decode MB/s).
 from __future__ import annotations
 
 import heapq
-import json
 import lzma
 import shutil
 import statistics
@@ -36,6 +35,7 @@ from smallfoot.compress import (
     quantise,
 )
 from smallfoot.config import RunConfig, train_command
+from smallfoot.train.rundir import MetricsLog
 
 NPROC = 2
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -76,8 +76,7 @@ def train_row(config: RunConfig, sync: str, label: str) -> dict[str, Any]:
 
     shutil.rmtree(Path(config.out_dir) / config.run_name, ignore_errors=True)
     summary = launch(config, NPROC, sync=sync, codec=CODEC)
-    lines = Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()
-    metrics = [json.loads(line) for line in lines]
+    metrics = MetricsLog(summary["run_dir"]).read()
     communication = summary["communication"]
     record = {
         "section": "training runs (2 processes)",

@@ -16,7 +16,6 @@ path is not the bottleneck when it delivers more images per second than that.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from smallfoot.bench import BenchResult, Claim, register_benchmark, register_cla
 from smallfoot.bench.grid import RUNS_ROOT, GridRow, run_grid
 from smallfoot.config import RunConfig
 from smallfoot.data import BatchLoader, load_dataset
+from smallfoot.train.rundir import MetricsLog
 
 WORKERS = (0, 1, 2)
 BATCH = 128
@@ -99,7 +99,7 @@ def run_rows(root: Path, quick: bool, limits: dict[str, int | None]) -> list[dic
         grid.append(GridRow(f"PNG folder {workers} workers", folder, extra=extra))
     rows = []
     for record in run_grid(grid, "datapath", quick=quick):
-        epoch_seconds = [line["seconds"] for line in _metrics(Path(record["run_dir"]))]
+        epoch_seconds = [line["seconds"] for line in MetricsLog(record["run_dir"]).read()]
         images = record["train_samples"]
         rows.append({
             "section": "the same run from memory and from the PNG folder (smallfoot train)",
@@ -110,11 +110,6 @@ def run_rows(root: Path, quick: bool, limits: dict[str, int | None]) -> list[dic
             "command": record["command"],
         })  # fmt: skip
     return rows
-
-
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run's ``metrics.jsonl``."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @register_benchmark("datapath", "Images from disk: loader images/s with 0-2 workers vs training")

@@ -5,7 +5,6 @@ checkerboard problem (section 5.4.2)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from smallfoot.data.filtering import (
 )
 from smallfoot.models import build_model
 from smallfoot.train import TrainConfig, Trainer
+from smallfoot.train.rundir import MetricsLog
 
 KS = (5, 10, 20, 42)
 
@@ -156,8 +156,7 @@ def online_rows(name: str, limit: int | None, epochs: int, seeds: tuple[int, ...
 def kept_fraction(record: dict[str, Any]) -> float:
     """The fraction of the training set a run trained on: the mean over epochs of an online
     filter's ``kept_fraction`` (metrics.jsonl), else what an offline filter kept."""
-    lines = (Path(record["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-    online = [json.loads(line).get("kept_fraction") for line in lines]
+    online = [m.get("kept_fraction") for m in MetricsLog(record["run_dir"]).read()]
     if online and None not in online:
         return statistics.mean(online)
     total = ((record.get("data") or {}).get("filter") or {}).get("total", record["train_samples"])

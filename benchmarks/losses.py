@@ -16,7 +16,6 @@ each training run a :class:`~smallfoot.config.RunConfig` run as ``smallfoot trai
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from smallfoot._figures import save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
+from smallfoot.train.rundir import MetricsLog
 
 MLP_LOSSES: dict[str, dict[str, Any]] = {
     # loss -> options: the thesis' losses (scale 1); the sigmoid with its canonical
@@ -101,8 +101,7 @@ def vgg_config(loss: str, epochs: int, train_limit: int) -> RunConfig:
 
 def error_curve(record: dict[str, Any]) -> list[float]:
     """Test error (%) after each epoch, read from the run's ``metrics.jsonl``."""
-    lines = (Path(record["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-    return [100 * (1 - json.loads(line)["test_accuracy"]) for line in lines if line.strip()]
+    return [100 * (1 - m["test_accuracy"]) for m in MetricsLog(record["run_dir"]).read()]
 
 
 def epochs_to(curve: list[float], level: float) -> int | None:

@@ -22,7 +22,6 @@ the meter's optimizer-state bytes. Claims compare medians over the seeds.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
+from smallfoot.train.rundir import MetricsLog
 
 MODELS = ("cnn4", "resnet20")
 
@@ -136,8 +136,7 @@ def grid(setup: Setup) -> list[GridRow]:
 
 def accuracy_curve(run_dir: str | Path) -> list[float]:
     """Test accuracy (%) after each epoch of a run, both stages of a subspace run in order."""
-    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
-    return [round(100 * json.loads(line)["test_accuracy"], 2) for line in lines if line]
+    return [round(100 * m["test_accuracy"], 2) for m in MetricsLog(run_dir).read()]
 
 
 def row(record: dict[str, Any], sgd_final: float | None) -> dict[str, Any]:

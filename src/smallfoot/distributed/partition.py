@@ -41,7 +41,6 @@ what it receives to its group; not built yet (see ``docs/partitionwise.md``).
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import shutil
@@ -56,10 +55,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from smallfoot._io import atomic_torch_save, atomic_write_text
+from smallfoot._io import atomic_torch_save
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.distributed.groups import end_process_group
 from smallfoot.errors import ConfigError, SmallfootError, TrainingError
+from smallfoot.train.rundir import MetricsLog, resume_hint
 from smallfoot.train.trainer import (
     TrainConfig,
     default_augment,
@@ -307,9 +307,9 @@ class Link:
             detail = "its connection closed"
         elif "imeout" in detail or "imed out" in detail:
             detail = "it was silent beyond the timeout"
-        hint = f"; continue with `smallfoot train --resume {self.run_dir}`" if self.run_dir else ""
         return PartitionLost(
-            f"partition {self.me + 1} stopped: partition {self.peer + 1} is gone ({detail}){hint}"
+            f"partition {self.me + 1} stopped: partition {self.peer + 1} is gone ({detail})"
+            + resume_hint(self.run_dir)
         )
 
     def recv(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -641,8 +641,7 @@ class PartitionWorker:
         line["seconds_waiting"] = self.clock.waiting - before[1]
         self.history.append(line)
         if self.run_dir is not None:
-            with (self.directory() / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
+            MetricsLog(self.directory()).append(line)
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
@@ -678,8 +677,7 @@ class PartitionWorker:
         if self.outbox is not None:
             self.outbox.max_in_flight = state["max_in_flight"]
             self.outbox.max_bytes = state["max_bytes"]
-        lines = "".join(json.dumps(m) + "\n" for m in self.history)
-        atomic_write_text(self.directory() / "metrics.jsonl", lines)
+        MetricsLog(self.directory()).rewrite(self.history)
 
     def record(self) -> dict[str, Any]:
         """This partition's summary: units, layers, time busy and waiting, images, queue."""
@@ -822,7 +820,7 @@ def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[
             message = message.get("message", message)
         raise TrainingError(
             f"partition-wise run stopped: partition {rank + 1} failed ({message}); the other "
-            f"partitions were stopped; continue with `smallfoot train --resume {run_dir}`"
+            f"partitions were stopped{resume_hint(run_dir)}"
         ) from None
     return [results[rank] for rank in range(options.partitions)]
 

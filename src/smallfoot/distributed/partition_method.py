@@ -7,12 +7,11 @@ directory, loadable by ``--init``) and evaluates that model.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
-from smallfoot._io import atomic_torch_save, atomic_write_text
+from smallfoot._io import atomic_torch_save
 from smallfoot.distributed.partition import (
     PartitionOptions,
     assemble_partitions,
@@ -29,6 +28,7 @@ from smallfoot.methods import (
     load_initial_weights,
     register_method,
 )
+from smallfoot.train.rundir import MetricsLog
 from smallfoot.train.trainer import Trainer, make_optimizer
 
 
@@ -129,8 +129,7 @@ class Partitionwise(Method):
         test, train = evaluate(model, ctx.test_set), evaluate(model, ctx.train_set)
         history = [line for record in records for line in record.pop("history")]
         history.sort(key=lambda m: (m["epoch"], m["partition"]))
-        lines = "".join(json.dumps(m) + "\n" for m in history)
-        atomic_write_text(ctx.run_dir / "metrics.jsonl", lines)
+        MetricsLog(ctx.run_dir).rewrite(history)
         from smallfoot.layerwise import chain
 
         for record, part in zip(records, parts, strict=True):

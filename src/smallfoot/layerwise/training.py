@@ -11,7 +11,6 @@ training state per segment kept between visits).
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from smallfoot._io import atomic_torch_save, atomic_write_text
+from smallfoot._io import atomic_torch_save
 from smallfoot.data import ArrayDataset, BatchLoader
 from smallfoot.errors import BudgetError, ConfigError, TrainingInterrupted
 from smallfoot.layerwise.decision import (
@@ -34,6 +33,7 @@ from smallfoot.layerwise.dropout import BackwardDropout, InputDropout
 from smallfoot.layerwise.feeding import FeatureStore, Subnet, output_shape
 from smallfoot.layerwise.units import assemble, chain, segments, split_units
 from smallfoot.losses import SoftmaxCrossEntropy
+from smallfoot.train.rundir import MetricsLog, resume_hint
 from smallfoot.train.trainer import TrainConfig, Trainer, make_optimizer
 
 Order = Literal["bottom-up", "random-robin", "round-robin"]
@@ -593,10 +593,9 @@ class LayerwiseTrainer:
         try:
             metrics = trainer.run_epoch(trainer.epoch)
         except KeyboardInterrupt:
-            where = f"; continue with `smallfoot train --resume {self.run_dir}`"
             raise TrainingInterrupted(
                 f"interrupted in epoch {trainer.epoch + 1} of unit {state.index + 1}"
-                + (where if self.run_dir is not None else "")
+                + resume_hint(self.run_dir)
             ) from None
         trainer.history.append(metrics)
         trainer.epoch += 1
@@ -623,9 +622,7 @@ class LayerwiseTrainer:
                 f"test acc {100 * metrics.get('test_accuracy', float('nan')):.2f}%",
                 flush=True,
             )
-        if self.run_dir is not None:
-            with (self.run_dir / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
+        MetricsLog(self.run_dir).append(line)
 
     def finish(self, state: UnitState) -> None:
         """Restore the best (early-stopped) weights and score the segment on test and validation."""
@@ -827,8 +824,7 @@ class LayerwiseTrainer:
             # units after the last saved one are built fresh
             saved["units"] += [None] * (len(self.plan) - len(saved["units"]))
         self._snapshot_weights = saved["snapshot"]
-        lines = "".join(json.dumps(m) + "\n" for m in self.history)
-        atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+        MetricsLog(self.run_dir).rewrite(self.history)
 
 
 def segment_memory(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-from smallfoot._io import atomic_torch_save, atomic_write_text
+from smallfoot._io import atomic_torch_save
 from smallfoot.config import apply_overrides
 from smallfoot.errors import ConfigError, TrainingInterrupted
 from smallfoot.memory.meter import MemoryReport
@@ -44,6 +43,7 @@ from smallfoot.subspace.trajectory import (
     set_params,
 )
 from smallfoot.train.batchnorm import RecalibrateBatchNorm
+from smallfoot.train.rundir import MetricsLog, resume_hint
 from smallfoot.train.trainer import Trainer, make_optimizer
 
 # Above this many bytes of samples, "auto" storage writes them to a disk memmap.
@@ -212,7 +212,7 @@ def interrupted(done: int, epochs: int, run_dir: Path | None) -> str:
     if done == 0:
         return f"{where}; no epoch finished, so `smallfoot train --resume {run_dir}` starts over"
     kept = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
-    return f"{where}; {kept} kept in {run_dir}; continue with `smallfoot train --resume {run_dir}`"
+    return f"{where}; {kept} kept in {run_dir}{resume_hint(run_dir)}"
 
 
 def pbfgs_statistics(optimizer: torch.optim.Optimizer) -> dict[str, int]:
@@ -407,10 +407,7 @@ class Subspace(Method):
             {**m, "epoch": m["epoch"] + sample_epochs, "stage": "subspace"}
             for m in subspace.history
         ]
-        if run_dir is not None:
-            atomic_write_text(
-                run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history)
-            )
+        MetricsLog(run_dir).rewrite(history)
         memory = None
         if ctx.config.measure_memory:
             sgd = make_optimizer(model.parameters(), config) if sample_epochs else None

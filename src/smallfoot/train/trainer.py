@@ -6,7 +6,6 @@ technique can override. Callbacks plug in per-epoch and per-step behaviour.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -17,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from smallfoot._io import atomic_write_text, load_checked, save_checked
+from smallfoot._io import load_checked, save_checked
 from smallfoot.data import ArrayDataset, Augment, BatchLoader
 from smallfoot.errors import ConfigError, TrainingError, TrainingInterrupted
 from smallfoot.losses import SoftmaxCrossEntropy, argmax_predict
+from smallfoot.train.rundir import MetricsLog, resume_hint
 
 
 @dataclass
@@ -222,7 +222,7 @@ class Trainer:
                 self.history.append(metrics)
                 self.epoch += 1
                 if self.run_dir is not None:
-                    self._append_metrics(metrics)
+                    MetricsLog(self.run_dir).append(metrics)
                     self.save_checkpoint()
         except KeyboardInterrupt:
             raise TrainingInterrupted(self._interrupt_message()) from None
@@ -239,8 +239,8 @@ class Trainer:
             return where
         if self._has_checkpoint():
             return (
-                f"{where}; the checkpoint after epoch {self.epoch} is kept in {self.run_dir}; "
-                f"continue with `smallfoot train --resume {self.run_dir}`"
+                f"{where}; the checkpoint after epoch {self.epoch} is kept in {self.run_dir}"
+                + resume_hint(self.run_dir)
             )
         return (
             f"{where}, before any epoch finished, so there is no checkpoint yet; "
@@ -360,10 +360,6 @@ class Trainer:
         return {"loss": total_loss / n, "accuracy": correct / n}
 
     # -- run directory -----------------------------------------------------------------------
-    def _append_metrics(self, metrics: dict[str, Any]) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
-
     def checkpoint_path(self) -> Path:
         """``run_dir/checkpoint.pt``."""
         if self.run_dir is None:
@@ -418,10 +414,7 @@ class Trainer:
             self._scale_learning_rate(self.config.lr / saved_lr)
         for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=True):
             callback.load_state_dict(callback_state)
-        if self.run_dir is not None:
-            # metrics.jsonl may hold lines of an epoch that never reached its checkpoint
-            lines = "".join(json.dumps(m) + "\n" for m in self.history)
-            atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+        MetricsLog(self.run_dir).rewrite(self.history)
 
     def _scale_learning_rate(self, factor: float) -> None:
         """Multiply every group's current and initial rate, and the schedule's base rates."""
