@@ -193,7 +193,7 @@ def prefix_check(rows: list[dict[str, Any]], setup: Setup) -> str:
 @register_benchmark(
     "subspace",
     "SGD (full schedule) vs DLDR + P-BFGS in half the epochs, and P-SGD vs SGD under 20% "
-    "label noise (cnn4, resnet20; Fashion-MNIST)",
+    "label noise (cnn4; resnet20 in the quick run; Fashion-MNIST)",
 )
 def subspace_benchmark(quick: bool, out_dir: Path) -> BenchResult:
     """Run the grid through the registry; plot test accuracy per epoch (first seed)."""

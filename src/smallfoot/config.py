@@ -73,7 +73,7 @@ class RunConfig:
     label_noise: float = 0.0
     """fraction of training labels replaced by a different random class"""
     filter: str | None = None
-    """offline data filtering before training, e.g. "k=42" (k-filtering)"""
+    """data filtering: "k=42" k-filters once before training; "k=10,online=true,from=2,cap=0.6" (online k-filter) and "loss=0.25,from=2" (loss filter) filter during training"""
     loss: str = "softmax-ce"
     """output loss: softmax-ce, exp-ga, pow3-ga, linear-mse or sigmoid-ce"""
     init: str | None = None

@@ -185,6 +185,7 @@ def test_online_filter_specs():
         ("loss=1.5", r"fraction in \[0, 1\)"),
         ("k=3,online=maybe", "online must be true or false"),
         ("k=3,online=true,from=0", "at least 1"),
+        ("k=3,cap=1.5", r"cap must be a fraction in \(0, 1\]"),
     ):
         with pytest.raises(ConfigError, match=message):
             FilterSpec.parse(bad)
@@ -213,6 +214,10 @@ def test_online_filters_run_from_a_run_config(tmp_path):
     assert record == {"online": "loss=0.5,from=2,batch=100"}
     with pytest.raises(ConfigError, match=r"own loop; filter offline \(--filter k=3,cap=0.2\)"):
         run("closed", "k=3,online=true,from=2,cap=0.2", method="closedform")
+    with pytest.raises(ConfigError, match="after the last of --epochs 3"):
+        run("late", "loss=0.5,from=4")
+    with pytest.raises(ConfigError, match="layer=9: the model has no module of that name"):
+        run("layer", "k=3,online=true,from=2,layer=9")
 
 
 def test_loss_filter_drops_exactly_the_requested_fraction():
@@ -267,7 +272,7 @@ def test_online_k_filter_on_a_layer_representation():
     callback = OnlineKFilter(k=3, layer="4", batch_size=100)
     trainer = train([callback], epochs=1)
     assert 0 < trainer.history[0]["kept_fraction"] <= 1.0
-    with pytest.raises(ConfigError, match="no module named"):
+    with pytest.raises(ConfigError, match="layer=nope: the model has no module of that name"):
         train([OnlineKFilter(k=3, layer="nope")], epochs=1)
 
 

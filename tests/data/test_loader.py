@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from smallfoot.data import Augment, BatchLoader, add_label_noise, load_dataset
+from smallfoot.data import (
+    ArrayDataset,
+    Augment,
+    BatchLoader,
+    LazyInputs,
+    add_label_noise,
+    load_dataset,
+)
 from smallfoot.errors import ConfigError
 
 
@@ -52,25 +59,55 @@ def test_batch_size_must_be_positive():
         BatchLoader(dataset(), 0)
 
 
-def test_workers_give_the_same_batches_and_augmentation_every_epoch():
-    ds = dataset()
+class NoisyInputs(LazyInputs):
+    """A tensor read lazily, with a random transform drawn from torch's RNG per item (as a
+    user's dataset might draw one in ``__getitem__``)."""
+
+    def __init__(self, x):
+        self.x, self.item_shape = x, tuple(x.shape[1:])
+
+    def __len__(self):
+        return len(self.x)
+
+    def read(self, indices):
+        return torch.stack([self.x[i] + torch.rand(()) for i in indices])
+
+
+def lazy_dataset():
+    data = dataset()
+    return ArrayDataset(NoisyInputs(data.x), data.y, data.num_classes, "noisy")
+
+
+def test_workers_give_the_same_batches_augmentation_and_random_numbers():
     augment = Augment(crop_padding=1, flip=True)
-    inline = BatchLoader(ds, 16, seed=2, augment=augment)
-    workers = BatchLoader(ds, 16, seed=2, augment=augment, workers=2)
+    inline = BatchLoader(lazy_dataset(), 16, seed=2, augment=augment)
+    workers = BatchLoader(lazy_dataset(), 16, seed=2, augment=augment, workers=2)
     for epoch in (0, 1, 0):  # the persistent workers serve a repeated epoch the same way
+        torch.manual_seed(0)
         expected = list(inline.epoch(epoch))
+        after_inline = torch.rand(1)  # reading did not move the global RNG
+        torch.manual_seed(0)
         got = list(workers.epoch(epoch))
+        assert torch.equal(torch.rand(1), after_inline)
         assert len(got) == len(expected) == 4
         for (x, y), (ex, ey) in zip(got, expected, strict=True):
             assert torch.equal(x, ex) and torch.equal(y, ey)
+    workers.close()
+    assert workers._data_loader is None
 
 
 def test_workers_serve_a_new_epoch_after_an_abandoned_one():
-    loader = BatchLoader(dataset(), 8, seed=0, workers=1)
+    loader = BatchLoader(lazy_dataset(), 8, seed=0, workers=1)
     next(iter(loader.epoch(0)))  # a training loop interrupted after one batch
-    expected = [y for _, y in BatchLoader(dataset(), 8, seed=0).epoch(1)]
+    expected = [y for _, y in BatchLoader(lazy_dataset(), 8, seed=0).epoch(1)]
     got = [y for _, y in loader.epoch(1)]
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    loader.close()
+
+
+def test_in_memory_tensors_are_read_in_the_calling_process():
+    assert BatchLoader(dataset(), 8, workers=2).workers == 0
+    assert BatchLoader(lazy_dataset(), 8, workers=2).workers == 2
 
 
 @pytest.mark.parametrize("workers", [-1, 1.5, True])

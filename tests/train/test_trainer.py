@@ -230,13 +230,38 @@ def test_adamw_and_determinism(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+NOISY_DATA = """
+import torch
+
+class Noisy(torch.utils.data.Dataset):
+    # a transform drawing from torch's RNG in __getitem__, as torchvision's random ones do
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return self.x[index] + 0.1 * torch.randn(self.x[index].shape), int(self.y[index])
+
+def noisy(n=64):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 1, 6, 6, generator=g) + y.view(-1, 1, 1, 1)
+    return Noisy(x[:48], y[:48]), Noisy(x[48:], y[48:])
+"""
+
+
 def test_workers_train_the_same_weights_and_may_change_on_resume(
     tmp_path, monkeypatch, interrupt_at
 ):
-    run_training(tiny_config(tmp_path, run_name="inline"))
+    (tmp_path / "noisy_data.py").write_text(NOISY_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lazy = {"dataset": "noisy_data:noisy", "data_options": {"in_memory": False}}
+    run_training(tiny_config(tmp_path, run_name="inline", **lazy))
     original = interrupt_at(2)
     with pytest.raises(TrainingInterrupted):
-        run_training(tiny_config(tmp_path, run_name="workers", workers=2))
+        run_training(tiny_config(tmp_path, run_name="workers", workers=2, **lazy))
     monkeypatch.setattr(Trainer, "run_epoch", original)
     summary = run_training(
         RunConfig(), resume_dir=tmp_path / "workers", resume_overrides={"workers": 1}

@@ -40,7 +40,7 @@ class LazyInputs:
 
     def select(self, index: torch.Tensor) -> LazyInputs:
         """The items at ``index`` as another lazy set (nothing is read)."""
-        return _SelectedInputs(self, [int(i) for i in index.reshape(-1)])
+        return _SelectedInputs(self, torch.as_tensor(index, dtype=torch.int64).reshape(-1))
 
     @property
     def shape(self) -> torch.Size:
@@ -48,8 +48,10 @@ class LazyInputs:
         return torch.Size((len(self), *self.item_shape))
 
     def __getitem__(self, index) -> torch.Tensor:
-        if isinstance(index, int):
-            return self[torch.tensor([index])][0]
+        if isinstance(index, (int, np.integer)) or (
+            isinstance(index, torch.Tensor) and index.dim() == 0
+        ):
+            return self[torch.tensor([int(index)])][0]
         if isinstance(index, slice):
             index = torch.arange(len(self))[index]
         indices = [int(i) for i in torch.as_tensor(index).reshape(-1)]
@@ -61,15 +63,15 @@ class LazyInputs:
 class _SelectedInputs(LazyInputs):
     """A subset of another :class:`LazyInputs`, by position."""
 
-    def __init__(self, source: LazyInputs, positions: list[int]):
-        self.source, self.positions = source, positions
+    def __init__(self, source: LazyInputs, positions: torch.Tensor):
+        self.source, self.positions = source, positions  # int64 (n,): indices into source
         self.item_shape = source.item_shape
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def read(self, indices: list[int]) -> torch.Tensor:
-        return self.source.read([self.positions[i] for i in indices])
+        return self.source.read(self.positions[indices].tolist())
 
 
 class DatasetInputs(LazyInputs):
@@ -314,10 +316,18 @@ def _materialise(dataset, name: str) -> ArrayDataset:
 def _wrap(dataset, name: str) -> ArrayDataset:
     """A map-style dataset as an :class:`ArrayDataset` whose inputs are read on demand."""
     _check_map_style(dataset, name)
-    first = torch.as_tensor(_item(dataset, 0, name)[0], dtype=torch.float32)
+    x, y = _item(dataset, 0, name)
+    first = torch.as_tensor(x, dtype=torch.float32)
     targets = getattr(dataset, "targets", None)
-    if targets is not None and len(targets) == len(dataset):
-        labels = [_label(y, i, name) for i, y in enumerate(targets)]
+    # torchvision applies target_transform in __getitem__, after .targets: trust .targets only
+    # without one, and only when it agrees with the label item 0 returned
+    if (
+        targets is not None
+        and getattr(dataset, "target_transform", None) is None
+        and len(targets) == len(dataset)
+        and _label(targets[0], 0, name) == _label(y, 0, name)
+    ):
+        labels = [_label(t, i, name) for i, t in enumerate(targets)]
     else:
         labels = [_label(_item(dataset, i, name)[1], i, name) for i in range(len(dataset))]
     return _labelled(DatasetInputs(dataset, name, tuple(first.shape)), labels, dataset, name)

@@ -327,6 +327,8 @@ class FilterSpec:
     def _check(self, spec, items: dict[str, Any]) -> None:
         if self.k is not None and self.k < 1:
             raise ConfigError(f"filter {spec!r}: k must be at least 1")
+        if self.cap is not None and not 0.0 < self.cap <= 1.0:
+            raise ConfigError(f"filter {spec!r}: cap must be a fraction in (0, 1], e.g. 0.6")
         if self.loss is not None and not 0.0 <= self.loss < 1.0:
             raise ConfigError(f"filter {spec!r}: loss must be a fraction in [0, 1), e.g. 0.25")
         if self.loss is not None and not self.online:
@@ -375,7 +377,10 @@ def apply_filter(
     """
     spec = spec if isinstance(spec, FilterSpec) else FilterSpec.parse(spec)
     if spec.online:
-        raise ConfigError(f"{spec} filters during training; the Trainer applies it, not this")
+        raise ConfigError(
+            "an online --filter (online=true or loss=) filters during training, in the Trainer; "
+            "apply_filter filters offline"
+        )
     result = k_filter(
         dataset.x,
         dataset.y,
@@ -421,9 +426,11 @@ def representations(
     x: torch.Tensor,
     layers: Sequence[str] | None = None,
     batch_size: int = 512,
+    include_input: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Flattened outputs ``(N, D_i)`` of the named modules for inputs ``x`` ``(N, ...)``, in
-    evaluation mode (the model's mode is restored); key ``"input"`` holds ``x`` flattened first.
+    """Flattened outputs ``(N, D_i)`` of the named modules for inputs ``x`` ``(N, ...)`` (a
+    tensor or lazy inputs, read ``batch_size`` at a time), in evaluation mode (the model's mode
+    is restored); with ``include_input``, key ``"input"`` holds ``x`` flattened first.
 
     ``layers``: module names (``model.named_modules()``), default :func:`default_layers`.
     """
@@ -452,7 +459,8 @@ def representations(
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return {"input": _flat(x).cpu(), **{name: torch.cat(outputs[name]) for name in layers}}
+    found = {name: torch.cat(outputs[name]) for name in layers}
+    return {"input": _flat(x[:]).cpu(), **found} if include_input else found
 
 
 def least_squares_distance(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smallfoot.data.datasets import ArrayDataset
+from smallfoot.data.datasets import ArrayDataset, LazyInputs
 from smallfoot.errors import ConfigError
 
 
@@ -46,29 +46,44 @@ class Augment:
         return x
 
 
+def read_batch(
+    dataset: ArrayDataset, index: torch.Tensor, batch_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(x, y)`` mini-batch of ``index``. Lazy inputs are read under torch's RNG forked
+    and seeded with ``batch_seed``, so random transforms a user's dataset draws in
+    ``__getitem__`` neither shift the training RNG (dropout) nor depend on which process
+    reads the batch."""
+    if not isinstance(dataset.x, LazyInputs):
+        return dataset.x[index], dataset.y[index]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(batch_seed)
+        return dataset.x[index], dataset.y[index]
+
+
 class _BatchSource:
-    """What a ``DataLoader`` worker reads: ``source[index]`` is the ``(x, y)`` mini-batch of
-    an index tensor (the dataset's own batched indexing, so a lazy ``x`` reads only its batch)."""
+    """What a ``DataLoader`` worker reads: ``source[(index, batch_seed)]`` is the mini-batch
+    of an index tensor (:func:`read_batch`: a lazy ``x`` reads only its batch)."""
 
     def __init__(self, dataset: ArrayDataset):
         self.dataset = dataset
 
-    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.dataset.x[index], self.dataset.y[index]
+    def __getitem__(self, key: tuple[torch.Tensor, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return read_batch(self.dataset, *key)
 
 
 class _EpochBatches:
-    """A ``DataLoader`` sampler yielding the index batches of the current epoch; it runs in
-    the main process, so the order stays the seeded one whatever the number of workers."""
+    """A ``DataLoader`` sampler yielding the ``(index, batch_seed)`` keys of the current
+    epoch; it runs in the main process, so the order stays the seeded one whatever the number
+    of workers."""
 
     def __init__(self):
-        self.batches: list[torch.Tensor] = []
+        self.keys: list[tuple[torch.Tensor, int]] = []
 
     def __iter__(self):
-        return iter(self.batches)
+        return iter(self.keys)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.keys)
 
 
 class BatchLoader:
@@ -78,11 +93,13 @@ class BatchLoader:
     batches. Batches are index copies (never views of the whole set), so the memory meter
     charges only the batch.
 
-    ``workers`` > 0 reads the batches in that many ``torch.utils.data.DataLoader`` worker
-    processes (persistent across epochs, two batches ahead each, pinned memory with
-    ``pin_memory``): worth it when ``x`` is read lazily (an image folder, a user's dataset
-    with ``in_memory=false``), where decoding would otherwise stall the training step. The
-    batches, and the augmentation (drawn in the main process), are the same for any number
+    ``workers`` > 0 reads the batches of lazily read inputs (an image folder, a user's dataset
+    with ``in_memory=false``) in that many ``torch.utils.data.DataLoader`` worker processes
+    (two batches ahead each, pinned memory with ``pin_memory``; ``persistent``: kept across
+    epochs until :meth:`close`), where decoding would otherwise stall the training step.
+    In-memory tensors are indexed in the calling process whatever ``workers`` says: a worker
+    would only add a copy. The batches, the augmentation (drawn in the calling process) and
+    the random numbers a lazy dataset draws (:func:`read_batch`) are the same for any number
     of workers.
     """
 
@@ -96,6 +113,7 @@ class BatchLoader:
         drop_last: bool = False,
         workers: int = 0,
         pin_memory: bool = False,
+        persistent: bool = True,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -103,7 +121,8 @@ class BatchLoader:
             raise ConfigError(f"--workers must be an integer >= 0, got {workers!r}")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.seed, self.augment, self.drop_last = seed, augment, drop_last
-        self.workers, self.pin_memory = workers, pin_memory
+        self.workers = workers if isinstance(dataset.x, LazyInputs) else 0
+        self.pin_memory, self.persistent = pin_memory, persistent
         self._sampler: _EpochBatches | None = None
         self._data_loader: torch.utils.data.DataLoader | None = None
 
@@ -126,15 +145,19 @@ class BatchLoader:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate the batches of epoch ``epoch`` (0-based)."""
         batches, generator = self.plan(epoch)
-        for x, y in self._fetch(batches):
+        first_seed = (self.seed * 1_000_003 + epoch) * 100_003
+        keys = [(index, first_seed + i) for i, index in enumerate(batches)]
+        for x, y in self._fetch(keys):
             if self.augment is not None:
                 x = self.augment(x, generator)
             yield x, y
 
-    def _fetch(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _fetch(
+        self, keys: list[tuple[torch.Tensor, int]]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.workers == 0:
-            for index in batches:
-                yield self.dataset.x[index], self.dataset.y[index]
+            for key in keys:
+                yield read_batch(self.dataset, *key)
             return
         if self._data_loader is None:
             self._sampler = _EpochBatches()
@@ -144,13 +167,22 @@ class BatchLoader:
                 batch_size=None,
                 num_workers=self.workers,
                 pin_memory=self.pin_memory,
-                persistent_workers=True,
+                persistent_workers=self.persistent,
                 # its own generator: the workers' base seed must not draw from the global RNG,
                 # which dropout and the rest of training use (results would depend on workers)
                 generator=torch.Generator().manual_seed(self.seed),
             )
-        self._sampler.batches = batches
+        self._sampler.keys = keys
         yield from self._data_loader
+
+    def close(self) -> None:
+        """Stop the worker processes (the next epoch starts new ones)."""
+        iterator = getattr(self._data_loader, "_iterator", None)
+        if iterator is not None:
+            # the loader and its iterator reference each other: without this the workers
+            # would live until a garbage collection finds the cycle
+            iterator._shutdown_workers()
+        self._data_loader = self._sampler = None
 
     def __iter__(self):
         return self.epoch(0)

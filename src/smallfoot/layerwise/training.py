@@ -630,6 +630,7 @@ class LayerwiseTrainer:
             state.subnet.segment.load_state_dict(state.best_state["segment"])
             state.subnet.decision.load_state_dict(state.best_state["decision"])
             state.best_state = None
+        state.trainer.close_loader()
         state.test_accuracy = state.trainer.evaluate(state.trainer.test_set)["accuracy"]
         if state.val_set is not None:
             state.val_accuracy = state.trainer.evaluate(state.val_set)["accuracy"]

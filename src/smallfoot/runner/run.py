@@ -85,10 +85,15 @@ def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[s
 def check_online_filter(method: Method, config: RunConfig) -> None:
     """Refuse an online ``--filter`` for a method that does not train through the Trainer's
     epochs (``Method.online_filters``), naming the offline alternative."""
-    if not config.filter or method.online_filters:
+    if not config.filter:
         return
     spec = FilterSpec.parse(config.filter)
-    if spec.online:
+    if spec.online and spec.start > config.epochs:
+        raise ConfigError(
+            f"--filter {config.filter} first filters at epoch {spec.start}, after the last of "
+            f"--epochs {config.epochs}; lower from= or raise --epochs"
+        )
+    if spec.online and not method.online_filters:
         offline = ",".join(
             part.strip()
             for part in config.filter.split(",")

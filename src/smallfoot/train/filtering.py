@@ -94,12 +94,23 @@ class OnlineKFilter(_EpochFilter):
         self.k, self.max_fraction, self.layer = k, max_fraction, layer
         self.batch_size, self.seed = batch_size, seed
 
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Check the layer exists before any epoch, then as every online filter."""
+        modules = dict(trainer.model.named_modules())
+        if self.layer is not None and self.layer not in modules:
+            raise ConfigError(
+                f"--filter layer={self.layer}: the model has no module of that name; choose "
+                f"among: {', '.join(name for name in modules if name)}"
+            )
+        super().on_train_start(trainer)
+
     def select(self, trainer: Trainer, full: ArrayDataset) -> torch.Tensor:
         """The samples kept by k-filtering ``full`` in the chosen representation."""
         if self.layer is None:
             features = full.x
         else:
-            features = representations(trainer.model, full.x, [self.layer])[self.layer]
+            outputs = representations(trainer.model, full.x, [self.layer], include_input=False)
+            features = outputs[self.layer]
         return k_filter(
             features,
             full.y,

@@ -195,6 +195,12 @@ class Trainer:
             self._train_loader = self.make_loader()
         return self._train_loader
 
+    def close_loader(self) -> None:
+        """Stop the training loader's worker processes (a later epoch starts new ones)."""
+        if self._train_loader is not None:
+            self._train_loader.close()
+            self._train_loader = None
+
     def make_loader(self) -> BatchLoader:
         """A loader of the training set (seeded order, optional augmentation, worker
         processes, pinned memory when training on a GPU)."""
@@ -226,6 +232,8 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             raise TrainingInterrupted(self._interrupt_message()) from None
+        finally:
+            self.close_loader()
         for callback in self.callbacks:
             callback.on_train_end(self)
         return self.history[-1] if self.history else {}
@@ -348,6 +356,7 @@ class Trainer:
             shuffle=False,
             workers=self.config.workers,
             pin_memory=self.device.type == "cuda",
+            persistent=False,
         )
         for x, y in loader.epoch(0):
             x, y = x.to(self.device), y.to(self.device)
