@@ -98,12 +98,16 @@ def run_rows(root: Path, quick: bool, limits: dict[str, int | None]) -> list[dic
         extra = {"source": f"PNG folder, {workers} workers", "workers": workers}
         grid.append(GridRow(f"PNG folder {workers} workers", folder, extra=extra))
     rows = []
+    section = "the same run from memory and from the PNG folder (smallfoot train)"
     for record in run_grid(grid, "datapath", quick=quick):
+        if "error" in record:
+            rows.append({"section": section, "source": record["source"],
+                         "error": record["error"], "command": record["command"]})  # fmt: skip
+            continue
         epoch_seconds = [line["seconds"] for line in MetricsLog(record["run_dir"]).read()]
         images = record["train_samples"]
         rows.append({
-            "section": "the same run from memory and from the PNG folder (smallfoot train)",
-            "source": record["source"], "workers": record["workers"],
+            "section": section, "source": record["source"], "workers": record["workers"],
             "test_accuracy_pct": round(100 * record["test_accuracy"], 2),
             "seconds_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 1),
             "train_images_per_s": round(images / (sum(epoch_seconds) / len(epoch_seconds))),

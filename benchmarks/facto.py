@@ -39,8 +39,10 @@ MODELS: dict[str, tuple[str, dict[str, Any], float]] = {
     # label -> (registered model, model options, peak learning rate). The paper uses 0.01 for
     # VGG and 0.1 for Fixup-ResNets on ImageNet; VGG-11/8 without batch norm trained best at
     # 0.02 of {0.02, 0.05} (3 epochs, 5,000 Fashion-MNIST samples, the earlier benchmark).
+    # Fixup: 0.1 is for batch 256; at our batch 128 it diverged for one seed of three (a NaN
+    # loss in epoch 1), so it is scaled linearly with the batch: 0.05.
     "vgg11/8": ("vgg11", {"width": 0.125, "init": "kaiming"}, 0.02),
-    "fixup_resnet18/8": ("fixup_resnet18", {"width": 8}, 0.1),
+    "fixup_resnet18/8": ("fixup_resnet18", {"width": 8}, 0.05),
 }
 PAPER_POINT = {"inr": 0.3, "kernel": 2, "apply_ratio": 0.6}
 RATIOS = (0.6, 1.0)
@@ -146,6 +148,13 @@ def trained_rows(quick: bool) -> list[dict[str, Any]]:
     activations, peak and optimizer state of the run's metered step, seconds."""
     rows = []
     for record in run_grid(grid_rows(quick), "facto", quick=quick):
+        if "error" in record:
+            rows.append({
+                "section": "trained: Fashion-MNIST 32x32 (smallfoot train, one row per run)",
+                "label": record["label"], "model": record["model_label"], "seed": record["seed"],
+                "error": record["error"], "command": record["command"],
+            })  # fmt: skip
+            continue
         memory = record.get("memory", {})
         row = {
             "section": "trained: Fashion-MNIST 32x32 (smallfoot train, one row per run)",

@@ -140,7 +140,13 @@ def accuracy_curve(run_dir: str | Path) -> list[float]:
 
 
 def row(record: dict[str, Any], sgd_final: float | None) -> dict[str, Any]:
-    """One table row of a grid record; ``sgd_final``: the same seed's SGD final accuracy (%)."""
+    """One table row of a grid record; ``sgd_final``: the same seed's SGD final accuracy (%).
+    A run that failed (a NaN loss) gets a row with its ``error``."""
+    if "error" in record:
+        return {
+            "section": record["section"], "model": record["model_name"], "method": record["run"],
+            "seed": record["seed"], "error": record["error"], "command": record["command"],
+        }  # fmt: skip
     curve = accuracy_curve(record["run_dir"])
     memory = record.get("memory") or {}
     subspace = record.get("subspace") or {}
@@ -173,13 +179,14 @@ def rows_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     sgd = {
         (r["section"], r["model_name"], r["seed"]): 100 * r["test_accuracy"]
         for r in records
-        if r["run"] == "SGD"
+        if r["run"] == "SGD" and "error" not in r
     }
     return [row(r, sgd.get((r["section"], r["model_name"], r["seed"]))) for r in records]
 
 
 def prefix_check(rows: list[dict[str, Any]], setup: Setup) -> str:
     """Whether each subspace run's sampling epochs reproduced SGD's first epochs (same seed)."""
+    rows = [r for r in rows if "curve" in r]
     sgd = {(r["section"], r["model"], r["seed"]): r["curve"] for r in rows if r["method"] == "SGD"}
     e = setup.sample_epochs
     same = [
@@ -235,7 +242,7 @@ def plot_curves(rows: list[dict[str, Any]], setup: Setup, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = [r for r in rows if r["seed"] == setup.seeds[0]]
+    first = [r for r in rows if r["seed"] == setup.seeds[0] and "curve" in r]
     panels = list(dict.fromkeys((r["model"], r["section"]) for r in first))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     for ax, (model, section) in zip(axes[0], panels, strict=True):

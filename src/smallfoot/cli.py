@@ -1094,6 +1094,12 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="The minutes-long version."),
     results: Path = typer.Option(Path("results"), "--results", help="Results directory."),
     claims_only: bool = typer.Option(False, "--claims-only", help="Recompute the claims only."),
+    reuse: bool = typer.Option(
+        False,
+        "--reuse",
+        help="Keep the finished runs of an earlier, interrupted run of this benchmark (same "
+        "commands) instead of training them again.",
+    ),
 ):
     """Run a benchmark: writes results/NAME.json, NAME.md and plots (quick: NAME-quick.*)."""
     from smallfoot.bench import list_benchmarks, recompute_claims, run_benchmark
@@ -1111,7 +1117,7 @@ def bench(
         met = sum(claim["met"] for claim in document["claims"])
         console.print(f"{len(document['claims'])} claims ({met} met) from the committed rows")
         return
-    document = run_benchmark(name, quick=quick, results_dir=results)
+    document = run_benchmark(name, quick=quick, results_dir=results, reuse=reuse)
     stem = f"{name}-quick" if quick else name
     console.print(f"{len(document['rows'])} rows in {document['seconds']} s: {results / stem}.md")
 

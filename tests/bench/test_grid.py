@@ -1,7 +1,10 @@
 """Benchmark grids: each row runs as `smallfoot train` would, with its command recorded."""
 
+import dataclasses
 import json
 import tomllib
+
+import pytest
 
 from smallfoot.bench.grid import GridRow, median_by, run_grid
 from smallfoot.config import RunConfig, config_from_dict
@@ -49,3 +52,30 @@ def test_median_by_groups_and_skips_missing():
         {"m": "b", "x": 2},
     ]
     assert median_by(records, "x", lambda r: r["m"]) == {"a": 2.0, "b": 2}
+
+
+def test_a_failed_run_is_recorded_and_finished_runs_can_be_reused(tmp_path, monkeypatch):
+    from smallfoot.bench import grid as grid_module
+    from smallfoot.errors import TrainingError
+
+    config = RunConfig(dataset="digits", model="mlp", epochs=1, train_limit=64, test_limit=32,
+                       measure_memory=False, model_options={"widths": [8]})  # fmt: skip
+    rows = [GridRow("fine", config), GridRow("nan", dataclasses.replace(config, lr=0.02))]
+    real = grid_module.run_training
+
+    def training(run_config):
+        if run_config.lr == 0.02:
+            raise TrainingError("the loss became nan at epoch 1, step 3")
+        return real(run_config)
+
+    monkeypatch.setattr(grid_module, "run_training", training)
+    first = run_grid(rows, "g", runs_root=tmp_path)
+    assert "test_accuracy" in first[0] and first[1]["error"].startswith("the loss became nan")
+    assert first[1]["command"].startswith("smallfoot train") and first[1]["label"] == "nan"
+    monkeypatch.setattr(grid_module, "REUSE_FINISHED", True)
+    monkeypatch.setattr(grid_module, "run_training", lambda c: pytest.fail(f"retrained {c}"))
+    rows[1] = GridRow("nan", config)  # a finished run is reused only for the same command
+    with pytest.raises(pytest.fail.Exception, match="retrained"):
+        run_grid(rows, "g", runs_root=tmp_path)
+    again = run_grid(rows[:1], "g", runs_root=tmp_path)
+    assert again[0]["test_accuracy"] == first[0]["test_accuracy"]

@@ -369,9 +369,13 @@ def run_benchmark(
     quick: bool = False,
     results_dir: str | os.PathLike = "results",
     command: str | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Run benchmark ``name`` and write ``results_dir/NAME[-quick].json`` and ``.md``, its
-    plots under ``results_dir/NAME[-quick]/``. Returns the JSON document."""
+    plots under ``results_dir/NAME[-quick]/``. Returns the JSON document. ``reuse`` keeps the
+    grid's finished runs of the same command (``grid.REUSE_FINISHED``)."""
+    from smallfoot.bench import grid
+
     info = get_benchmark(name)
     results_dir = Path(results_dir)
     stem = f"{name}-quick" if quick else name
@@ -379,7 +383,11 @@ def run_benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = _load_average()
     start = time.perf_counter()
-    result = info.fn(quick, out_dir)
+    grid.REUSE_FINISHED = reuse
+    try:
+        result = info.fn(quick, out_dir)
+    finally:
+        grid.REUSE_FINISHED = False
     seconds = time.perf_counter() - start
     command = command or " ".join(["smallfoot", *sys.argv[1:]])
     rows = json.loads(json.dumps(result.rows, default=str))

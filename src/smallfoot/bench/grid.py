@@ -12,6 +12,7 @@ get by default are therefore visible in that command.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import statistics
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smallfoot.config import RunConfig, train_command
+from smallfoot.config import RunConfig, load_config, train_command
+from smallfoot.errors import SmallfootError, TrainingError
 from smallfoot.runner import run_training
 
 RUNS_ROOT = Path("runs") / "bench"
@@ -44,6 +46,26 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "row"
 
 
+REUSE_FINISHED = False
+"""Whether :func:`run_grid` keeps a finished run of the same command instead of training it
+again (``smallfoot bench NAME --reuse``: a benchmark interrupted or failed after hours of
+runs continues where it stopped)."""
+
+
+def finished_run(config: RunConfig, directory: Path) -> dict[str, Any] | None:
+    """The summary of a finished run of ``config`` in ``directory`` (its ``summary.json``,
+    when its ``config.toml`` gives the same ``smallfoot train`` command), else None."""
+    if not (directory / "summary.json").exists():
+        return None
+    try:
+        saved = load_config(directory / "config.toml")
+    except SmallfootError:
+        return None
+    if train_command(saved) != train_command(config):
+        return None
+    return json.loads((directory / "summary.json").read_text())
+
+
 def run_grid(
     rows: Iterable[GridRow],
     name: str,
@@ -54,11 +76,13 @@ def run_grid(
 ) -> list[dict[str, Any]]:
     """Train every (row, seed) of ``rows`` as ``smallfoot train`` does and return one record
     per run: ``{"label", "seed", "command", **extra, **summary}`` (the summary's accuracies
-    are fractions, seconds wall time, memory in bytes).
+    are fractions, seconds wall time, memory in bytes). A run that fails in training (a NaN
+    loss) gives ``{"label", "seed", "command", **extra, "error"}`` and the grid goes on.
 
     Run directories go to ``runs_root/NAME[-quick]/LABEL-sSEED`` and are replaced when they
-    exist, so a re-run never resumes a stale run; the progress bar is off. ``on_run`` is
-    called with each record as it completes (for progress output)."""
+    exist, so a re-run never resumes a stale run, unless :data:`REUSE_FINISHED` keeps finished
+    runs of the same command; the progress bar is off. ``on_run`` is called with each record as
+    it completes (for progress output)."""
     parent = Path(runs_root) / (f"{name}-quick" if quick else name)
     records = []
     for row in rows:
@@ -67,15 +91,17 @@ def run_grid(
             config = dataclasses.replace(
                 row.config, seed=seed, out_dir=str(parent), run_name=run_name, progress=False
             )
-            shutil.rmtree(parent / run_name, ignore_errors=True)
-            summary = run_training(config)
-            record = {
-                "label": row.label,
-                "seed": seed,
-                "command": train_command(config),
-                **row.extra,
-                **summary,
-            }
+            record = {"label": row.label, "seed": seed, "command": train_command(config)}
+            record.update(row.extra)
+            summary = finished_run(config, parent / run_name) if REUSE_FINISHED else None
+            if summary is None:
+                shutil.rmtree(parent / run_name, ignore_errors=True)
+                try:
+                    summary = run_training(config)
+                except TrainingError as error:
+                    print(f"{name}: {row.label} seed {seed} failed: {error}", flush=True)
+                    summary = {"error": str(error)}
+            record.update(summary)
             records.append(record)
             if on_run is not None:
                 on_run(record)
