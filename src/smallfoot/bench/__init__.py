@@ -358,6 +358,12 @@ def render_markdown(name: str, description: str, result: BenchResult, meta: dict
         f"({machine['torch_threads']} torch threads), torch {machine['torch']}"
         + (f", GPU {machine['cuda']}" if machine["cuda"] else ", no GPU")
         + _load_text(meta.get("load_average"))
+        + (
+            f". {meta['reused_runs']} training runs were kept from an earlier invocation "
+            "(`--reuse`); the seconds above exclude them, each run's own are in its row"
+            if meta.get("reused_runs")
+            else ""
+        )
         + ". Raw figures: the JSON file of the same name.",
         "",
     ]
@@ -383,7 +389,7 @@ def run_benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = _load_average()
     start = time.perf_counter()
-    grid.REUSE_FINISHED = reuse
+    grid.REUSE_FINISHED, grid.REUSED_RUNS = reuse, 0
     try:
         result = info.fn(quick, out_dir)
     finally:
@@ -403,6 +409,7 @@ def run_benchmark(
         "machine": machine_info(),
         # 1-, 5- and 15-minute load averages: another job on the machine inflates every timing
         "load_average": {"before": load_before, "after": _load_average()},
+        **({"reused_runs": grid.REUSED_RUNS} if grid.REUSED_RUNS else {}),
         "claims": [claim.to_dict() for claim in result.claims],
         "notes": result.notes,
         "figures": [Path(p).relative_to(results_dir).as_posix() for p in result.figures],

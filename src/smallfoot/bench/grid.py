@@ -50,6 +50,8 @@ REUSE_FINISHED = False
 """Whether :func:`run_grid` keeps a finished run of the same command instead of training it
 again (``smallfoot bench NAME --reuse``: a benchmark interrupted or failed after hours of
 runs continues where it stopped)."""
+REUSED_RUNS = 0
+"""How many finished runs :func:`run_grid` kept since the harness last reset it."""
 
 
 def finished_run(config: RunConfig, directory: Path) -> dict[str, Any] | None:
@@ -83,6 +85,7 @@ def run_grid(
     exist, so a re-run never resumes a stale run, unless :data:`REUSE_FINISHED` keeps finished
     runs of the same command; the progress bar is off. ``on_run`` is called with each record as
     it completes (for progress output)."""
+    global REUSED_RUNS
     parent = Path(runs_root) / (f"{name}-quick" if quick else name)
     records = []
     for row in rows:
@@ -94,7 +97,9 @@ def run_grid(
             record = {"label": row.label, "seed": seed, "command": train_command(config)}
             record.update(row.extra)
             summary = finished_run(config, parent / run_name) if REUSE_FINISHED else None
-            if summary is None:
+            if summary is not None:
+                REUSED_RUNS += 1
+            else:
                 shutil.rmtree(parent / run_name, ignore_errors=True)
                 try:
                     summary = run_training(config)
