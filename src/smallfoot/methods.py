@@ -123,7 +123,7 @@ class Method:
 
     def make_optimizer(self, ctx: RunContext, model: nn.Module) -> torch.optim.Optimizer:
         """SGD or AdamW over the model's trainable parameters."""
-        return make_optimizer(model.parameters(), ctx.train_config())
+        return make_optimizer(model, ctx.train_config())
 
     def make_trainer(
         self,

@@ -343,3 +343,29 @@ def test_default_run_names_are_unique_within_a_second(tmp_path):
     config = tiny_config(tmp_path, epochs=1)
     dirs = {new_run_dir(config) for _ in range(3)}
     assert len(dirs) == 3 and all(d.is_dir() for d in dirs)
+
+
+def test_fixup_scalars_train_at_a_tenth_of_the_rate_through_the_schedule():
+    from smallfoot.models import build_model
+    from smallfoot.models.fixup import Bias, Scale
+    from smallfoot.train.trainer import make_optimizer, make_scheduler
+
+    model = build_model("fixup_resnet18", (1, 16, 16), 10, width=4)
+    optimizer = make_optimizer(model, TrainConfig(lr=0.1, schedule="cosine", epochs=2))
+    main, scalars = optimizer.param_groups
+    assert main["lr"] == 0.1 and scalars["lr"] == pytest.approx(0.01)
+    expected = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (Bias, Scale))
+        for p in m.parameters(recurse=False)
+    }
+    assert {id(p) for p in scalars["params"]} == expected
+    assert len(main["params"]) + len(scalars["params"]) == len(list(model.parameters()))
+    scheduler = make_scheduler(optimizer, TrainConfig(schedule="cosine", epochs=2), 5)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert scalars["lr"] == pytest.approx(main["lr"] / 10)
+    plain = make_optimizer(build_model("mlp", (4,), 3, widths=[8]), TrainConfig(lr=0.1))
+    assert len(plain.param_groups) == 1

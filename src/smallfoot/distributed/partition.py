@@ -477,7 +477,7 @@ class PartitionWorker:
         self.train_set, self.loss_fn, self.predict_fn = train_set, loss_fn, predict_fn
         self.run_dir = run_dir
         self.net = part.net()
-        self.optimizer = make_optimizer(self.net.parameters(), self.config)
+        self.optimizer = make_optimizer(self.net, self.config)
         steps = math.ceil(len(train_set) / config.batch_size)
         self.scheduler = make_scheduler(self.optimizer, replace(self.config, epochs=epochs), steps)
         self.clock = Clock()

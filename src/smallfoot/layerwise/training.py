@@ -476,7 +476,7 @@ class LayerwiseTrainer:
         options = self.options
         x, y = batch
         if self.need_memory and self.reference is None:
-            optimizer = make_optimizer(self.model.parameters(), self.base_config())
+            optimizer = make_optimizer(self.model, self.base_config())
             self.reference = meter(self.model, (x, y), self.loss_fn, optimizer).to_dict()
         indices = range(len(self.plan)) if indices is None else indices
         planned: list[dict[str, Any] | None] = [None] * len(self.plan)

@@ -183,7 +183,7 @@ class Manifold(Method):
         """The run's optimizer at :meth:`learning_rate` (the batch-scaled rate)."""
         config = ctx.train_config()
         config.lr = self.learning_rate(ctx)
-        return make_optimizer(model.parameters(), config)
+        return make_optimizer(model, config)
 
     def model_name(self, ctx: RunContext) -> str:
         """``<model>_bottleneck``: the model's features with the bottleneck head."""

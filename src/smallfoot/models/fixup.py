@@ -21,7 +21,11 @@ from smallfoot.models.registry import register_model
 
 
 class Bias(nn.Module):
-    """Adds one learned scalar (initially 0) to its input; saves nothing for backward."""
+    """Adds one learned scalar (initially 0) to its input; saves nothing for backward. Trains
+    at a tenth of the rate (``lr_scale``, read by ``make_optimizer``), as in the Fixup
+    authors' code."""
+
+    lr_scale = 0.1
 
     def __init__(self):
         super().__init__()
@@ -36,8 +40,11 @@ class Scale(nn.Module):
     """Multiplies its input by one learned scalar (initially 1): Fixup's scaling layer.
 
     Autograd keeps the whole input for the scalar's gradient; Facto-CNN replaces it by a
-    :class:`smallfoot.facto.PooledScale` that keeps a mean-pooled input.
+    :class:`smallfoot.facto.PooledScale` that keeps a mean-pooled input. Trains at a tenth of
+    the rate (``lr_scale``), as in the Fixup authors' code.
     """
+
+    lr_scale = 0.1
 
     def __init__(self):
         super().__init__()

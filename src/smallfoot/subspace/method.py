@@ -410,7 +410,7 @@ class Subspace(Method):
         MetricsLog(run_dir).rewrite(history)
         memory = None
         if ctx.config.measure_memory:
-            sgd = make_optimizer(model.parameters(), config) if sample_epochs else None
+            sgd = make_optimizer(model, config) if sample_epochs else None
             memory = self._memory(ctx, model, loss_fn, sgd, subspace.optimizer, basis)
         extra = {
             "subspace": {

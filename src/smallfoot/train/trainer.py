@@ -83,19 +83,46 @@ class Callback:
         """Restore what :meth:`state_dict` returned."""
 
 
+def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """The trainable parameters of ``model`` as optimizer groups: first those at rate ``lr``,
+    then one group per ``lr_scale`` that modules declare as a class attribute, at
+    ``lr * lr_scale`` (Fixup's scalar biases and multipliers train at a tenth of the rate, as
+    in the Fixup authors' code). A module's ``lr_scale`` covers its own parameters only."""
+    scaled: dict[float, list[nn.Parameter]] = {}
+    claimed: set[int] = set()
+    for module in model.modules():
+        scale = getattr(type(module), "lr_scale", None)
+        if scale is None:
+            continue
+        for parameter in module.parameters(recurse=False):
+            if parameter.requires_grad and id(parameter) not in claimed:
+                scaled.setdefault(scale, []).append(parameter)
+                claimed.add(id(parameter))
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
+    groups = [{"params": rest, "lr": lr}] if rest else []
+    groups += [{"params": ps, "lr": lr * s, "lr_scale": s} for s, ps in scaled.items()]
+    return groups
+
+
 def make_optimizer(
-    parameters: Iterable[nn.Parameter], config: TrainConfig
+    parameters: nn.Module | Iterable[nn.Parameter], config: TrainConfig
 ) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over ``parameters`` with the configured rate and decay."""
-    parameters = [p for p in parameters if p.requires_grad]
-    if not parameters:
+    """SGD with momentum or AdamW with the configured rate and decay over ``parameters``, or
+    over a model's :func:`parameter_groups` (modules with an ``lr_scale`` get their own rate;
+    the first group has the configured one)."""
+    if isinstance(parameters, nn.Module):
+        groups = parameter_groups(parameters, config.lr)
+    else:
+        groups = [{"params": [p for p in parameters if p.requires_grad], "lr": config.lr}]
+        groups = [g for g in groups if g["params"]]
+    if not groups:
         raise ConfigError("the model has no trainable parameters")
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of: sgd, adamw")
 
 
@@ -168,9 +195,7 @@ class Trainer:
         self._train_loader: BatchLoader | None = None
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.predict_fn = predict_fn if predict_fn is not None else argmax_predict
-        self.optimizer = (
-            optimizer if optimizer is not None else make_optimizer(model.parameters(), config)
-        )
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
         self.scheduler = (
             scheduler
             if scheduler is not None
