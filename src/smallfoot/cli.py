@@ -661,7 +661,11 @@ def compare(
         raise ConfigError("--budget chooses the methods (the plans that fit); drop --methods")
     chosen = methods_.split(",") if methods_ else [cls.name for cls in list_methods()]
     base = build_run_config(ctx, config, run_overrides(run_flags), chosen)
-    plans, limit = (None, None) if budget is None else _fitting_plans(base, budget)
+    plans, limit = (None, None)
+    if budget is not None:
+        from smallfoot.plan import default_cache_path, fitting_plans
+
+        plans, limit = fitting_plans(base, budget, cache=default_cache_path())
     rows = compare_methods(
         base,
         methods_.split(",") if methods_ else None,
@@ -693,33 +697,6 @@ def compare(
             file=sys.stderr,
         )
         raise typer.Exit(1)
-
-
-def _fitting_plans(base, budget: str) -> tuple[list[tuple[str, str, dict[str, Any]]], int]:
-    """``(plans, budget in bytes)``: the baseline (the reference) and every candidate of
-    ``smallfoot plan`` that fits ``budget`` for the base run's model, data and batch, ranked.
-    None fitting raises ``BudgetError``."""
-    from smallfoot.plan import default_cache_path, format_bytes
-    from smallfoot.plan import plan as make_plan
-    from smallfoot.runner.step import dataset_input
-
-    shape, classes = dataset_input(base.dataset, base.data_root, dict(base.data_options))
-    device = "cuda" if base.device.startswith("cuda") else "cpu"
-    result = make_plan(
-        base.model, (base.batch_size, *shape), budget, classes=classes,
-        optimizer=base.optimizer, device=device, cache=default_cache_path(),
-    )  # fmt: skip
-    fitting = [c for c in result.candidates if c.fits]
-    if not fitting:
-        raise BudgetError(
-            f"no candidate fits {format_bytes(result.budget)} for {base.model} at batch "
-            f"{base.batch_size} (baseline {format_bytes(result.baseline_peak)}); give a larger "
-            "--budget or a smaller --batch-size"
-        )
-    plans = [(c.name, c.method, dict(c.options)) for c in fitting]
-    if not any(method == "baseline" for _, method, _ in plans):
-        plans.insert(0, ("baseline (reference, over the budget)", "baseline", {}))
-    return plans, result.budget
 
 
 def _compare_started(index: int, total: int, name: str, config, notes: list[str]) -> None:

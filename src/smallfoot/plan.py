@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from smallfoot.config import RunConfig
 from smallfoot.errors import ConfigError, ShapeError, SmallfootError
 
 _UNITS = {
@@ -789,3 +790,32 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+
+def fitting_plans(
+    base: RunConfig, budget: int | str, cache: str | os.PathLike | None = None
+) -> tuple[list[tuple[str, str, dict[str, Any]]], int]:
+    """``(plans, budget in bytes)`` for ``compare --budget``: the baseline (the reference) and
+    every candidate of :func:`plan` that fits ``budget`` for the run config ``base``'s model,
+    data and batch, ranked, as ``(label, method, options)``. None fitting raises
+    ``BudgetError``."""
+    from smallfoot.errors import BudgetError
+    from smallfoot.runner.step import dataset_input
+
+    shape, classes = dataset_input(base.dataset, base.data_root, dict(base.data_options))
+    device = "cuda" if base.device.startswith("cuda") else "cpu"
+    result = plan(
+        base.model, (base.batch_size, *shape), budget, classes=classes,
+        optimizer=base.optimizer, device=device, cache=cache,
+    )  # fmt: skip
+    fitting = [c for c in result.candidates if c.fits]
+    if not fitting:
+        raise BudgetError(
+            f"no candidate fits {format_bytes(result.budget)} for {base.model} at batch "
+            f"{base.batch_size} (baseline {format_bytes(result.baseline_peak)}); give a larger "
+            "--budget or a smaller --batch-size"
+        )
+    plans = [(c.name, c.method, dict(c.options)) for c in fitting]
+    if not any(method == "baseline" for _, method, _ in plans):
+        plans.insert(0, ("baseline (reference, over the budget)", "baseline", {}))
+    return plans, result.budget

@@ -113,8 +113,8 @@ def make_optimizer(
     if isinstance(parameters, nn.Module):
         groups = parameter_groups(parameters, config.lr)
     else:
-        groups = [{"params": [p for p in parameters if p.requires_grad], "lr": config.lr}]
-        groups = [g for g in groups if g["params"]]
+        trainable = [p for p in parameters if p.requires_grad]
+        groups = [{"params": trainable, "lr": config.lr}] if trainable else []
     if not groups:
         raise ConfigError("the model has no trainable parameters")
     if config.optimizer == "sgd":
