@@ -3,6 +3,7 @@
 import pytest
 from benchmarks.layerwise import (
     THESIS_SCALE,
+    TRAIN_IMAGES,
     grid_rows,
     layerwise_claims,
     thesis_scale_rows,
@@ -14,10 +15,14 @@ from smallfoot.methods import get_method
 def test_rows_are_runnable_configurations_with_the_methods_defaults():
     rows = grid_rows(quick=False)
     variants = {(r.extra["model_label"], r.extra["variant"]) for r in rows}
-    assert ("cnn4", "random robin") in variants and ("vgg13/8", "segments of 2") in variants
+    assert variants == {
+        (model, variant)
+        for model in ("cnn4", "vgg13/8")
+        for variant in ("full backprop", "bottom-up", "random robin")
+    }
     for row in rows:
         config = row.config.validate()
-        assert config.dataset == "fashion-mnist" and config.train_limit is None
+        assert config.dataset == "fashion-mnist" and config.train_limit == TRAIN_IMAGES
         assert row.seeds == (0, 1, 2)
         get_method(config.method, config.method_options)  # every option parses
         if config.method == "baseline":
