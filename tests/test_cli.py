@@ -311,6 +311,9 @@ def test_methods_and_models_name_list_options(run_cli):
     code, out, _ = run_cli("methods", "facto")
     assert code == 0 and "--inr" in out and "0.3" in out
     assert "your model (--model package.module:function): any module: its Conv2d/Linear" in out
+    assert "your data (--dataset package.module:function): any dataset, streams too" in out
+    code, out, _ = run_cli("methods", "subspace")
+    assert "map-style datasets (in memory or read on demand), no streams" in " ".join(out.split())
 
 
 def test_every_method_states_what_it_does_with_a_users_model(run_cli):

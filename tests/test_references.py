@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from smallfoot.data import BatchLoader, load_dataset
+from smallfoot.data import BatchLoader, StreamDataset, load_dataset
 from smallfoot.errors import ConfigError
 from smallfoot.models import build_model
 from smallfoot.references import resolve_reference
@@ -119,9 +119,10 @@ def test_a_dataset_not_in_memory_reads_only_the_items_indexed(user_module):
     assert x.shape == (4, 1, 8, 8)
 
 
-def test_an_iterable_dataset_is_refused_in_one_line(user_module):
-    with pytest.raises(ConfigError, match="is an IterableDataset; smallfoot reads map-style"):
-        load_dataset(f"{user_module}:stream", "train", in_memory=False)
+def test_an_iterable_dataset_streams_or_is_read_into_memory(user_module):
+    streamed = load_dataset(f"{user_module}:stream", "train", in_memory=False)
+    assert isinstance(streamed, StreamDataset) and len(streamed) == 1
+    assert load_dataset(f"{user_module}:stream", "train").x.shape == (1, 4)
 
 
 def test_a_dataset_function_must_return_a_pair(user_module):

@@ -603,6 +603,7 @@ def methods(
         cls = get_method_class(name)
         console.print(f"{name}: {cls.description}")
         console.print(f"your model (--model package.module:function): {cls.user_model}")
+        console.print(f"your data (--dataset package.module:function): {_data_support(cls)}")
         table = Table(title=f"options of method {name} (extra flags of `smallfoot train`)")
         for column in ("option", "default", "meaning"):
             table.add_column(column, overflow="fold")
@@ -614,7 +615,7 @@ def methods(
         console.print(table)
         return
     table = Table(title="methods")
-    for column in ("name", "description", "your model", "flags", "options (default)"):
+    for column in ("name", "description", "your model", "your data", "flags", "options (default)"):
         table.add_column(column)
     for cls in list_methods():
         flags = [f for f in ("custom_backward", "changes_optimizer", "staged") if getattr(cls, f)]
@@ -622,8 +623,19 @@ def methods(
             f"--{n.rstrip('_').replace('_', '-')} ({_option_text(d)})"
             for n, _, d, _ in option_fields(cls.Options)
         )
-        table.add_row(cls.name, cls.description, cls.user_model, " ".join(flags), options or "-")
+        table.add_row(
+            cls.name, cls.description, cls.user_model, _data_support(cls), " ".join(flags),
+            options or "-",
+        )  # fmt: skip
     console.print(table)
+
+
+def _data_support(cls) -> str:
+    """What a method takes of a user's data: streams (an ``IterableDataset`` with
+    ``in_memory=false``) or map-style datasets only."""
+    if cls.streams:
+        return "any dataset, streams too"
+    return "map-style datasets (in memory or read on demand), no streams"
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from smallfoot.config import RunConfig
-from smallfoot.data import ArrayDataset, BatchLoader
+from smallfoot.data import ArrayDataset, BatchLoader, StreamDataset, StreamLoader
 from smallfoot.data.filtering import FilterSpec
 from smallfoot.errors import ConfigError, UnknownNameError
 from smallfoot.losses import build_loss
@@ -49,8 +49,8 @@ class RunContext:
 
     config: RunConfig
     options: Any  # the method's Options instance
-    train_set: ArrayDataset
-    test_set: ArrayDataset
+    train_set: ArrayDataset | StreamDataset
+    test_set: ArrayDataset | StreamDataset
     run_dir: Path | None = None
     device: str = "cpu"
     resume: bool = False
@@ -100,6 +100,9 @@ class Method:
     """the method trains in stages (its memory report names the largest stage)"""
     online_filters: ClassVar[bool] = True
     """an online ``--filter`` works: the method trains through :meth:`make_trainer`"""
+    streams: ClassVar[bool] = True
+    """the method takes a streamed dataset (a user's ``IterableDataset`` with
+    ``in_memory=false``): it reads the training set only through the Trainer's epochs"""
     user_model: ClassVar[str] = ""
     """what the method does with a user's own ``nn.Module`` (``--model package.module:function``):
     which modules it takes, or why it refuses them"""
@@ -222,10 +225,16 @@ class Method:
 
 
 def example_batch(
-    dataset: ArrayDataset, batch_size: int, device: str = "cpu"
+    dataset: ArrayDataset | StreamDataset, batch_size: int, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first training batch (copies), as the meter measures it."""
-    x, y = next(iter(BatchLoader(dataset, min(batch_size, len(dataset)), shuffle=False).epoch(0)))
+    """The first training batch (copies; a stream's first batch), as the meter measures it."""
+    batch_size = min(batch_size, len(dataset))
+    loader = (
+        StreamLoader(dataset, batch_size)
+        if isinstance(dataset, StreamDataset)
+        else BatchLoader(dataset, batch_size, shuffle=False)
+    )
+    x, y = next(iter(loader.epoch(0)))
     return x.to(device), y.to(device)
 
 

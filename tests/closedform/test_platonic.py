@@ -11,6 +11,7 @@ from smallfoot.closedform import (
     sorted_pca_indices,
 )
 from smallfoot.closedform.platonic import _readout_pass, _Stack
+from smallfoot.data import LazyInputs
 from smallfoot.errors import ConfigError, TrainingError
 from smallfoot.models import build_model
 
@@ -131,7 +132,7 @@ def test_sine_regression_fits_closely():
 def test_ema_weights_follow_the_update_rule():
     x, y = blobs(m=40, n=3)
     y1 = torch.nn.functional.one_hot(y, 2).double()
-    stack = _Stack(x, y1, torch.nn.ReLU(), batch_size=9)
+    stack = _Stack(x, y1, torch.nn.ReLU(), batch_size=9, dtype=torch.float64)
     readout = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     d = torch.rand(40, 1, dtype=torch.float64)
     error, residual, new_d = _readout_pass(stack, y1, readout, 2, d, ema=0.2)
@@ -247,3 +248,42 @@ def test_regression_with_several_targets():
     result = fit_mlp(x, y, [16], activation="tanh", num_classes=0, solver="pinv")
     assert result.coding == "none" and result.model[-1].out_features == 2
     assert result.train_error < 1e-2
+
+
+class CountingInputs(LazyInputs):
+    """``x`` read on demand, recording the size of every read."""
+
+    def __init__(self, x):
+        self.x, self.item_shape, self.reads = x, tuple(x.shape[1:]), []
+
+    def __len__(self):
+        return len(self.x)
+
+    def read(self, indices):
+        self.reads.append(len(indices))
+        return self.x[indices].float()
+
+
+@pytest.mark.parametrize("targets", ["random", "platonic-pca"])
+def test_inputs_read_on_demand_fit_as_in_memory_a_batch_at_a_time(targets):
+    x, y = blobs(m=200, n=5)
+    images = x.float().reshape(200, 1, 5, 1)
+    lazy = CountingInputs(images)
+    options = dict(targets=targets, batch_size=64, ema=0.5, seed=3)
+    in_memory = fit_mlp(images, y, (6, 4), **options)
+    read = fit_mlp(lazy, y, (6, 4), **options)
+    expected, got = in_memory.model.state_dict(), read.model.state_dict()
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert max(lazy.reads) == 64 and sum(lazy.reads) >= 4 * 200
+
+
+def test_inputs_read_on_demand_refuse_what_reads_them_whole():
+    x, y = blobs()
+    lazy = CountingInputs(x.float())
+    with pytest.raises(ConfigError, match="use solver='ridge' with a batch_size"):
+        fit_mlp(lazy, y, (4,), solver="pinv")
+    with pytest.raises(ConfigError, match="use solver='ridge' with a batch_size"):
+        fit_mlp(lazy, y, (4,), batch_size=None)
+    with pytest.raises(ConfigError, match="sorted-pca .* needs every input in memory"):
+        fit_mlp(lazy, y, (4,), targets="sorted-pca", batch_size=50)
+    assert lazy.reads == []

@@ -1,7 +1,5 @@
 """k-filtering, k-redundancy, loss filtering, online filters and the per-layer diagnostics."""
 
-import textwrap
-
 import pytest
 import torch
 from torch import nn
@@ -372,81 +370,15 @@ def test_filter_command_defaults_to_the_thesis_chunks(run_cli):
         assert json.loads(out)["5"]["redundancy"] == expected
 
 
-FILE_DATASET = textwrap.dedent("""
-    import os
-    import numpy as np
-    import torch
-
-    class FileRows(torch.utils.data.Dataset):
-        # rows of float32 read from a file with os.pread (nothing mapped, nothing cached by us)
-        def __init__(self, path, n, dim, classes=4):
-            self.path, self.n, self.dim = path, n, dim
-            self.targets = [i % classes for i in range(n)]
-
-        def __len__(self):
-            return self.n
-
-        def __getitem__(self, index):
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                data = os.pread(fd, 4 * self.dim, 4 * self.dim * index)
-            finally:
-                os.close(fd)
-            return torch.from_numpy(np.frombuffer(data, np.float32).copy()), self.targets[index]
-
-    def file_rows(path, n, dim):
-        rows = FileRows(path, n, dim)
-        return rows, FileRows(path, min(n, 512), dim)
-""")
-
-
-PEAK_RSS = (
-    "import resource, sys\n"
-    "from smallfoot.cli import main\n"
-    "sys.argv = ['smallfoot', *sys.argv[1:]]\n"
-    "try:\n    main()\n"
-    "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
-    "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-)
-
-
 @pytest.mark.slow
-def test_k_filter_and_train_a_file_set_four_times_the_memory_cap(tmp_path):
+def test_k_filter_and_train_a_file_set_four_times_the_memory_cap(file_rows_peak_kib):
     """A 128 MiB file-backed set, read a batch (and a k-NN chunk) at a time, k-filtered and
     trained for an epoch: the process's peak memory grows by under 32 MiB over the same run on
     a 1,024-row file (a quarter of the set's size; measured with getrusage in a fresh
     process)."""
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / "file_sets.py").write_text(FILE_DATASET)
-    dim, big = 2048, 16384  # 8 KiB per row: 128 MiB
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(big) % 4
-    with (tmp_path / "rows.f32").open("wb") as handle:
-        for start in range(0, big, 1024):  # class means apart, so the filter has work to do
-            rows = torch.randn(1024, dim, generator=generator)
-            rows += labels[start : start + 1024, None].float()
-            handle.write(rows.numpy().tobytes())
-
-    def peak_kib(n: int) -> int:
-        command = [
-            sys.executable, "-c", PEAK_RSS, "train", "--dataset", "file_sets:file_rows",
-            "--data-opt", f"path={tmp_path / 'rows.f32'}", "--data-opt", f"n={n}",
-            "--data-opt", f"dim={dim}", "--data-opt", "in_memory=false",
-            "--model", "mlp", "--model-opt", "widths=16", "--filter", "k=3,knn_chunk=256",
-            "--epochs", "1", "--batch-size", "256", "--no-progress", "--no-memory",
-            "--out-dir", str(tmp_path / "runs"),
-        ]  # fmt: skip
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        }
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert "filter" in done.stdout
-        return int(done.stdout.rsplit("PEAK_KIB", 1)[1])
-
-    growth_mib = (peak_kib(big) - peak_kib(1024)) / 1024
+    args = (
+        "--model", "mlp", "--model-opt", "widths=16", "--filter", "k=3,knn_chunk=256",
+        "--epochs", "1", "--batch-size", "256", "--no-progress", "--no-memory",
+    )  # fmt: skip
+    growth_mib = (file_rows_peak_kib(args, 16384) - file_rows_peak_kib(args, 1024)) / 1024
     assert growth_mib < 32, f"peak memory grew by {growth_mib:.1f} MiB for a 128 MiB set"

@@ -120,3 +120,22 @@ def test_ddp_communication_hooks_train_and_count_what_they_send(run_ranks):
         assert summary["communication"]["step_seconds"] > 0
     bits = runs["ddp-entropy"]["compression"]["gradient_bits_per_value"]
     assert bits == 8 * runs["ddp-entropy"]["communication"]["bytes_per_step"] / (float32 / 4)
+
+
+@pytest.mark.slow
+def test_a_streamed_training_set_is_refused_before_the_run_directory(tmp_path, monkeypatch):
+    (tmp_path / "user_stream.py").write_text(
+        "import torch\n"
+        "class Stream(torch.utils.data.IterableDataset):\n"
+        "    def __iter__(self):\n"
+        "        return iter([(torch.zeros(2), i % 2) for i in range(8)])\n"
+        "def stream():\n"
+        "    return Stream(), Stream()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = _config(tmp_path, "stream", epochs=1, dataset="user_stream:stream")
+    config.data_options = {"in_memory": False}
+    with pytest.raises(TrainingError, match="rank 0 failed .*streams its training set .*--nproc 1"):
+        launch(config, 2)
+    assert not (tmp_path / "stream").exists()

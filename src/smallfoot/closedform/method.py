@@ -54,13 +54,16 @@ def process_peak_bytes() -> tuple[int, str]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    """``{"accuracy", "loss"}`` of a fitted ``model`` on ``(x, y)``: classification accuracy
-    (0-1) and mean squared error ``||Y - Yhat||_F^2 / m`` against one-hot targets (or against
-    ``y`` in {-1, +1} when the model has the single output of the binary ``sign`` coding), or,
-    for regression (``num_classes`` 0), accuracy None and the mean squared error."""
+def evaluate(
+    model: torch.nn.Module, x, y: torch.Tensor, num_classes: int, batch_size: int = 8192
+) -> dict:
+    """``{"accuracy", "loss"}`` of a fitted ``model`` on ``(x, y)`` (``x`` a tensor or lazily
+    read inputs, ``batch_size`` rows at a time): classification accuracy (0-1) and mean
+    squared error ``||Y - Yhat||_F^2 / m`` against one-hot targets (or against ``y`` in
+    {-1, +1} when the model has the single output of the binary ``sign`` coding), or, for
+    regression (``num_classes`` 0), accuracy None and the mean squared error."""
     dtype = next(model.parameters()).dtype
-    out = torch.cat([model(x[i : i + 8192].to(dtype)) for i in range(0, len(x), 8192)])
+    out = torch.cat([model(x[i : i + batch_size].to(dtype)) for i in range(0, len(x), batch_size)])
     if num_classes == 0:
         target = y.reshape(len(y), -1).to(dtype)
         return {"accuracy": None, "loss": float((out - target).pow(2).sum() / len(y))}
@@ -96,6 +99,7 @@ class ClosedForm(Method):
     description = "closed-form MLP fit with Platonic projections (no gradients; model mlp)"
     staged = True
     online_filters = False
+    streams = False
 
     @dataclass
     class Options:
@@ -200,8 +204,9 @@ class ClosedForm(Method):
         reset = reset_process_peak()
         result = self.fit(ctx)
         peak, source = process_peak_bytes()
-        train = evaluate(result.model, ctx.train_set.x, ctx.train_set.y, ctx.num_classes)
-        test = evaluate(result.model, ctx.test_set.x, ctx.test_set.y, ctx.num_classes)
+        rows = self.options.chunk or 8192
+        train = evaluate(result.model, ctx.train_set.x, ctx.train_set.y, ctx.num_classes, rows)
+        test = evaluate(result.model, ctx.test_set.x, ctx.test_set.y, ctx.num_classes, rows)
         if ctx.run_dir is not None:
             atomic_torch_save(two_class_state(result.model), Path(ctx.run_dir) / MODEL_FILE)
         metrics: dict[str, Any] = {

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from smallfoot.data import LazyInputs
 from smallfoot.errors import ConfigError, ShapeError, TrainingError
 
 PROJECTIONS = ("random", "platonic-pca", "sorted-pca", "elm")
@@ -216,10 +217,11 @@ def _batches(m: int, batch_size: int | None) -> list[slice]:
 
 
 class _Stack:
-    """The fitted hidden layers so far and the data, yielding ``[1 | Z_i]`` batch by batch."""
+    """The fitted hidden layers so far and the data, yielding ``[1 | Z_i]`` batch by batch
+    (lazily read inputs are read, flattened and cast one batch at a time)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, activation: nn.Module, batch_size):
-        self.x, self.y, self.activation = x, y, activation
+    def __init__(self, x, y: torch.Tensor, activation: nn.Module, batch_size, dtype):
+        self.x, self.y, self.activation, self.dtype = x, y, activation, dtype
         self.weights: list[torch.Tensor] = []  # each (n_in + 1, width), row 0 = bias
         self.slices = _batches(len(x), batch_size)
 
@@ -227,7 +229,7 @@ class _Stack:
         """``(rows, [1 | Z_last])`` per batch; ``extra`` (n + 1, w) adds one more layer."""
         weights = self.weights if extra is None else [*self.weights, extra]
         for rows in self.slices:
-            z = self.x[rows]
+            z = self.x[rows].reshape(rows.stop - rows.start, -1).to(self.dtype)
             for w in weights:
                 z = self.activation(_with_ones(z) @ w)
             yield rows, _with_ones(z)
@@ -389,7 +391,10 @@ def fit_mlp(
     """Fit an MLP in closed form, one least-squares problem per layer (thesis ch. 7).
 
     Args:
-        x: inputs ``(m, ...)``; flattened to ``(m, n)``.
+        x: inputs ``(m, ...)``; flattened to ``(m, n)``. :class:`~smallfoot.data.LazyInputs`
+            (data that need not fit in memory) are read ``batch_size`` rows at a time, once
+            per pass (about two passes per hidden layer and try); they need the ridge solver
+            with a ``batch_size`` and a projection other than ``sorted-pca``.
         y: int64 labels ``(m,)`` (classification, coded by ``coding``) or float targets
             ``(m, D)`` (regression, ``num_classes=0``).
         widths: hidden layer widths, e.g. ``(784, 392)``.
@@ -457,11 +462,14 @@ def fit_mlp(
     elif tol <= 0:
         tol = None
 
-    x = x.reshape(len(x), -1).to(dtype)
+    if isinstance(x, LazyInputs):
+        _check_lazy(solver, batch_size, projections)
+    else:
+        x = x.reshape(len(x), -1).to(dtype)
     targets_y = encode_targets(y, num_classes, dtype, coding)
     m, k = len(x), targets_y.shape[1]
     act = ACTIVATIONS[activation]()
-    stack = _Stack(x, targets_y, act, batch_size)
+    stack = _Stack(x, targets_y, act, batch_size, dtype)
     generator = torch.Generator().manual_seed(seed)
     weights_d = torch.ones(m, 1, dtype=dtype)
     reports: list[LayerReport] = []
@@ -515,6 +523,21 @@ def fit_mlp(
         )
     )
     return FitResult(model, reports, time.perf_counter() - started, error, coding)
+
+
+def _check_lazy(solver: str, batch_size: int | None, projections: list[str]) -> None:
+    """Refuse what would read lazily read inputs whole into memory."""
+    if solver != "ridge" or batch_size is None:
+        raise ConfigError(
+            "inputs read on demand (in_memory=false) are fitted a batch at a time: use "
+            "solver='ridge' with a batch_size (the method's --chunk)"
+        )
+    if "sorted-pca" in projections:
+        raise ConfigError(
+            "sorted-pca picks samples along the data's first principal component, which needs "
+            "every input in memory; read the data into memory (in_memory=true) or choose "
+            "another projection"
+        )
 
 
 def _full(stack: _Stack, solver: str) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""Datasets as in-memory tensors or read on demand: ``load_dataset(name, split, root)``,
+"""Datasets as in-memory tensors, read on demand or streamed: ``load_dataset(name, split, root)``,
 loaders and a registry."""
 
 from smallfoot.data import (
@@ -15,6 +15,7 @@ from smallfoot.data.datasets import (
     register_dataset,
 )
 from smallfoot.data.loader import Augment, BatchLoader, add_label_noise
+from smallfoot.data.stream import StreamDataset, StreamLoader
 
 __all__ = [
     "ArrayDataset",
@@ -22,6 +23,8 @@ __all__ = [
     "BatchLoader",
     "DatasetInfo",
     "LazyInputs",
+    "StreamDataset",
+    "StreamLoader",
     "add_label_noise",
     "get_dataset_info",
     "list_datasets",

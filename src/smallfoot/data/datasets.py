@@ -15,6 +15,7 @@ import torch
 
 from smallfoot.data.cifar import CIFAR_LAYOUT, cifar_dir, load_cifar
 from smallfoot.data.idx import find_idx_file, load_idx_pair
+from smallfoot.data.stream import StreamDataset, input_and_label, label_of, stream_dataset
 from smallfoot.errors import ConfigError, DatasetError, UnknownNameError
 from smallfoot.references import is_reference, resolve_reference
 
@@ -100,8 +101,7 @@ class DatasetInputs(LazyInputs):
 def _item(dataset, index: int, name: str):
     """Item ``index`` of a map-style dataset, checked to be an ``(input, label)`` pair."""
     item = dataset[index]
-    if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        raise DatasetError(f"{name}: item {index} is not an (input, label) pair")
+    input_and_label(item, f"{name}: item {index}")
     return item
 
 
@@ -196,8 +196,9 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 def load_dataset(
     name: str, split: str = "train", root: str | Path | None = None, **options
-) -> ArrayDataset:
-    """Load ``split`` of dataset ``name`` as an :class:`ArrayDataset`.
+) -> ArrayDataset | StreamDataset:
+    """Load ``split`` of dataset ``name`` as an :class:`ArrayDataset` (a user's stream with
+    ``in_memory=false``: a :class:`~smallfoot.data.stream.StreamDataset`).
 
     Image options: ``normalize`` (default True: per-channel standardisation with the training
     split's statistics), ``pad_to`` (zero-pad square images to this side before normalising),
@@ -227,16 +228,18 @@ def load_referenced_dataset(
     seed: int = 0,
     in_memory: bool = True,
     **options,
-) -> ArrayDataset:
+) -> ArrayDataset | StreamDataset:
     """Split ``split`` (train or test) of a user's dataset: ``reference`` names a function
     (``package.module:function``) called with ``options`` as keyword arguments that returns a
-    ``(train, test)`` pair. Each may be an :class:`ArrayDataset` or any map-style
-    ``torch.utils.data.Dataset`` of ``(input tensor, integer label)`` items. With
-    ``in_memory`` (the default) a Dataset is read once into memory (the whole split must fit);
-    ``in_memory=false`` reads its inputs a batch at a time (:class:`DatasetInputs`; pair it
-    with ``--workers``), keeping only the labels in memory: its ``targets`` attribute when it
-    has one (torchvision's datasets do), else one pass over the items. ``limit`` keeps that
-    many samples (seeded choice)."""
+    ``(train, test)`` pair. Each may be an :class:`ArrayDataset`, any map-style
+    ``torch.utils.data.Dataset`` or an ``IterableDataset`` of ``(input tensor, integer
+    label)`` items. With ``in_memory`` (the default) a dataset is read once into memory (the
+    whole split must fit). ``in_memory=false`` reads a map-style dataset's inputs a batch at a
+    time (:class:`DatasetInputs`; pair it with ``--workers``), keeping only the labels in
+    memory: its ``targets`` attribute when it has one (torchvision's datasets do), else one
+    pass over the items; it streams an ``IterableDataset``
+    (:class:`~smallfoot.data.stream.StreamDataset`: nothing kept). ``limit`` keeps that many
+    samples (seeded choice; of a stream, its first ``limit`` items each epoch)."""
     function = resolve_reference(reference, "--dataset")
     if split not in ("train", "test"):
         raise ConfigError(f"dataset {reference!r} has no split {split!r}; choose train or test")
@@ -253,19 +256,15 @@ def load_referenced_dataset(
             "(train, test) pair of datasets"
         )
     data = pair[0 if split == "train" else 1]
+    name = f"{reference} ({split})"
+    if isinstance(data, torch.utils.data.IterableDataset) and not in_memory:
+        return stream_dataset(data, name, limit)
     if not isinstance(data, ArrayDataset):
-        name = f"{reference} ({split})"
         data = _materialise(data, name) if in_memory else _wrap(data, name)
     return _limit(data, limit, seed)
 
 
 def _check_map_style(dataset, name: str) -> None:
-    if isinstance(dataset, torch.utils.data.IterableDataset):
-        raise ConfigError(
-            f"--dataset {name}: a {type(dataset).__name__} is an IterableDataset; smallfoot "
-            "reads map-style datasets (the seeded, resumable batch order needs __len__ and "
-            "__getitem__): return a map-style Dataset (with in_memory=false for large data)"
-        )
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise ConfigError(
             f"--dataset {name}: a {type(dataset).__name__} is not a map-style dataset "
@@ -273,13 +272,6 @@ def _check_map_style(dataset, name: str) -> None:
         )
     if len(dataset) == 0:
         raise DatasetError(f"{name} is empty")
-
-
-def _label(y, index: int, name: str) -> int:
-    try:
-        return int(y)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{name}: item {index} has label {y!r}, not an integer") from None
 
 
 def _labelled(x, labels: list[int], dataset, name: str) -> ArrayDataset:
@@ -297,19 +289,25 @@ def _labelled(x, labels: list[int], dataset, name: str) -> ArrayDataset:
 
 
 def _materialise(dataset, name: str) -> ArrayDataset:
-    """A map-style dataset of ``(input, label)`` items read into one :class:`ArrayDataset`."""
-    _check_map_style(dataset, name)
+    """A dataset of ``(input, label)`` items (map-style, or a stream read once in its
+    order) read into one :class:`ArrayDataset`."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        items = iter(dataset)
+    else:
+        _check_map_style(dataset, name)
+        items = (dataset[index] for index in range(len(dataset)))
     inputs, labels = [], []
-    for index in range(len(dataset)):
-        x, y = _item(dataset, index, name)
-        x = torch.as_tensor(x, dtype=torch.float32)
+    for index, item in enumerate(items):
+        x, y = input_and_label(item, f"{name}: item {index}")
         if inputs and x.shape != inputs[0].shape:
             raise DatasetError(
                 f"{name}: item {index} has shape {tuple(x.shape)}, item 0 {tuple(inputs[0].shape)}; "
                 "every input must have the same shape"
             )
         inputs.append(x)
-        labels.append(_label(y, index, name))
+        labels.append(y)
+    if not inputs:
+        raise DatasetError(f"{name} is empty")
     return _labelled(torch.stack(inputs), labels, dataset, name)
 
 
@@ -325,11 +323,13 @@ def _wrap(dataset, name: str) -> ArrayDataset:
         targets is not None
         and getattr(dataset, "target_transform", None) is None
         and len(targets) == len(dataset)
-        and _label(targets[0], 0, name) == _label(y, 0, name)
+        and label_of(targets[0], f"{name}: item 0") == label_of(y, f"{name}: item 0")
     ):
-        labels = [_label(t, i, name) for i, t in enumerate(targets)]
+        labels = [label_of(t, f"{name}: item {i}") for i, t in enumerate(targets)]
     else:
-        labels = [_label(_item(dataset, i, name)[1], i, name) for i in range(len(dataset))]
+        labels = [
+            label_of(_item(dataset, i, name)[1], f"{name}: item {i}") for i in range(len(dataset))
+        ]
     return _labelled(DatasetInputs(dataset, name, tuple(first.shape)), labels, dataset, name)
 
 

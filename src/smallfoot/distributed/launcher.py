@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from smallfoot._io import atomic_write_json
 from smallfoot.compress import CodecConfig
 from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
-from smallfoot.data import ArrayDataset, BatchLoader
+from smallfoot.data import ArrayDataset, BatchLoader, StreamDataset
 from smallfoot.data.filtering import FilterSpec
 from smallfoot.distributed.averaging import CompressedAveraging
 from smallfoot.distributed.groups import end_process_group
@@ -406,6 +406,19 @@ def train_rank(
                 f"rank {rank_}'s configuration differs from rank 0's in {', '.join(fields)}; start every rank with the same config"
             )
         method = get_method(config.method, config.method_options)
+        seed_everything(config.seed)
+        try:
+            train_set, test_set, data_record = load_run_data(config)
+            if isinstance(train_set, StreamDataset):
+                raise ConfigError(
+                    f"--dataset {config.dataset} streams its training set (in_memory=false); "
+                    "data-parallel runs shard it by index, which a stream has not; run it with "
+                    "--nproc 1, or drop in_memory=false"
+                )
+        except SmallfootError:
+            if rank != 0:
+                return None  # every rank fails alike; rank 0 reports it
+            raise
         # rank 0 makes the run directory; the others learn whether it could, so none hangs
         made: list[Any] = [None if resume_dir is None else Path(resume_dir)]
         if rank == 0 and resume_dir is None:
@@ -420,8 +433,6 @@ def train_rank(
                 raise made[0]
             return None  # rank 0's error is the one to report
         run_dir = made[0] if rank == 0 else None
-        seed_everything(config.seed)
-        train_set, test_set, data_record = load_run_data(config)
         if data_record and rank == 0:
             atomic_write_json(run_dir / "data.json", data_record)
         seed_everything(config.seed)

@@ -71,6 +71,7 @@ class Partitionwise(Method):
     Options = PartitionOptions
     staged = True
     online_filters = False
+    streams = False
 
     def check_run(self, ctx: RunContext) -> None:
         """Refuse a model that cannot be split as asked, or a device other than the CPU."""

@@ -29,6 +29,7 @@ class Layerwise(Method):
     Options = LayerwiseOptions
     staged = True
     online_filters = False
+    streams = False
 
     def train(self, ctx: RunContext) -> TrainOutcome:
         """Train (or resume) segment by segment; the memory report is the largest segment's."""

@@ -14,7 +14,7 @@ import torch
 
 from smallfoot._io import atomic_write_json, load_checked
 from smallfoot.config import RunConfig, apply_overrides, load_config, save_config
-from smallfoot.data import ArrayDataset, add_label_noise, load_dataset
+from smallfoot.data import ArrayDataset, StreamDataset, add_label_noise, load_dataset
 from smallfoot.data.filtering import FilterSpec, apply_filter
 from smallfoot.errors import ConfigError, DatasetError
 from smallfoot.methods import Method, RunContext, get_method
@@ -37,7 +37,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[str, Any]]:
+def load_run_data(
+    config: RunConfig,
+) -> tuple[ArrayDataset | StreamDataset, ArrayDataset | StreamDataset, dict[str, Any]]:
     """Training and test sets of a run (limits, label noise and filtering applied) + a record."""
     options = dict(config.data_options)
     train = load_dataset(
@@ -66,6 +68,12 @@ def load_run_data(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset, dict[s
         raise DatasetError(
             f"{config.dataset}: {len(train)} training and {len(test)} test samples; "
             "both splits need at least one"
+        )
+    if isinstance(train, StreamDataset) and (config.label_noise or config.filter):
+        flag = f"--filter {config.filter}" if config.filter else "--label-noise"
+        raise ConfigError(
+            f"--dataset {config.dataset} streams its training set (in_memory=false), and "
+            f"{flag} needs random access to it; drop {flag}, or drop in_memory=false"
         )
     record: dict[str, Any] = {}
     if config.label_noise:
@@ -104,6 +112,19 @@ def check_online_filter(method: Method, config: RunConfig) -> None:
             f"--filter {config.filter} filters between the Trainer's epochs, but --method "
             f"{config.method} trains with its own loop; {fix}"
         )
+
+
+def check_streams(method: Method, config: RunConfig, datasets: tuple[Any, Any]) -> None:
+    """Refuse a streamed dataset (``in_memory=false`` on a user's ``IterableDataset``) for a
+    method that reads its data other than through the Trainer's epochs (``Method.streams``)."""
+    if method.streams or not any(isinstance(d, StreamDataset) for d in datasets):
+        return
+    raise ConfigError(
+        f"--method {config.method} reads its data its own way (random access or several "
+        f"passes in a fixed order), and --dataset {config.dataset} is a stream "
+        "(in_memory=false); drop in_memory=false to read it into memory, or return a "
+        "map-style Dataset"
+    )
 
 
 RESUME_OVERRIDES = ("epochs", "lr", "data_root", "workers", "device", "progress", "measure_memory")
@@ -278,6 +299,7 @@ def run_training(
     train_set, test_set, data_record = load_run_data(config)
     # a run the method cannot honour is refused before its directory exists
     check_online_filter(method, config)
+    check_streams(method, config, (train_set, test_set))
     method.check_run(RunContext(config, method.options, train_set, test_set, None, device))
     if resume_dir is None:
         run_dir = new_run_dir(config)

@@ -240,6 +240,7 @@ class Subspace(Method):
     changes_optimizer = True
     staged = True
     online_filters = False
+    streams = False
 
     def sampling_epochs(self) -> int:
         """Epochs of the sampling stage: ``sample_epochs``, or 0 when a saved basis is reused."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from smallfoot._io import load_checked, save_checked
-from smallfoot.data import ArrayDataset, Augment, BatchLoader
+from smallfoot.data import ArrayDataset, Augment, BatchLoader, StreamDataset, StreamLoader
 from smallfoot.errors import ConfigError, TrainingError, TrainingInterrupted
 from smallfoot.losses import SoftmaxCrossEntropy, argmax_predict
 from smallfoot.train.rundir import MetricsLog, resume_hint
@@ -177,8 +177,8 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        train_set: ArrayDataset,
-        test_set: ArrayDataset | None,
+        train_set: ArrayDataset | StreamDataset,
+        test_set: ArrayDataset | StreamDataset | None,
         config: TrainConfig,
         loss_fn: Callable | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -192,7 +192,7 @@ class Trainer:
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
-        self._train_loader: BatchLoader | None = None
+        self._train_loader: BatchLoader | StreamLoader | None = None
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.predict_fn = predict_fn if predict_fn is not None else argmax_predict
         self.optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
@@ -212,7 +212,7 @@ class Trainer:
         """Batches per epoch of the current training set."""
         return -(-len(self.train_set) // self.config.batch_size)
 
-    def loader(self) -> BatchLoader:
+    def loader(self) -> BatchLoader | StreamLoader:
         """The training batches: made by :meth:`make_loader` and kept while the training set
         stays the same object, so its worker processes (``config.workers``) live across
         epochs."""
@@ -226,10 +226,19 @@ class Trainer:
             self._train_loader.close()
             self._train_loader = None
 
-    def make_loader(self) -> BatchLoader:
-        """A loader of the training set (seeded order, optional augmentation, worker
-        processes, pinned memory when training on a GPU)."""
+    def make_loader(self) -> BatchLoader | StreamLoader:
+        """A loader of the training set (seeded order, or the stream's own; optional
+        augmentation, worker processes, pinned memory when training on a GPU)."""
         augment = default_augment(self.train_set.input_shape) if self.config.augment else None
+        if isinstance(self.train_set, StreamDataset):
+            return StreamLoader(
+                self.train_set,
+                self.config.batch_size,
+                seed=self.config.seed,
+                augment=augment,
+                workers=self.config.workers,
+                pin_memory=self.device.type == "cuda",
+            )
         return BatchLoader(
             self.train_set,
             self.config.batch_size,
@@ -370,19 +379,21 @@ class Trainer:
         return loss.detach(), output.detach()
 
     @torch.no_grad()
-    def evaluate(self, dataset: ArrayDataset) -> dict[str, float]:
+    def evaluate(self, dataset: ArrayDataset | StreamDataset) -> dict[str, float]:
         """Mean loss and accuracy (fraction in [0, 1]) of the model on ``dataset``."""
         was_training = self.model.training
         self.model.eval()
         total_loss, correct = 0.0, 0
-        loader = BatchLoader(
-            dataset,
-            self.config.eval_batch_size,
-            shuffle=False,
-            workers=self.config.workers,
-            pin_memory=self.device.type == "cuda",
-            persistent=False,
-        )
+        pin_memory = self.device.type == "cuda"
+        batch, workers = self.config.eval_batch_size, self.config.workers
+        loader = (
+            StreamLoader(dataset, batch, workers=workers, pin_memory=pin_memory)
+            if isinstance(dataset, StreamDataset)
+            else BatchLoader(
+                dataset, batch, shuffle=False, workers=workers, pin_memory=pin_memory,
+                persistent=False,
+            )
+        )  # fmt: skip
         for x, y in loader.epoch(0):
             x, y = x.to(self.device), y.to(self.device)
             output = self.model(x)
