@@ -259,7 +259,7 @@ def test_composition_saves_at_least_what_each_part_saves():
     "name, message",
     [
         ("accumulate+layerwise", "layerwise trains with its own loop or trainer"),
-        ("facto+checkpoint", "these methods do not compose"),
+        ("checkpoint+offload", "these methods do not compose"),
         ("accumulate+checkpoint+facto", "compose two methods"),
     ],
 )

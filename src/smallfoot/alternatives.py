@@ -17,7 +17,13 @@ from torch.utils.checkpoint import checkpoint
 
 from smallfoot.errors import ConfigError
 from smallfoot.memory.meter import MemoryReport
-from smallfoot.methods import Method, RunContext, example_batch, register_method
+from smallfoot.methods import (
+    Method,
+    RunContext,
+    composed_options,
+    example_batch,
+    register_method,
+)
 from smallfoot.train.trainer import Trainer
 
 
@@ -339,31 +345,7 @@ class Accumulate(_Accumulating, Method):
                 f"--method accumulate+{other.name}: {other.name} trains with its own loop or "
                 "trainer, which accumulation cannot split; use one of them"
             )
-        own = {f.name for f in dataclasses.fields(cls.Options)}
-        theirs = dataclasses.fields(other.Options)
-        clash = own & {f.name for f in theirs}
-        if clash:
-            raise ConfigError(f"--method accumulate+{other.name}: both take {sorted(clash)}")
-        fields = [
-            (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
-            if f.default is not dataclasses.MISSING
-            else (
-                f.name,
-                f.type,
-                dataclasses.field(default_factory=f.default_factory, metadata=f.metadata),
-            )
-            for f in (*dataclasses.fields(cls.Options), *theirs)
-        ]
-
-        def validate(options) -> None:
-            cls.Options.validate(options)
-            check = getattr(other.Options, "validate", None)
-            if check is not None:
-                check(options)
-
-        options = dataclasses.make_dataclass(
-            "Options", fields, namespace={"validate": validate, "__module__": other.__module__}
-        )
+        options = composed_options(cls, other)
         return type(
             f"Accumulate{other.__name__}",
             (_Accumulating, other),

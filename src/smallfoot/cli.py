@@ -1274,7 +1274,7 @@ def print_plan(result, where: str) -> None:
         seconds = f"{c.seconds_per_step:.2f}" if c.seconds_per_step is not None else "-"
         table.add_row(
             str(rank), c.name, format_bytes(c.estimated_peak), overhead, seconds,
-            _evidence_text(c.accuracy_evidence),
+            _evidence_text(c.accuracy_evidence, c.methods),
         )  # fmt: skip
     width = Console(width=500).measure(table).maximum
     wide = console if console.is_terminal and console.width >= width else Console(width=width)
@@ -1289,16 +1289,19 @@ def print_plan(result, where: str) -> None:
         wide.print(f"chosen: {result.chosen.name} ({result.chosen.command_flags()})")
 
 
-def _evidence_text(evidence: list[dict[str, Any]]) -> str:
+def _evidence_text(evidence: list[dict[str, Any]], methods: list[str]) -> str:
+    """The evidence column of a plan: each item's summary or claim; a composition's items
+    name the method they are about."""
     parts = []
     for item in evidence:
         if "construction" in item:
-            parts.append(item["summary"])
+            text = item["summary"]
         else:
             met = "met" if item["met"] else "not met"
             where = f", {'/'.join(item['datasets'])}" if item["datasets"] else ""
             figure = f"{item['measured']:.3g} {item['unit']}".strip()
-            parts.append(f"{item['claim']} {figure} ({met}{where})")
+            text = f"{item['claim']} {figure} ({met}{where})"
+        parts.append(f"{item['method']}: {text}" if len(methods) > 1 else text)
     return "; ".join(parts) or "-"
 
 

@@ -303,6 +303,39 @@ def _composed(name: str) -> type[Method]:
     )
 
 
+def composed_options(outer: type[Method], inner: type[Method]) -> type:
+    """The ``Options`` dataclass of ``outer+inner``: both methods' fields (a name both take is
+    refused with ``ConfigError``), validated by both methods' checks."""
+    own = {f.name for f in dataclasses.fields(outer.Options)}
+    theirs = dataclasses.fields(inner.Options)
+    clash = own & {f.name for f in theirs}
+    if clash:
+        raise ConfigError(f"--method {outer.name}+{inner.name}: both take {sorted(clash)}")
+    # the types resolved in each method's own module (string annotations would be resolved
+    # in the composition's)
+    hints = {**typing.get_type_hints(outer.Options), **typing.get_type_hints(inner.Options)}
+    fields = [
+        (f.name, hints[f.name], dataclasses.field(default=f.default, metadata=f.metadata))
+        if f.default is not dataclasses.MISSING
+        else (
+            f.name,
+            hints[f.name],
+            dataclasses.field(default_factory=f.default_factory, metadata=f.metadata),
+        )
+        for f in (*dataclasses.fields(outer.Options), *theirs)
+    ]
+
+    def validate(options) -> None:
+        for cls in (outer, inner):
+            check = getattr(cls.Options, "validate", None)
+            if check is not None:
+                check(options)
+
+    return dataclasses.make_dataclass(
+        "Options", fields, namespace={"validate": validate, "__module__": inner.__module__}
+    )
+
+
 def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
     """An instance of method ``name`` with ``options`` (strings from the CLI are converted)."""
     cls = get_method_class(name)

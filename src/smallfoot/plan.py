@@ -231,7 +231,8 @@ def candidate_specs(
     (C, H, W) or (D,) at batch ``batch``: baseline; accumulation over 2, 4, ... micro-batches
     (down to micro-batches of 1); checkpointing with every segment count that k top-level
     layers per segment gives, and micro-batches of the model checkpointed layer by layer
-    (``accumulate+checkpoint``); reversible twins (image inputs); :data:`FACTO_GRID`;
+    (``accumulate+checkpoint``); reversible twins (image inputs); :data:`FACTO_GRID`; Facto's
+    paper point inside the revnet twin and inside layer-by-layer checkpointing;
     :data:`LAYERWISE_UNITS`; offloading on a GPU."""
     specs = [Spec("baseline", "baseline")]
     parts = 2
@@ -279,6 +280,15 @@ def candidate_specs(
             for ratio in FACTO_GRID["apply_ratio"]:
                 options = {"inr": inr, "kernel": kernel, "apply_ratio": ratio}
                 specs.append(Spec(f"facto INR {inr}, k {kernel}, ratio {ratio}", "facto", options))
+    # Facto's paper point inside the reversible twin's blocks and inside checkpointed segments
+    # (each composition saves at most what the smaller of its parts saves: tests/facto)
+    paper = {"inr": 0.3, "kernel": 2, "apply_ratio": 0.6}
+    if len(input_shape) == 3:
+        options = {**paper, "variant": "revnet"}
+        specs.append(Spec("facto + reversible revnet", "facto+reversible", options))
+    if layers:
+        options = {**paper, "segments": layers}
+        specs.append(Spec(f"facto + checkpoint, {layers} segments", "facto+checkpoint", options))
     for unit in LAYERWISE_UNITS:
         if layers is None or unit < layers:
             specs.append(Spec(f"layerwise, units of {unit}", "layerwise", {"unit_size": unit}))

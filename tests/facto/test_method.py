@@ -191,3 +191,63 @@ def test_a_run_that_stays_full_rank_reports_full_rank_memory(tmp_path):
     outcome = method.train(RunContext(config, method.options, train, test))
     assert outcome.memory["stage"] == "full-rank"
     assert set(outcome.memory["stages"]) == {"full-rank"}
+
+
+def _composed(name, **options):
+    config = RunConfig(
+        dataset="synthetic", model="resnet18", method=name, batch_size=8, method_options=options,
+        data_options={"shape": [1, 16, 16], "num_classes": 3, "size": 8},
+    ).validate()  # fmt: skip
+    from smallfoot.data import load_dataset
+    from smallfoot.methods import RunContext
+
+    data = load_dataset("synthetic", "train", **config.data_options)
+    method = get_method(name, options)
+    return method, RunContext(config, method.options, data, data), data
+
+
+def test_facto_inside_reversible_blocks_keeps_the_gradient_of_stored_activations():
+    from smallfoot.facto.convert import factorized_layers
+    from smallfoot.testing import check_grad_parity
+
+    nets = []
+    for activations in ("reconstructed", "stored"):
+        method, ctx, data = _composed("facto+reversible", width=8, activations=activations)
+        assert method.model_name(ctx) == "revnet18" and method.custom_backward
+        torch.manual_seed(0)
+        nets.append(method.build_model(ctx).double())
+    converted = factorized_layers(nets[0])
+    inside = [m for name, m in nets[0].named_modules() if ".blocks." in name]
+    assert converted and any(m in converted for m in inside)
+    assert not any(m in converted for name, m in nets[0].named_modules() if "down" in name)
+    check_grad_parity(nets[0], nets[1], data.x[:4].double(), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "composed, parts",
+    [
+        ("facto+reversible", ("reversible", "facto+reversible:stored")),
+        ("facto+checkpoint", ("checkpoint", "facto")),
+    ],
+)
+def test_a_facto_composition_saves_at_most_the_smaller_of_its_parts(composed, parts):
+    def report(name):
+        name, _, stored = name.partition(":")
+        options = {"width": 8} if "reversible" in name else {}
+        if stored:
+            options["activations"] = "stored"
+        method, ctx, _ = _composed(name, **options)
+        return method.step_memory(ctx, fake=True)
+
+    both = report(composed)
+    assert both.saved_activations <= min(report(part).saved_activations for part in parts)
+    assert both.peak < report(parts[0]).peak
+
+
+def test_facto_refuses_to_compose_with_methods_that_train_their_own_way():
+    from smallfoot.methods import get_method_class
+
+    with pytest.raises(ConfigError, match="facto\\+layerwise: layerwise trains with its own loop"):
+        get_method_class("facto+layerwise")
+    with pytest.raises(ConfigError, match="accumulate\\+facto: facto trains with its own loop"):
+        get_method_class("facto+accumulate")

@@ -137,6 +137,12 @@ def _convert_batchnorm(
     return CompactBatchNorm2d.from_batchnorm(bn, low_rank), 1 - 1 / 4, "int8 normalised input"
 
 
+INPUT_KEPT = "input_kept"
+"""A layer whose attribute of this name is true keeps its weights as they are: the model keeps
+its input alive anyway (a reversible chain's output feeding a downsampling convolution), so
+storing a compressed copy for backward would add bytes instead of saving them."""
+
+
 def convert(
     model: nn.Module,
     inr: float = 0.3,
@@ -159,7 +165,8 @@ def convert(
     between the first layer and the last converted one become :class:`MaskReLU` /
     :class:`MaskMaxPool2d` (overlapping or padded pools: :class:`OffsetMaxPool2d`). The converted model computes exactly what ``model`` computed
     (M = 0). ``low_rank=False`` converts in full-rank mode (W trains; for the FRT epochs).
-    Directions D are drawn from a generator seeded with ``seed``.
+    Directions D are drawn from a generator seeded with ``seed``. A layer marked
+    :data:`INPUT_KEPT` (its input stays alive anyway) is counted but left as it is.
 
     ``BatchNorm2d`` layers after the first layer and before the first weighted layer that
     follows the last converted one (those normalising the output of a converted layer, or of
@@ -204,7 +211,9 @@ def convert(
             continue
         before = _trainable(module)
         new, detail, ratio = None, "", 0.0
-        if kind in ("conv", "linear", "scale") and index not in chosen:
+        if kind in ("conv", "linear", "scale") and getattr(module, INPUT_KEPT, False):
+            detail = "its input is kept by the model anyway"
+        elif kind in ("conv", "linear", "scale") and index not in chosen:
             detail = "first layer" if index == weighted[0] else "beyond the apply ratio"
         elif kind == "conv":
             try:

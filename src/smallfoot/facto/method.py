@@ -15,7 +15,14 @@ from smallfoot.facto.convert import Conversion, convert, factorized_layers, set_
 from smallfoot.facto.layers import CompactBatchNorm2d
 from smallfoot.facto.schedule import FactoSchedule, drop_epochs, step_scheduler
 from smallfoot.memory.meter import MemoryReport
-from smallfoot.methods import Method, RunContext, TrainOutcome, example_batch, register_method
+from smallfoot.methods import (
+    Method,
+    RunContext,
+    TrainOutcome,
+    composed_options,
+    example_batch,
+    register_method,
+)
 from smallfoot.train.trainer import Trainer
 
 
@@ -149,10 +156,11 @@ class Facto(Method):
         return trainer
 
     def callbacks(self, ctx: RunContext, model: nn.Module) -> list:
-        """The FRT -> LRT schedule."""
+        """The composed method's callbacks (none alone) and the FRT -> LRT schedule."""
         o = self.options
         frt = self.full_rank_epochs(ctx.config.epochs)
-        return [FactoSchedule(frt, o.merge_every, o.direct_decay, ctx.config.seed)]
+        schedule = FactoSchedule(frt, o.merge_every, o.direct_decay, ctx.config.seed)
+        return [*super().callbacks(ctx, model), schedule]
 
     def min_epochs(self) -> int:
         """The fewest ``--epochs`` that reach low-rank training (switch plan: ``frt_epochs + 1``;
@@ -163,7 +171,9 @@ class Facto(Method):
         return epochs
 
     def check_run(self, ctx: RunContext) -> None:
-        """Refuse a run whose full-rank epochs leave none for low-rank training."""
+        """Refuse what the composed method refuses, and a run whose full-rank epochs leave
+        none for low-rank training."""
+        super().check_run(ctx)
         need, epochs = self.min_epochs(), ctx.config.epochs
         if epochs >= need:
             return
@@ -179,13 +189,49 @@ class Facto(Method):
         )
 
     def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
-        """Raise ``epochs`` to :meth:`min_epochs` when the run has fewer (for ``compare``)."""
+        """The composed method's adaptations, then ``epochs`` raised to :meth:`min_epochs`
+        when the run has fewer (for ``compare``)."""
+        config, notes = super().adapt(config, input_shape)
         need = self.min_epochs()
         if config.epochs >= need:
-            return config, []
+            return config, notes
         frt = self.full_rank_epochs(need)
         note = f"epochs {config.epochs} -> {need}: {frt} full-rank epochs + {need - frt} low-rank"
-        return apply_overrides(config, {"epochs": need}), [note]
+        return apply_overrides(config, {"epochs": need}), [*notes, note]
+
+    @classmethod
+    def compose(cls, other: type[Method]) -> type[Method] | None:
+        """``facto+M``: the model method M builds (its twin, its checkpointed segments),
+        converted to Facto-CNN layers and trained with Facto's schedule by the default
+        trainer; M's checks, adaptations and callbacks are kept. Refused for methods with
+        their own loop, trainer or optimizer; a method that wraps others (accumulate) is left
+        to compose itself."""
+        if other is cls or other.compose.__func__ is not Method.compose.__func__:
+            return None
+        if (
+            other.staged
+            or other.changes_optimizer
+            or other.make_trainer is not Method.make_trainer
+            or other.train is not Method.train
+        ):
+            raise ConfigError(
+                f"--method facto+{other.name}: {other.name} trains with its own loop, trainer "
+                "or optimizer, and Facto converts a model the default trainer trains; use one "
+                "of them"
+            )
+        return type(
+            f"Facto{other.__name__}",
+            (cls, other),
+            {
+                "name": f"facto+{other.name}",
+                "description": f"{other.name}'s model with Facto-CNN layers",
+                "Options": composed_options(cls, other),
+                "custom_backward": True,
+                "streams": other.streams,
+                "user_model": other.user_model,
+                "__doc__": f"{other.__name__}'s model converted to Facto-CNN layers.",
+            },
+        )
 
     def step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
         """One step of the low-rank model, what trains after the first ``frt_epochs``

@@ -81,7 +81,11 @@ def revnet(
     channels = widths[0]
     for stage, (blocks, width) in enumerate(zip(blocks_per_stage, widths, strict=True), start=1):
         if stage > 1:
-            modules[f"down{stage}"] = nn.Conv2d(channels, width, 2, stride=2, bias=False)
+            down = nn.Conv2d(channels, width, 2, stride=2, bias=False)
+            # its input is the stage output the chain keeps anyway: compressing it (Facto-CNN)
+            # would add a copy, not save one
+            down.input_kept = True
+            modules[f"down{stage}"] = down
             channels = width
         modules[f"stage{stage}"] = RevSequence(
             [basic_rev_block(width, dropout) for _ in range(blocks)], memory_free=memory_free
