@@ -298,8 +298,8 @@ def _composed(name: str) -> type[Method]:
             return composed
     raise ConfigError(
         f"--method {name}: these methods do not compose (each changes the model or the "
-        "training loop its own way); composable: accumulate+M for a method M that trains with "
-        "the default trainer"
+        "training loop its own way); composable: accumulate+M and facto+M for a method M that "
+        "trains with the default trainer"
     )
 
 

@@ -55,6 +55,50 @@ def test_closedform_needs_the_mlp_model(tmp_path):
     assert cli.parse_key_values([suggested], "--model-opt") == {"widths": [256, 128]}
 
 
+LAZY_DIGITS = """
+import torch
+from smallfoot.data import load_dataset
+
+class Digits(torch.utils.data.Dataset):
+    def __init__(self, split):
+        self.data = load_dataset("digits", split)
+        self.targets = self.data.y.tolist()
+    def __len__(self):
+        return len(self.targets)
+    def __getitem__(self, index):
+        return self.data.x[index], self.targets[index]
+
+def digits():
+    return Digits("train"), Digits("test")
+"""
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"solver": "pinv"}, "use --solver ridge with --chunk N"),
+        ({"chunk": None}, "use --solver ridge with --chunk N"),
+        ({"targets": "deterministic"}, "--targets deterministic starts with Sorted PCA"),
+    ],
+)
+def test_data_read_on_demand_is_fitted_a_chunk_at_a_time_or_refused_first(
+    tmp_path, monkeypatch, options, message
+):
+    (tmp_path / "lazy_digits.py").write_text(LAZY_DIGITS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = dict(
+        dataset="lazy_digits:digits", data_options={"in_memory": False}, model="mlp",
+        model_options={"widths": [64]}, method="closedform", out_dir=str(tmp_path),
+        progress=False,
+    )  # fmt: skip
+    summary = run_training(RunConfig(**base, run_name="chunked", method_options={"chunk": 200}))
+    in_memory = run_training(RunConfig(**{**base, "data_options": {}}, run_name="in-memory"))
+    assert summary["test_accuracy"] == pytest.approx(in_memory["test_accuracy"], abs=1e-9)
+    with pytest.raises(ConfigError, match=message):
+        run_training(RunConfig(**base, run_name="refused", method_options=options))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_memory_command_refuses_in_one_line(run_cli):
     with pytest.raises(ConfigError, match="no training step .* process peak") as error:
         method_step_memory("mlp", (1, 8, 8), 16, method="closedform")

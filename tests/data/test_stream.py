@@ -17,14 +17,23 @@ import torch
 class Blobs(torch.utils.data.IterableDataset):
     # a seeded stream: set_epoch reshuffles it, each DataLoader worker yields its own share,
     # and it may draw noise from torch's RNG (as random transforms do)
-    def __init__(self, x, y, noise=0.0, draw=False, shard=True):
+    iterations = 0  # how many times any stream was iterated
+
+    def __init__(self, x, y, noise=0.0, draw=False, shard=True, eager=False):
         self.x, self.y, self.noise, self.draw, self.shard = x, y, noise, draw, shard
-        self.epoch = 0
+        self.eager, self.epoch = eager, 0
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __iter__(self):
+        Blobs.iterations += 1
+        if self.eager:  # an ordinary __iter__ that draws at once, as a shuffle buffer may
+            torch.randperm(len(self.x))
+            return iter(list(self._items()))
+        return self._items()
+
+    def _items(self):
         order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.epoch))
         info = torch.utils.data.get_worker_info()
         if self.shard and info is not None:
@@ -45,10 +54,14 @@ def _data(n=64):
     x = torch.randn(n, 1, 6, 6, generator=g) + y.view(-1, 1, 1, 1)
     return x, y
 
-def blobs(noise=0.0, draw=False, shard=True, sized=False):
+def blobs(noise=0.0, draw=False, shard=True, sized=False, eager=False, known=False):
     x, y = _data()
     kind = SizedBlobs if sized else Blobs
-    return (kind(x[:48], y[:48], noise, draw, shard), kind(x[48:], y[48:], 0.0, False, shard))
+    train = kind(x[:48], y[:48], noise, draw, shard, eager)
+    test = kind(x[48:], y[48:], 0.0, False, shard)
+    if known:  # the class count as an attribute, as torchvision-style datasets have
+        train.num_classes = test.num_classes = 3
+    return train, test
 """
 
 
@@ -86,20 +99,32 @@ def same_weights(a, b):
     return all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_stream_is_counted_once_and_kept_out_of_memory(streams):
-    train = load_dataset(streams, "train", in_memory=False)
+def iterations():
+    import user_streams
+
+    return user_streams.Blobs.iterations
+
+
+@pytest.mark.parametrize(
+    "options, passes",
+    [({}, 2), ({"sized": True}, 2), ({"known": True}, 2), ({"sized": True, "known": True}, 1)],
+)
+def test_a_stream_is_described_by_its_first_item_and_at_most_one_counting_pass(
+    streams, options, passes
+):
+    before = iterations()
+    train = load_dataset(streams, "train", in_memory=False, **options)
+    assert iterations() - before == passes  # the first item, then a pass for what is missing
     assert isinstance(train, StreamDataset)
     assert (len(train), train.input_shape, train.num_classes) == (48, (1, 6, 6), 3)
-    sized = load_dataset(streams, "train", in_memory=False, sized=True)
-    assert len(sized) == 48
     in_memory = load_dataset(streams, "train")
     assert in_memory.x.shape == (48, 1, 6, 6) and in_memory.num_classes == 3
 
 
-@pytest.mark.parametrize("sized", [False, True])
-def test_a_limit_takes_the_first_items_of_every_epoch(streams, sized):
-    whole = load_dataset(streams, "train", in_memory=False, sized=sized)
-    first = load_dataset(streams, "train", in_memory=False, sized=sized, limit=20)
+@pytest.mark.parametrize("sized, known", [(False, False), (True, False), (False, True)])
+def test_a_limit_takes_the_first_items_of_every_epoch(streams, sized, known):
+    whole = load_dataset(streams, "train", in_memory=False, sized=sized, known=known)
+    first = load_dataset(streams, "train", in_memory=False, sized=sized, known=known, limit=20)
     assert len(first) == 20 and first.limited and not whole.limited
     for epoch in (0, 1):
         expected = torch.cat([y for _, y in StreamLoader(whole, 8).epoch(epoch)])[:20]
@@ -136,10 +161,23 @@ def test_an_interrupted_stream_run_resumes_to_the_same_weights(
 
 
 def test_the_streams_random_numbers_do_not_shift_dropout(tmp_path, streams):
-    # the second stream draws from torch's RNG for every item (and adds nothing)
+    # the other streams draw from torch's RNG for every item (and add nothing), one of them
+    # in an ordinary __iter__ too, when the loader's iterator is made
     run_training(config(tmp_path, streams, "quiet"))
     run_training(config(tmp_path, streams, "drawing", {"draw": True}))
+    run_training(config(tmp_path, streams, "eager", {"draw": True, "eager": True}))
     assert same_weights(tmp_path / "quiet", tmp_path / "drawing")
+    assert same_weights(tmp_path / "quiet", tmp_path / "eager")
+
+
+def test_workers_batches_are_cut_to_the_batch_size(streams):
+    train = load_dataset(streams, "train", in_memory=False)
+    inline = list(StreamLoader(train, 16).epoch(0))
+    workers = list(StreamLoader(train, 16, workers=2).epoch(0))
+    assert [len(y) for _, y in workers] == [16, 16, 16] == [len(y) for _, y in inline]
+    assert sorted(torch.cat([y for _, y in workers]).tolist()) == sorted(
+        torch.cat([y for _, y in inline]).tolist()
+    )
 
 
 def test_workers_stream_their_shares_and_resume_the_same(

@@ -16,8 +16,10 @@ from smallfoot.closedform.platonic import (
     RIDGE,
     FitResult,
     fit_mlp,
+    layer_projections,
     predicted_classes,
 )
+from smallfoot.data import LazyInputs
 from smallfoot.errors import ConfigError
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import Method, RunContext, TrainOutcome, register_method
@@ -149,6 +151,29 @@ class ClosedForm(Method):
         if unknown:
             raise ConfigError(
                 f"closedform takes only the mlp option 'widths', not {', '.join(sorted(unknown))}"
+            )
+        if isinstance(ctx.train_set.x, LazyInputs):
+            self._check_lazy(ctx)
+
+    def _check_lazy(self, ctx: RunContext) -> None:
+        """Refuse, naming the flags, what would read lazily read inputs whole into memory."""
+        o = self.options
+        if o.solver != "ridge" or o.chunk is None:
+            raise ConfigError(
+                f"--dataset {ctx.config.dataset} is read on demand (in_memory=false), and the "
+                "closed-form fit reads it a chunk at a time: use --solver ridge with --chunk N "
+                "(e.g. --chunk 10000), or drop in_memory=false"
+            )
+        widths = ctx.config.model_options.get("widths", WIDTHS)
+        depth = 1 if isinstance(widths, int) else max(len(widths), 1)
+        first = (list(o.layers) or layer_projections(o.targets, depth))[0]
+        if first == "sorted-pca":
+            flag = f"--layers {','.join(o.layers)}" if o.layers else f"--targets {o.targets}"
+            raise ConfigError(
+                f"{flag} starts with Sorted PCA, which picks samples along the data's first "
+                f"principal component and needs every input in memory, and --dataset "
+                f"{ctx.config.dataset} is read on demand (in_memory=false); use --targets "
+                "random or platonic-pca, or drop in_memory=false"
             )
 
     def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:

@@ -101,7 +101,8 @@ class DatasetInputs(LazyInputs):
 def _item(dataset, index: int, name: str):
     """Item ``index`` of a map-style dataset, checked to be an ``(input, label)`` pair."""
     item = dataset[index]
-    input_and_label(item, f"{name}: item {index}")
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise DatasetError(f"{name}: item {index} is not an (input, label) pair")
     return item
 
 

@@ -84,15 +84,17 @@ def stream_dataset(
     if first is None:
         raise DatasetError(f"{name} is empty")
     input_shape = tuple(input_and_label(first, f"{name}: item 0")[0].shape)
+    capped = False
     if length is None or num_classes is None:
         length, largest = 0, 0
         for index, item in enumerate(source):
             if num_classes is not None and limit is not None and index == limit:
-                break  # only the length was unknown, and the limit caps it
+                capped = True  # only the length was unknown, and the limit caps it
+                break
             largest = max(largest, input_and_label(item, f"{name}: item {index}")[1])
             length = index + 1
         num_classes = num_classes if num_classes is not None else largest + 1
-    limited = limit is not None and limit < length
+    limited = capped or (limit is not None and limit < length)
     names = tuple(str(c) for c in classes) if classes else None
     return StreamDataset(
         source, name, input_shape, num_classes, limit if limited else length, names, limited
@@ -126,6 +128,47 @@ class _Collate:
         return torch.stack(inputs), torch.tensor(labels, dtype=torch.int64)
 
 
+def _isolated_batches(loader, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``loader``, each drawn (and its iterator made: a source may draw in
+    ``__iter__``) under torch's RNG forked, seeded with ``seed`` and carried from batch to
+    batch, so the source's random numbers never touch the training process's RNG."""
+    state = torch.Generator().manual_seed(seed).get_state()
+    batches = None
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(state)
+            if batches is None:
+                batches = iter(loader)
+            batch = next(batches, None)
+            state = torch.get_rng_state()
+        if batch is None:
+            return
+        yield batch
+
+
+def _rebatched(parts, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, y)`` batches of exactly ``batch_size`` (the last may be smaller) cut from
+    ``parts`` of any size: each DataLoader worker batches its own share of a stream, so every
+    worker's last batch may be partial."""
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    held = 0
+    for x, y in parts:
+        if not xs and len(y) == batch_size:
+            yield x, y
+            continue
+        xs.append(x)
+        ys.append(y)
+        held += len(y)
+        while held >= batch_size:
+            x_all, y_all = torch.cat(xs), torch.cat(ys)
+            yield x_all[:batch_size], y_all[:batch_size]
+            xs, ys = [x_all[batch_size:]], [y_all[batch_size:]]
+            held -= batch_size
+    if held:
+        yield torch.cat(xs), torch.cat(ys)
+
+
 class StreamLoader:
     """Yields ``(x, y)`` mini-batches of a :class:`StreamDataset` in the source's order.
 
@@ -139,7 +182,8 @@ class StreamLoader:
     not yield :attr:`StreamDataset.length` items raises ``DatasetError`` (the schedule and
     the metrics count on it; with workers, a source that does not shard yields each item
     once per worker); a stream loaded with a ``limit`` ends each epoch after that many
-    items."""
+    items. The workers' batches are re-cut to exactly ``batch_size`` (each worker's last one
+    is partial), so an epoch has :meth:`__len__` steps whatever the number of workers."""
 
     def __init__(
         self,
@@ -165,28 +209,23 @@ class StreamLoader:
             source.set_epoch(epoch)
         epoch_seed = self.seed * 1_000_003 + epoch
         generator = torch.Generator().manual_seed(epoch_seed)
-        batches = iter(
-            torch.utils.data.DataLoader(
-                source,
-                batch_size=self.batch_size,
-                num_workers=self.workers,
-                pin_memory=self.pin_memory,
-                collate_fn=_Collate(self.dataset),
-                generator=torch.Generator().manual_seed(epoch_seed),
-            )
+        loader = torch.utils.data.DataLoader(
+            source,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            collate_fn=_Collate(self.dataset),
+            generator=torch.Generator().manual_seed(epoch_seed),
         )
-        rng_state = torch.Generator().manual_seed(epoch_seed + 1).get_state()
-        seen, length = 0, len(self.dataset)
-        while not (self.dataset.limited and seen == length):
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(rng_state)
-                batch = next(batches, None)
-                rng_state = torch.get_rng_state()
-            if batch is None:
-                break
-            x, y = (part[: length - seen] for part in batch) if self.dataset.limited else batch
+        parts = _isolated_batches(loader, epoch_seed + 1)
+        seen, length, limited = 0, len(self.dataset), self.dataset.limited
+        for x, y in _rebatched(parts, self.batch_size) if self.workers else parts:
+            if limited:
+                x, y = x[: length - seen], y[: length - seen]
             seen += len(y)
             yield (self.augment(x, generator) if self.augment is not None else x), y
+            if limited and seen == length:
+                return
         if seen != len(self.dataset):
             shard = (
                 f"; with --workers {self.workers} each worker must yield its own share "

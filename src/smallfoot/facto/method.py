@@ -184,8 +184,8 @@ class Facto(Method):
             first = ",".join(f"{f:g}" for f in o.drops)
             why = f"trains full rank until the first learning-rate drop (--drops {first})"
         raise ConfigError(
-            f"--method facto {why}, so --epochs {epochs} never reaches low-rank training; "
-            f"use --epochs {need}"
+            f"--method {self.name} {why}, so --epochs {epochs} never reaches low-rank "
+            f"training; use --epochs {need}"
         )
 
     def adapt(self, config: Any, input_shape: tuple[int, ...]) -> tuple[Any, list[str]]:
