@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from smallfoot.config import RunConfig
-from smallfoot.data import ArrayDataset, BatchLoader, StreamDataset, StreamLoader
+from smallfoot.data import ArrayDataset, StreamDataset, ordered_loader
 from smallfoot.data.filtering import FilterSpec
 from smallfoot.errors import ConfigError, UnknownNameError
 from smallfoot.losses import build_loss
@@ -228,13 +228,7 @@ def example_batch(
     dataset: ArrayDataset | StreamDataset, batch_size: int, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first training batch (copies; a stream's first batch), as the meter measures it."""
-    batch_size = min(batch_size, len(dataset))
-    loader = (
-        StreamLoader(dataset, batch_size)
-        if isinstance(dataset, StreamDataset)
-        else BatchLoader(dataset, batch_size, shuffle=False)
-    )
-    x, y = next(iter(loader.epoch(0)))
+    x, y = next(iter(ordered_loader(dataset, min(batch_size, len(dataset))).epoch(0)))
     return x.to(device), y.to(device)
 
 

@@ -165,7 +165,7 @@ def model_accuracy(config, state: dict[str, torch.Tensor], batch_size: int = 100
     Raises:
         ConfigError: the state does not fit that model.
     """
-    from smallfoot.data import BatchLoader, StreamDataset, StreamLoader, load_dataset
+    from smallfoot.data import load_dataset, ordered_loader
     from smallfoot.methods import RunContext, get_method
 
     test = load_dataset(
@@ -189,11 +189,6 @@ def model_accuracy(config, state: dict[str, torch.Tensor], batch_size: int = 100
     _, predict = method.make_loss(ctx)
     model.eval()
     correct = 0
-    loader = (
-        StreamLoader(test, batch_size)
-        if isinstance(test, StreamDataset)
-        else BatchLoader(test, batch_size, shuffle=False)
-    )
-    for x, y in loader.epoch(0):
+    for x, y in ordered_loader(test, batch_size).epoch(0):
         correct += int((predict(model(x)) == y).sum())
     return correct / len(test)

@@ -14,7 +14,7 @@ from smallfoot.data.datasets import (
     load_dataset,
     register_dataset,
 )
-from smallfoot.data.loader import Augment, BatchLoader, add_label_noise
+from smallfoot.data.loader import Augment, BatchLoader, add_label_noise, ordered_loader
 from smallfoot.data.stream import StreamDataset, StreamLoader
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "get_dataset_info",
     "list_datasets",
     "load_dataset",
+    "ordered_loader",
     "register_dataset",
 ]

@@ -15,7 +15,13 @@ import torch
 
 from smallfoot.data.cifar import CIFAR_LAYOUT, cifar_dir, load_cifar
 from smallfoot.data.idx import find_idx_file, load_idx_pair
-from smallfoot.data.stream import StreamDataset, input_and_label, label_of, stream_dataset
+from smallfoot.data.stream import (
+    StreamDataset,
+    checked_pair,
+    input_and_label,
+    label_of,
+    stream_dataset,
+)
 from smallfoot.errors import ConfigError, DatasetError, UnknownNameError
 from smallfoot.references import is_reference, resolve_reference
 
@@ -100,10 +106,7 @@ class DatasetInputs(LazyInputs):
 
 def _item(dataset, index: int, name: str):
     """Item ``index`` of a map-style dataset, checked to be an ``(input, label)`` pair."""
-    item = dataset[index]
-    if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        raise DatasetError(f"{name}: item {index} is not an (input, label) pair")
-    return item
+    return checked_pair(dataset[index], f"{name}: item {index}")
 
 
 @dataclass

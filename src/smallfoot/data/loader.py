@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from smallfoot.data.datasets import ArrayDataset, LazyInputs
+from smallfoot.data.stream import StreamDataset, StreamLoader
 from smallfoot.errors import ConfigError
 
 
@@ -186,6 +187,24 @@ class BatchLoader:
 
     def __iter__(self):
         return self.epoch(0)
+
+
+def ordered_loader(
+    dataset: ArrayDataset | StreamDataset,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> BatchLoader | StreamLoader:
+    """A loader of ``dataset`` in its own order (evaluation, the meter's example batch): a
+    :class:`StreamLoader` for a stream, else a :class:`BatchLoader` without shuffling whose
+    workers end with the epoch."""
+    if isinstance(dataset, StreamDataset):
+        return StreamLoader(dataset, batch_size, workers=workers, pin_memory=pin_memory)
+    return BatchLoader(
+        dataset, batch_size, shuffle=False, workers=workers, pin_memory=pin_memory,
+        persistent=False,
+    )  # fmt: skip
 
 
 def add_label_noise(dataset: ArrayDataset, fraction: float, seed: int = 0) -> ArrayDataset:

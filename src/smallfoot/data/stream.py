@@ -59,12 +59,18 @@ def label_of(value, where: str) -> int:
         raise DatasetError(f"{where} has label {value!r}, not an integer") from None
 
 
+def checked_pair(item, where: str):
+    """``item`` when it is an ``(input, label)`` pair, else ``DatasetError`` naming ``where``."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise DatasetError(f"{where} is not an (input, label) pair")
+    return item
+
+
 def input_and_label(item, where: str) -> tuple[torch.Tensor, int]:
     """An ``(input, label)`` item as ``(float32 tensor, int)``; ``DatasetError`` naming
     ``where`` when it is not such a pair."""
-    if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        raise DatasetError(f"{where} is not an (input, label) pair")
-    return torch.as_tensor(item[0], dtype=torch.float32), label_of(item[1], where)
+    x, y = checked_pair(item, where)
+    return torch.as_tensor(x, dtype=torch.float32), label_of(y, where)
 
 
 def stream_dataset(

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from smallfoot._io import load_checked, save_checked
-from smallfoot.data import ArrayDataset, Augment, BatchLoader, StreamDataset, StreamLoader
+from smallfoot.data import (
+    ArrayDataset,
+    Augment,
+    BatchLoader,
+    StreamDataset,
+    StreamLoader,
+    ordered_loader,
+)
 from smallfoot.errors import ConfigError, TrainingError, TrainingInterrupted
 from smallfoot.losses import SoftmaxCrossEntropy, argmax_predict
 from smallfoot.train.rundir import MetricsLog, resume_hint
@@ -384,16 +391,12 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         total_loss, correct = 0.0, 0
-        pin_memory = self.device.type == "cuda"
-        batch, workers = self.config.eval_batch_size, self.config.workers
-        loader = (
-            StreamLoader(dataset, batch, workers=workers, pin_memory=pin_memory)
-            if isinstance(dataset, StreamDataset)
-            else BatchLoader(
-                dataset, batch, shuffle=False, workers=workers, pin_memory=pin_memory,
-                persistent=False,
-            )
-        )  # fmt: skip
+        loader = ordered_loader(
+            dataset,
+            self.config.eval_batch_size,
+            workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+        )
         for x, y in loader.epoch(0):
             x, y = x.to(self.device), y.to(self.device)
             output = self.model(x)
