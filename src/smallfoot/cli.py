@@ -376,11 +376,13 @@ def train(
         "ddp",
         "--sync",
         help="With --nproc: ddp (gradients all-reduced), average (entropy-coded parameters "
-        "averaged, thesis ch. 3), or DDP with a gradient hook: ddp-entropy (ours, with error "
+        "averaged, thesis ch. 3), average-ef (the same with error feedback), or DDP with a gradient hook: ddp-entropy (ours, with error "
         "feedback), ddp-fp16 or ddp-powersgd (PyTorch's).",
     ),
     sync_every: int = typer.Option(
-        1, "--sync-every", help="With --sync average: steps between parameter averages."
+        1,
+        "--sync-every",
+        help="With --sync average or average-ef: steps between parameter averages.",
     ),
     print_config: bool = typer.Option(
         False,

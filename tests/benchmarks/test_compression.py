@@ -6,6 +6,9 @@ import heapq
 import pytest
 import torch
 from benchmarks.compression import (
+    MLP,
+    SECTION_FIGURE,
+    SECTION_RUNS,
     codec_rows,
     epoch_rows,
     huffman_bits,
@@ -53,11 +56,12 @@ def test_codec_rows_on_a_saved_model(tmp_path):
     assert all(r["model"] == "toy" and r["bits_per_value"] > 0 for r in rows)
 
 
-def _run(model, sync, seed, accuracy, coded=None):
+def _run(model, sync, seed, accuracy, coded=None, section=SECTION_RUNS):
     row = {
-        "section": "training runs (2 processes)",
+        "section": section,
         "model": model,
         "sync": sync,
+        "sync_every": 1 if section == SECTION_RUNS else 10,
         "seed": seed,
         "test_accuracy": accuracy,
         "bytes_per_step": 400.0 if sync == "ddp" else 50.0,
@@ -71,31 +75,41 @@ def _run(model, sync, seed, accuracy, coded=None):
 
 
 def test_claims_and_tables_are_computed_from_the_run_rows():
-    mlp = "mlp 784-392-50-10"
     runs = [
-        _run(mlp, "ddp", 0, 80.0),
-        _run(mlp, "ddp", 1, 82.0),
-        _run(mlp, "average", 0, 81.0, coded=[6.0, 4.0]),
-        _run(mlp, "average", 1, 80.6, coded=[5.0, 3.0]),
-        _run(mlp, "ddp-entropy", 0, 81.5),
+        _run(MLP, "ddp", 0, 80.0),
+        _run(MLP, "ddp", 1, 82.0),
+        _run(MLP, "average", 0, 70.0, coded=[8.0, 8.0]),
+        _run(MLP, "average-ef", 0, 81.0, coded=[6.0, 4.0]),
+        _run(MLP, "average-ef", 1, 80.6, coded=[5.0, 3.0]),
+        _run(MLP, "ddp-entropy", 0, 81.5),
         _run("cnn4", "ddp", 0, 90.0),
-        _run("cnn4", "average", 0, 89.0, coded=[7.0, 6.0]),
+        _run("cnn4", "average-ef", 0, 89.0, coded=[7.0, 6.0]),
+        _run(MLP, "average", 0, 60.0, coded=[5.0, 4.0], section=SECTION_FIGURE),
+        _run(MLP, "average", 1, 60.0, coded=[4.0, 3.0], section=SECTION_FIGURE),
     ]
     claims = {c.id: c for c in compute_claims("compression", runs, "smallfoot bench compression")}
-    assert claims["compression.bits_per_param"].measured == pytest.approx(4.5)
-    assert not claims["compression.bits_per_param"].met
-    assert claims["compression.accuracy"].measured == pytest.approx(-1.0)  # cnn4 is the worse
+    # the figure-3.5 runs alone: mean over epochs and seeds
+    assert claims["compression.bits_per_param"].measured == pytest.approx(4.0)
+    assert claims["compression.bits_per_param"].met
+    assert claims["compression.bits_per_param"].seeds == 2
+    # averaging with error feedback; cnn4 is the worse model
+    assert claims["compression.accuracy"].measured == pytest.approx(-1.0)
     assert claims["compression.accuracy"].seeds == 1
     assert claims["compression.hook_accuracy"].measured == pytest.approx(0.5)
     assert claims["compression.hook_accuracy"].met
     summary = {(r["model"], r["sync"]): r for r in summary_rows(runs)}
-    assert summary[(mlp, "average")]["accuracy_vs_ddp_points"] == pytest.approx(-0.2)
-    assert summary[(mlp, "average")]["traffic_vs_ddp"] == pytest.approx(0.125)
+    assert summary[(MLP, "average-ef")]["accuracy_vs_ddp_points"] == pytest.approx(-0.2)
+    assert summary[(MLP, "average-ef")]["traffic_vs_ddp"] == pytest.approx(0.125)
+    assert summary[(MLP, "average")]["test_accuracy"] == 70.0  # figure runs kept apart
     epochs = epoch_rows(runs)
-    assert [(r["model"], r["epoch"], r["entropy_coded"]) for r in epochs] == [
-        (mlp, 1, 5.5),
-        (mlp, 2, 3.5),
-        ("cnn4", 1, 7.0),
-        ("cnn4", 2, 6.0),
+    assert [(r["runs"], r["model"], r["sync"], r["epoch"], r["entropy_coded"]) for r in epochs] == [
+        (SECTION_RUNS, MLP, "average", 1, 8.0),
+        (SECTION_RUNS, MLP, "average", 2, 8.0),
+        (SECTION_RUNS, MLP, "average-ef", 1, 5.5),
+        (SECTION_RUNS, MLP, "average-ef", 2, 3.5),
+        (SECTION_RUNS, "cnn4", "average-ef", 1, 7.0),
+        (SECTION_RUNS, "cnn4", "average-ef", 2, 6.0),
+        (SECTION_FIGURE, MLP, "average", 1, 4.5),
+        (SECTION_FIGURE, MLP, "average", 2, 3.5),
     ]
     assert get_benchmark("compression").name == "compression"

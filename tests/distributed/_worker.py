@@ -107,6 +107,33 @@ def average(rank: int, world: int) -> dict:
     }
 
 
+def average_error_feedback(rank: int, world: int) -> dict:
+    """The same net on both ranks; before each of 30 syncs every weight grows by a tenth of a
+    quantisation bin, once with error feedback and once without. Returns the weights before
+    and after, the total change, the first bin width and the errors still owed."""
+    config = CodecConfig(bits=5)
+    out = {}
+    for feedback in (False, True):
+        torch.manual_seed(0)
+        net = nn.Linear(40, 20, bias=False)
+        weight = net.weight.data
+        start = weight.clone()
+        bin_width = float(weight.max() - weight.min()) / 2**config.bits
+        errors = {} if feedback else None
+        for _ in range(30):
+            weight += 0.1 * bin_width
+            average_parameters(net, config, errors=errors)
+        out[feedback] = {
+            "start": start,
+            "end": weight.clone(),
+            "change": 30 * 0.1 * bin_width,
+            "bin_width": bin_width,
+            "errors": errors,
+            "hash": digest([weight]),
+        }
+    return out
+
+
 def mismatch(rank: int, out_dir: str) -> dict:
     """``train_rank`` started with a different seed and model on rank 1 (its own process group)."""
     config = RunConfig(seed=rank, model="cnn4" if rank else "mlp", out_dir=out_dir, device="cpu")
@@ -208,7 +235,11 @@ def main() -> None:
         return
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
-    result = {"ddp_grads": ddp_grads, "average": average}[scenario](rank, world)
+    result = {
+        "ddp_grads": ddp_grads,
+        "average": average,
+        "average_error_feedback": average_error_feedback,
+    }[scenario](rank, world)
     torch.save(result, f"{out_dir}/rank{rank}.pt")
     end_process_group()
 

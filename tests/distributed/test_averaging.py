@@ -16,3 +16,17 @@ def test_two_ranks_end_with_bit_identical_averaged_parameters(run_ranks):
     stats = ranks[0]["stats"]
     assert stats["bits_per_value"] == 8 * stats["bytes_sent"] / stats["values"]
     assert stats["bits_per_value"] < 32
+
+
+def test_error_feedback_carries_what_quantising_lost_to_the_next_sync(run_ranks):
+    ranks = run_ranks("average_error_feedback")
+    for feedback in (False, True):
+        assert ranks[0][feedback]["hash"] == ranks[1][feedback]["hash"]
+    plain, fed = ranks[0][False], ranks[0][True]
+    # 30 changes of a tenth of a bin each (three bins in all) on identical ranks
+    wanted = fed["start"] + fed["change"]
+    # with error feedback nothing is lost: the weights plus what is still owed are the target
+    torch.testing.assert_close(fed["end"] + fed["errors"]["weight"], wanted, rtol=0, atol=1e-5)
+    assert fed["errors"]["weight"].abs().max() <= fed["bin_width"]
+    # without it, sub-bin changes are rounded away (and the range contracts by a bin per sync)
+    assert (plain["end"] - wanted).abs().max() > 2 * plain["bin_width"]

@@ -104,3 +104,18 @@ def test_zero_widths_are_refused():
     with pytest.raises(ConfigError, match="widths must be positive"):
         build_model("cnn4", (1, 8, 8), 10, widths=[0, 0, 0, 0])
     assert len(build_model("mlp", (4,), 10, widths=[])) == 2  # no hidden layer: allowed
+
+
+def test_mlp_activation_is_relu_or_tanh():
+    net = build_model("mlp", (784,), 10, widths=[392, 50], activation="tanh")
+    assert [type(m).__name__ for m in net] == [
+        "Flatten",
+        "Linear",
+        "Tanh",
+        "Linear",
+        "Tanh",
+        "Linear",
+    ]
+    assert isinstance(build_model("mlp", (4,), 3)[2], torch.nn.ReLU)
+    with pytest.raises(ConfigError, match="activation='gelu' is not one of relu, tanh"):
+        build_model("mlp", (4,), 3, activation="gelu")

@@ -39,10 +39,17 @@ def all_gather_bytes(data: bytes, group: dist.ProcessGroup | None = None) -> lis
 
 @torch.no_grad()
 def average_parameters(
-    model: nn.Module, config: CodecConfig = CodecConfig(), group: dist.ProcessGroup | None = None
+    model: nn.Module,
+    config: CodecConfig = CodecConfig(),
+    group: dist.ProcessGroup | None = None,
+    errors: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Replace ``model``'s parameters by the mean over ranks of their quantised values.
 
+    With ``errors`` (a dict this rank keeps from one sync to the next; start it empty), each
+    parameter is sent as ``param + error`` and ``error`` becomes what quantising that lost
+    (error feedback, as PowerSGD and our gradient hook do): a change smaller than half a
+    quantisation bin is carried to the next sync instead of being rounded away at every one.
     Floating-point buffers (batch-norm statistics) are averaged exactly (float64, rank order);
     integer buffers are left alone. Returns ``bytes_sent`` (this rank's package buffer),
     ``values``, ``bits_per_value`` (8 * bytes_sent / values) and ``raw_bits_per_value`` (the
@@ -54,11 +61,17 @@ def average_parameters(
     """
     params = dict(model.named_parameters())
     names = list(params)
-    mine = encode_state({n: p.detach() for n, p in params.items()}, config)
+    sent = {n: p.detach() for n, p in params.items()}
+    if errors is not None:
+        sent = {n: t + errors[n] if n in errors else t for n, t in sent.items()}
+    mine = encode_state(sent, config)
     received = [
         decode_state(buffer, names, rank=rank)
         for rank, buffer in enumerate(all_gather_bytes(mine, group))
     ]
+    if errors is not None:
+        own = received[dist.get_rank(group)]
+        errors.update({n: t - own[n].to(t.dtype) for n, t in sent.items()})
     for name, param in params.items():
         total = sum(state[name].to(torch.float64) for state in received)
         param.copy_(total / len(received))
@@ -87,7 +100,8 @@ def _average_float_buffers(model: nn.Module, group: dist.ProcessGroup | None) ->
 
 
 class CompressedAveraging(Callback):
-    """Trainer callback: ``average_parameters`` after every ``every``-th optimizer step.
+    """Trainer callback: ``average_parameters`` after every ``every``-th optimizer step, with
+    error feedback when ``error_feedback`` (our option; the thesis has none).
 
     Each rank trains its own copy on its shard; this is the thesis' synchronisation. The
     figures of the last sync are kept in ``last`` (bytes sent, bits per value), the bytes of
@@ -101,8 +115,10 @@ class CompressedAveraging(Callback):
         every: int = 1,
         config: CodecConfig = CodecConfig(),
         group: dist.ProcessGroup | None = None,
+        error_feedback: bool = False,
     ):
         self.every, self.config, self.group = every, config, group
+        self.errors: dict[str, torch.Tensor] | None = {} if error_feedback else None
         self.last: dict[str, Any] = {}
         self.bytes_sent = 0
         self._epoch: list[tuple[float, float]] = []
@@ -110,7 +126,7 @@ class CompressedAveraging(Callback):
     def on_batch_end(self, trainer, batch_index, loss, output) -> None:
         """Average after every ``every``-th step (counted by the trainer's global step)."""
         if trainer.global_step % self.every == 0:
-            self.last = average_parameters(trainer.model, self.config, self.group)
+            self.last = average_parameters(trainer.model, self.config, self.group, self.errors)
             self.bytes_sent += self.last["bytes_sent"]
             self._epoch.append((self.last["raw_bits_per_value"], self.last["bits_per_value"]))
 

@@ -4,7 +4,8 @@ Processes start through torch.distributed's own launcher (``elastic_launch``, wh
 ``torchrun`` runs). Each rank trains the method's model on its shard of every epoch (a
 ``DistributedSampler``-like split of one common permutation), either with
 DistributedDataParallel (``sync="ddp"``) or by averaging entropy-coded parameters after
-every ``every`` steps (``sync="average"``, thesis chapter 3). Rank 0 alone writes the run
+every ``every`` steps (``sync="average"``, thesis chapter 3; ``"average-ef"`` adds error
+feedback). Rank 0 alone writes the run
 directory (config, metrics, checkpoints, summary) and prints.
 """
 
@@ -49,7 +50,8 @@ from smallfoot.runner.run import (
 )
 from smallfoot.train.trainer import TrainConfig, Trainer, default_augment
 
-SYNCS = ("ddp", "average", "ddp-entropy", "ddp-fp16", "ddp-powersgd")
+SYNCS = ("ddp", "average", "average-ef", "ddp-entropy", "ddp-fp16", "ddp-powersgd")
+AVERAGING_SYNCS = ("average", "average-ef")
 """How ranks synchronise: DDP's all-reduce of float32 gradients, the thesis' compressed
 parameter averaging, or DDP with a communication hook: ours (entropy-coded gradients with error
 feedback), DDP's ``fp16_compress_hook`` or its ``powerSGD_hook`` (rank 1, from step 2)."""
@@ -185,7 +187,7 @@ class DistributedTrainer(Trainer):
         the entropy hook or of the parameter averaging took."""
         values = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         state, steps = self.hook_state, max(self.steps, 1)
-        if self.sync == "average":
+        if self.sync in AVERAGING_SYNCS:
             return averaging.bytes_sent / steps
         if self.sync == "ddp-entropy":
             return state.bytes_sent / steps
@@ -303,9 +305,11 @@ def launch(
         config: the run, as for ``run_training``; ``batch_size`` is the global batch (each rank
             takes ``batch_size // nproc``), so the learning rate keeps its meaning.
         nproc: number of processes (ranks) on this machine.
-        sync: ``"ddp"`` (gradients all-reduced by DistributedDataParallel) or ``"average"``
-            (entropy-coded parameters averaged after every ``every`` steps, thesis chapter 3).
-        codec: quantiser settings for ``sync="average"``.
+        sync: ``"ddp"`` (gradients all-reduced by DistributedDataParallel), ``"average"``
+            (entropy-coded parameters averaged after every ``every`` steps, thesis chapter 3),
+            ``"average-ef"`` (the same with error feedback: each rank adds what quantising its
+            last package lost to its next) or ``"ddp-<hook>"`` (DDP with a communication hook).
+        codec: quantiser settings for the averaging syncs.
         every: steps between parameter averages.
         resume_dir: continue this run directory from its checkpoint instead (``config`` is then
             read from its ``config.toml``, as ``run_training`` does); every rank loads it.
@@ -443,7 +447,9 @@ def train_rank(
         model = method.build_model(ctx)
         loss_fn, predict_fn = method.make_loss(ctx)
         callbacks = method.callbacks(ctx, model)
-        averaging = CompressedAveraging(every, codec) if sync == "average" else None
+        averaging = None
+        if sync in AVERAGING_SYNCS:
+            averaging = CompressedAveraging(every, codec, error_feedback=sync == "average-ef")
         if averaging is not None:
             callbacks.append(averaging)
         train_config = TrainConfig.from_run_config(config)

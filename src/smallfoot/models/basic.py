@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from smallfoot.errors import ShapeError
+from smallfoot.errors import ConfigError, ShapeError
 from smallfoot.models.registry import register_model
 
 
@@ -32,16 +32,33 @@ def image_shape(name: str, input_shape, min_side: int = 1) -> tuple[int, int, in
     return c, h, w
 
 
-@register_model("mlp", "multi-layer perceptron: Flatten, (Linear, ReLU) x len(widths), Linear")
+MLP_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+@register_model(
+    "mlp", "multi-layer perceptron: Flatten, (Linear, ReLU or tanh) x len(widths), Linear"
+)
 def mlp(
-    input_shape, num_classes, widths=(256, 128), dropout: float = 0.0, bias: bool = True
+    input_shape,
+    num_classes,
+    widths=(256, 128),
+    dropout: float = 0.0,
+    bias: bool = True,
+    activation: str = "relu",
 ) -> nn.Sequential:
-    """Fully connected net on flattened inputs; ``widths`` are the hidden layer sizes (an int: one layer)."""
+    """Fully connected net on flattened inputs; ``widths`` are the hidden layer sizes (an int:
+    one layer), ``activation`` the hidden non-linearity: ``"relu"`` or ``"tanh"`` (the
+    thesis' networks, e.g. chapter 3's 784-392-50-10)."""
+    if activation not in MLP_ACTIVATIONS:
+        raise ConfigError(
+            f"mlp activation={activation!r} is not one of {', '.join(MLP_ACTIVATIONS)}; "
+            "set e.g. --model-opt activation=tanh"
+        )
     widths = (widths,) if isinstance(widths, int) else tuple(widths)
     layers: list[nn.Module] = [nn.Flatten()]
     features = math.prod(input_shape)
     for width in widths:
-        layers += [nn.Linear(features, int(width), bias=bias), nn.ReLU()]
+        layers += [nn.Linear(features, int(width), bias=bias), MLP_ACTIVATIONS[activation]()]
         if dropout:
             layers.append(nn.Dropout(dropout))
         features = int(width)
