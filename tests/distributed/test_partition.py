@@ -1,6 +1,7 @@
 """Partition-wise learning: the plan, the boundary filters, and 2-process pipelines on loopback
 (trained to a sane accuracy, a killed partition named and resumed, a slow consumer throttling)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -271,3 +272,31 @@ def test_decision_blocks_are_the_layerwise_ones():
     )
     assert isinstance(parts[0].decision[0], nn.Conv2d)
     assert parts[0].decision[-1].out_features == 3
+
+
+@pytest.mark.slow
+def test_a_data_parallel_partition_trains_the_weights_of_a_single_process_one(tmp_path):
+    # 2 partitions of 2 ranks each (4 processes) against 2 single-process partitions: the
+    # group's rows are weighted so its averaged gradient is the whole batch's (mlp: no BN)
+    runs = {
+        ranks: run_training(_config(tmp_path, f"ranks{ranks}", epochs=2, ranks_per_partition=ranks))
+        for ranks in (1, 2)
+    }
+    weights = {
+        ranks: torch.load(Path(s["run_dir"]) / "model.pt", weights_only=False)["model"]
+        for ranks, s in runs.items()
+    }
+    for name, tensor in weights[1].items():
+        torch.testing.assert_close(weights[2][name], tensor, rtol=0, atol=1e-4)
+    one, two = (runs[r]["partitionwise"]["partitions"] for r in (1, 2))
+    assert [r["images_trained"] for r in two] == [r["images_trained"] for r in one]
+    assert runs[2]["test_accuracy"] == pytest.approx(runs[1]["test_accuracy"], abs=0.01)
+    # the meter reports one rank's step: half the batch
+    assert "one of its 2 ranks" in runs[2]["memory"]["stage"]
+    assert runs[2]["memory"]["peak"] < runs[1]["memory"]["peak"]
+
+
+def test_a_data_parallel_partition_needs_a_row_per_rank(tmp_path):
+    config = dataclasses.replace(_config(tmp_path, "tiny", ranks_per_partition=4), batch_size=2)
+    with pytest.raises(ConfigError, match="use --batch-size 4 or more"):
+        run_training(config)

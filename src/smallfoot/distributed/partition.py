@@ -32,10 +32,13 @@ one epoch apart); a resumed pipeline restarts from the latest epoch all partitio
 A lost neighbour (its connection closed, or silent beyond ``timeout`` seconds) stops a
 partition with one line naming it.
 
-A partition is one process here. Data-parallel partitions (DDP inside a partition group, as
-the thesis used for partitions with several GPUs) fit this design: the pipeline ranks become
-the group leaders, each partition's ranks share a ``dist.new_group``, and the leader scatters
-what it receives to its group; not built yet (see ``docs/partitionwise.md``).
+A partition is one process, or with ``ranks_per_partition`` R > 1 a data-parallel group of R
+processes (as the thesis gave a partition several GPUs): ranks ``i R .. i R + R - 1`` train
+partition ``i`` under ``DistributedDataParallel`` on their own ``dist.new_group``. The group's
+first rank, its leader, is the pipeline rank: it reads or receives every batch, broadcasts it
+to the group, each rank trains on its share of the rows (losses weighted so the group's
+gradient is the whole batch's), and the leader gathers the features it forwards. Only the
+leader checkpoints (the group's weights and optimizer states are identical).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from smallfoot._io import atomic_torch_save
 from smallfoot.data import ArrayDataset, BatchLoader
@@ -145,6 +149,13 @@ class PartitionOptions:
         default=0.0,
         metadata={"help": "seconds the last partition sleeps per batch (a slow consumer, tests)"},
     )
+    ranks_per_partition: int = field(
+        default=1,
+        metadata={
+            "help": "processes per partition, data-parallel within it (DDP on the partition's "
+            "process group); processes in all = partitions x this"
+        },
+    )
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for values that cannot work together."""
@@ -171,6 +182,15 @@ class PartitionOptions:
             )
         if self.timeout <= 0 or self.delay < 0:
             raise ConfigError("--timeout must be positive and --delay at least 0")
+        if self.ranks_per_partition < 1:
+            raise ConfigError(
+                f"--ranks-per-partition must be at least 1, got {self.ranks_per_partition}"
+            )
+
+    @property
+    def processes(self) -> int:
+        """Processes of the whole pipeline: ``partitions x ranks_per_partition``."""
+        return self.partitions * self.ranks_per_partition
 
 
 # -- the plan: which units each partition trains ----------------------------------------------
@@ -295,10 +315,12 @@ class Clock:
 
 
 class Link:
-    """Point-to-point messages with a neighbouring partition; failures name the neighbour."""
+    """Point-to-point messages with a neighbouring partition (partition index ``peer``, on
+    process ``peer_rank``: its leader); failures name the neighbour."""
 
-    def __init__(self, me: int, peer: int, run_dir: Path | None, clock: Clock):
+    def __init__(self, me: int, peer: int, run_dir: Path | None, clock: Clock, peer_rank: int):
         self.me, self.peer, self.run_dir, self.clock = me, peer, run_dir, clock
+        self.peer_rank = peer_rank
 
     def fail(self, error: Exception) -> PartitionLost:
         """The one-line error for a broken link (its first line of detail kept)."""
@@ -316,7 +338,7 @@ class Link:
         """Receive into ``tensor`` (blocking, bounded by the group's timeout)."""
         start = time.perf_counter()
         try:
-            dist.recv(tensor, self.peer)
+            dist.recv(tensor, self.peer_rank)
         except RuntimeError as error:
             raise self.fail(error) from None
         finally:
@@ -327,8 +349,8 @@ class Link:
 class Outbox(Link):
     """Messages to the next partition: at most ``queue`` without credit (back-pressure)."""
 
-    def __init__(self, me, peer, run_dir, clock, queue: int):
-        super().__init__(me, peer, run_dir, clock)
+    def __init__(self, me, peer, run_dir, clock, peer_rank: int, queue: int):
+        super().__init__(me, peer, run_dir, clock, peer_rank)
         self.queue = queue
         self.in_flight: deque[tuple[list, int]] = deque()  # (works, bytes) per message
         self.max_in_flight = 0
@@ -346,7 +368,7 @@ class Outbox(Link):
             header[3 : 3 + x.dim()] = torch.tensor(x.shape)
             tensors += [x.contiguous().float(), y.contiguous().long()]
         try:
-            works = [dist.isend(t, self.peer) for t in tensors]
+            works = [dist.isend(t, self.peer_rank) for t in tensors]
         except RuntimeError as error:
             raise self.fail(error) from None
         size = sum(t.numel() * t.element_size() for t in tensors)
@@ -370,8 +392,8 @@ class Outbox(Link):
 class Inbox(Link):
     """Messages from the previous partition; :meth:`ack` returns a credit."""
 
-    def __init__(self, me, peer, run_dir, clock):
-        super().__init__(me, peer, run_dir, clock)
+    def __init__(self, me, peer, run_dir, clock, peer_rank: int):
+        super().__init__(me, peer, run_dir, clock, peer_rank)
         self.credits: list = []
 
     def receive(self) -> tuple[int, int, torch.Tensor | None, torch.Tensor | None]:
@@ -389,9 +411,89 @@ class Inbox(Link):
         """Return one credit (asynchronous: the producer takes it when it needs it)."""
         self.credits = [w for w in self.credits if not w.is_completed()]
         try:
-            self.credits.append(dist.isend(torch.ones(1, dtype=torch.int64), self.peer))
+            self.credits.append(dist.isend(torch.ones(1, dtype=torch.int64), self.peer_rank))
         except RuntimeError as error:
             raise self.fail(error) from None
+
+
+class PartitionGroup:
+    """The ``size`` processes of one data-parallel partition, on their own process group.
+
+    The leader (group rank 0, the pipeline rank) broadcasts every batch it reads or receives
+    (:meth:`share`, then :meth:`end` after the epoch's last); the others take them with
+    :meth:`receive`. Every rank trains on its share of the rows (:meth:`rows`), and the leader
+    gathers the group's outputs in row order (:meth:`gather`).
+    """
+
+    def __init__(self, group: dist.ProcessGroup, leader: int, size: int, rank: int):
+        self.group, self.leader, self.size, self.rank = group, leader, size, rank
+
+    def share(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Leader: send the batch ``x`` ``(B, ...)`` float32 with labels ``y`` ``(B,)``."""
+        header = torch.zeros(_HEADER, dtype=torch.int64)
+        header[0], header[2] = BATCH, x.dim()
+        header[3 : 3 + x.dim()] = torch.tensor(x.shape)
+        for tensor in (header, x.contiguous().float(), y.contiguous().long()):
+            dist.broadcast(tensor, self.leader, group=self.group)
+
+    def end(self) -> None:
+        """Leader: the epoch has no more batches."""
+        header = torch.zeros(_HEADER, dtype=torch.int64)
+        header[0] = END
+        dist.broadcast(header, self.leader, group=self.group)
+
+    def receive(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next batch the leader shares, or None at the end of the epoch."""
+        header = torch.zeros(_HEADER, dtype=torch.int64)
+        dist.broadcast(header, self.leader, group=self.group)
+        if int(header[0]) == END:
+            return None
+        shape = [int(v) for v in header[3 : 3 + int(header[2])]]
+        x, y = torch.empty(shape, dtype=torch.float32), torch.empty(shape[0], dtype=torch.int64)
+        dist.broadcast(x, self.leader, group=self.group)
+        dist.broadcast(y, self.leader, group=self.group)
+        return x, y
+
+    def sizes(self, rows: int) -> list[int]:
+        """Rows of each rank in a batch of ``rows`` (``torch.tensor_split``'s sizes)."""
+        return [rows // self.size + (r < rows % self.size) for r in range(self.size)]
+
+    def rows(self, rows: int) -> slice:
+        """This rank's rows of a batch of ``rows``."""
+        sizes = self.sizes(rows)
+        start = sum(sizes[: self.rank])
+        return slice(start, start + sizes[self.rank])
+
+    def gather(self, part: torch.Tensor, rows: int) -> torch.Tensor | None:
+        """Leader: the group's ``part`` tensors (each rank's rows of a batch of ``rows``)
+        concatenated in rank order; the other ranks get None."""
+        sizes = self.sizes(rows)
+        padded = torch.zeros((max(sizes), *part.shape[1:]), dtype=part.dtype)
+        padded[: len(part)] = part
+        pieces = [torch.empty_like(padded) for _ in sizes] if self.rank == 0 else None
+        dist.gather(padded, pieces, self.leader, group=self.group)
+        if self.rank != 0:
+            return None
+        return torch.cat([piece[:n] for piece, n in zip(pieces, sizes, strict=True)])
+
+    def sum(self, values: list[float]) -> list[float]:
+        """``values`` summed over the group's ranks (float64)."""
+        total = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(total, group=self.group)
+        return total.tolist()
+
+
+class _Step(nn.Module):
+    """A partition's body and decision block as one module returning ``(features, logits)``,
+    so DistributedDataParallel can wrap the pair."""
+
+    def __init__(self, body: nn.Module, decision: nn.Module):
+        super().__init__()
+        self.body, self.decision = body, decision
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.body(x)
+        return z, self.decision(z)
 
 
 # -- one partition's process --------------------------------------------------------------------
@@ -470,9 +572,17 @@ class PartitionWorker:
         predict_fn,
         run_dir: Path | None,
         epochs: int,
+        group: PartitionGroup | None = None,
     ):
         self.part, self.world, self.options = part, world, options
         self.index = part.index
+        self.group = group
+        self.leader = group is None or group.rank == 0
+        self.ranks = 1 if group is None else group.size
+        step = _Step(part.body, part.decision)
+        self.step_net: nn.Module = step
+        if group is not None:
+            self.step_net = DistributedDataParallel(step, process_group=group.group)
         self.config = partition_config(config, self.index, options)
         self.train_set, self.loss_fn, self.predict_fn = train_set, loss_fn, predict_fn
         self.run_dir = run_dir
@@ -481,12 +591,16 @@ class PartitionWorker:
         steps = math.ceil(len(train_set) / config.batch_size)
         self.scheduler = make_scheduler(self.optimizer, replace(self.config, epochs=epochs), steps)
         self.clock = Clock()
+        # only a partition's leader (its first rank) talks to the neighbouring partitions
+        below, above = (self.index - 1) * self.ranks, (self.index + 1) * self.ranks
         self.inbox = (
-            Inbox(self.index, self.index - 1, run_dir, self.clock) if self.index > 0 else None
+            Inbox(self.index, self.index - 1, run_dir, self.clock, below)
+            if self.index > 0 and self.leader
+            else None
         )
         self.outbox = (
-            Outbox(self.index, self.index + 1, run_dir, self.clock, options.queue)
-            if self.index < world - 1
+            Outbox(self.index, self.index + 1, run_dir, self.clock, above, options.queue)
+            if self.index < world - 1 and self.leader
             else None
         )
         self.phases = phases(options, epochs)
@@ -565,58 +679,88 @@ class PartitionWorker:
             yield x, y
             self.inbox.ack()
 
+    def shared(self, source):
+        """The epoch's batches on every rank of the partition: ``source`` (the leader's own
+        batches), broadcast by the leader to a data-parallel group."""
+        if self.group is None:
+            yield from source
+            return
+        if self.leader:
+            for x, y in source:
+                self.group.share(x, y)
+                yield x, y
+            self.group.end()
+            return
+        while (batch := self.group.receive()) is not None:
+            yield batch
+
     def run_epoch(self, position: int, mode: str, forward: bool, replay: bool = False) -> None:
         """One schedule epoch: train (``train``; with ``replay`` on the kept features), run
         as a frozen feednet (``feed``) or wait for the partitions below to finish theirs
         (``wait``, relaying their heartbeats)."""
         before = (self.clock.busy, self.clock.waiting)
         forwarder = Forwarder(self.options, self.index, self.config.batch_size, self.config.seed)
-        out = self.outbox if forward else None
+        sends = forward and mode != "wait" and self.index < self.world - 1
+        out = self.outbox if sends else None  # None on a group's other ranks
         if (mode == "wait" or replay) and self.inbox is not None:
             kind, _, _, _ = self.inbox.receive()
             if kind != WAIT:
                 raise TrainingError(f"partition {self.index + 1}: expected a heartbeat")
             self.inbox.ack()
-        if mode == "wait":
-            out = None
-        torch.manual_seed(self.config.seed * 1_000_003 + position)  # dropout replays on resume
+        rank = 0 if self.group is None else self.group.rank
+        # dropout replays on resume; the ranks of a group draw their own masks
+        torch.manual_seed(self.config.seed * 1_000_003 + position + 7_919 * rank)
         self.net.train(mode == "train")
         total_loss, correct, seen = 0.0, 0, 0
         keep = mode == "train" and self.options.feed == "checkpoint" and not replay
-        for x, y in self.batches(position, replay, keep) if mode != "wait" else ():
+        source = self.batches(position, replay, keep) if mode != "wait" else ()
+        for x, y in self.shared(source):
+            if len(y) < self.ranks:
+                continue  # a group needs a row per rank; only a filtered remainder is this small
             start = time.perf_counter()
+            rows = slice(None) if self.group is None else self.group.rows(len(y))
+            x_mine, y_mine = x[rows], y[rows]
             if mode == "train":
                 self.optimizer.zero_grad(set_to_none=True)
-                z = self.part.body(x)
-                logits = self.part.decision(z)
-                loss = self.loss_fn(logits, y)
+                z, logits = self.step_net(x_mine)
+                loss = self.loss_fn(logits, y_mine)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"partition {self.index + 1}: the loss became {float(loss)} in epoch "
                         f"{position + 1}; lower --lr or --lr-factor"
                     )
-                loss.backward()
+                # each rank's mean weighted by its share of the rows: the group's averaged
+                # gradient is the whole batch's
+                (loss * (len(y_mine) * self.ranks / len(y))).backward()
                 self.optimizer.step()
                 self.scheduler.step()
-                total_loss += float(loss.detach()) * len(y)
-                correct += int((self.predict_fn(logits.detach()) == y).sum())
-                seen += len(y)
-                if self.options.delay and self.outbox is None:
+                total_loss += float(loss.detach()) * len(y_mine)
+                correct += int((self.predict_fn(logits.detach()) == y_mine).sum())
+                seen += len(y_mine)
+                if self.options.delay and self.index == self.world - 1:
                     time.sleep(self.options.delay)
-                if out is not None:
+                if sends:
                     z, logits = z.detach(), logits.detach()
-            elif out is not None:
+            elif sends:
                 with torch.no_grad():
-                    z = self.part.body(x)
+                    z = self.part.body(x_mine)
                     logits = self.part.decision(z) if forwarder.active(position) else None
-            if out is not None:
+            if sends:
                 losses = None
                 if forwarder.active(position) and self.options.filter == "loss":
-                    losses = self.loss_fn.per_sample(logits, y).detach()
+                    losses = self.loss_fn.per_sample(logits, y_mine).detach()
+                if self.group is not None:
+                    z = self.group.gather(z, len(y))
+                    if losses is not None:
+                        losses = self.group.gather(losses, len(y))
                 self.clock.busy += time.perf_counter() - start
-                forwarder.add(z, y, losses, position, out, position)
+                if out is not None:
+                    forwarder.add(z, y, losses, position, out, position)
             else:
                 self.clock.busy += time.perf_counter() - start
+        if self.group is not None:
+            total_loss, correct, seen = self.group.sum([total_loss, correct, seen])
+            correct, seen = int(correct), int(seen)
         if out is not None:
             forwarder.flush(position, out, position)
             out.send(END, position)
@@ -640,14 +784,15 @@ class PartitionWorker:
         line["seconds_busy"] = self.clock.busy - before[0]
         line["seconds_waiting"] = self.clock.waiting - before[1]
         self.history.append(line)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.leader:
             MetricsLog(self.directory()).append(line)
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
         """Write this partition's state after epoch ``position`` atomically; keep the last
-        ``P + 1`` (a neighbour may be one epoch behind per partition in between)."""
-        if self.run_dir is None:
+        ``P + 1`` (a neighbour may be one epoch behind per partition in between). A group's
+        leader writes it for the group (their states are identical)."""
+        if self.run_dir is None or not self.leader:
             return
         state = {
             "position": self.position,
@@ -677,7 +822,8 @@ class PartitionWorker:
         if self.outbox is not None:
             self.outbox.max_in_flight = state["max_in_flight"]
             self.outbox.max_bytes = state["max_bytes"]
-        MetricsLog(self.directory()).rewrite(self.history)
+        if self.leader:
+            MetricsLog(self.directory()).rewrite(self.history)
 
     def record(self) -> dict[str, Any]:
         """This partition's summary: units, layers, time busy and waiting, images, queue."""
@@ -726,22 +872,34 @@ def resume_position(run_dir: Path, world: int) -> int:
 
 
 def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """One partition's process (rank = partition index), started by :func:`launch_partitions`
-    or by ``torchrun`` (reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Trains, saves
-    ``partition-<i>/final.pt`` (units and decision block) and returns the partition's record."""
+    """One process of the pipeline (partition ``rank // ranks_per_partition``), started by
+    :func:`launch_partitions` or by ``torchrun`` (reads RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT). Trains; a partition's leader saves ``partition-<i>/final.pt`` (units and
+    decision block). Returns the partition's record (a group's other ranks: their own view)."""
     from smallfoot.methods import RunContext, get_method, load_initial_weights
     from smallfoot.runner.run import load_run_data, seed_everything
 
     method = get_method(config.method, config.method_options)
     options = method.options
     run_dir = Path(run_dir)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=options.timeout))
+    timeout = datetime.timedelta(seconds=options.timeout)
+    dist.init_process_group("gloo", timeout=timeout)
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        if world != options.partitions:
+        ranks = options.ranks_per_partition
+        if world != options.processes:
             raise ConfigError(
-                f"{world} processes for {options.partitions} partitions; start one per partition"
+                f"{world} processes for {options.partitions} partitions of {ranks} rank(s) "
+                f"each; start {options.processes}"
             )
+        index, group = rank // ranks, None
+        if ranks > 1:
+            # every process takes part in creating every group, in the same order
+            groups = [
+                dist.new_group(list(range(i * ranks, (i + 1) * ranks)), timeout=timeout)
+                for i in range(options.partitions)
+            ]
+            group = PartitionGroup(groups[index], index * ranks, ranks, rank % ranks)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(max(1, (cores or 1) // world))
         seed_everything(config.seed)
@@ -754,8 +912,8 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
         parts = build_partitions(model, ctx.input_shape, ctx.num_classes, options, config.seed)
         loss_fn, predict_fn = method.make_loss(ctx)
         worker = PartitionWorker(
-            parts[rank],
-            world,
+            parts[index],
+            options.partitions,
             options,
             ctx.train_config(),
             train_set,
@@ -763,9 +921,10 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
             predict_fn,
             run_dir,
             config.epochs,
+            group,
         )
         worker.directory().mkdir(parents=True, exist_ok=True)
-        start = torch.tensor([resume_position(run_dir, world) if resume else 0])
+        start = torch.tensor([resume_position(run_dir, options.partitions) if resume else 0])
         dist.all_reduce(start, op=dist.ReduceOp.MIN)
         try:
             begin = time.perf_counter()
@@ -774,14 +933,15 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
         except PartitionLost as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             raise
-        atomic_torch_save(
-            {
-                "body": worker.part.body.state_dict(),
-                "decision": worker.part.decision.state_dict(),
-            },
-            worker.directory() / "final.pt",
-        )
-        atomic_torch_save(record, worker.directory() / "record.pt")
+        if worker.leader:
+            atomic_torch_save(
+                {
+                    "body": worker.part.body.state_dict(),
+                    "decision": worker.part.decision.state_dict(),
+                },
+                worker.directory() / "final.pt",
+            )
+            atomic_torch_save(record, worker.directory() / "record.pt")
         dist.barrier()  # every partition's final.pt exists before anyone assembles
         return record
     finally:
@@ -789,8 +949,9 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
 
 
 def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[str, Any]]:
-    """Start one local process per partition (torch's elastic launcher, as ``torchrun``) and
-    return their records, partition 1 first. A failed partition raises ``TrainingError``
+    """Start the pipeline's local processes (``ranks_per_partition`` per partition; torch's
+    elastic launcher, as ``torchrun``) and return the partitions' records (their leaders'),
+    partition 1 first. A failed partition raises ``TrainingError``
     naming it (the others are stopped)."""
     import uuid
 
@@ -803,7 +964,7 @@ def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[
     launcher = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
-        nproc_per_node=options.partitions,
+        nproc_per_node=options.processes,
         run_id=str(uuid.uuid4()),
         rdzv_backend="c10d",
         rdzv_endpoint="127.0.0.1:0",
@@ -814,7 +975,8 @@ def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[
     try:
         results = elastic_launch(launcher, train_partition)(config, str(run_dir), resume)
     except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
+        process, failure = error.get_first_failure()
+        rank = process // options.ranks_per_partition
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", message)
@@ -822,7 +984,7 @@ def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[
             f"partition-wise run stopped: partition {rank + 1} failed ({message}); the other "
             f"partitions were stopped{resume_hint(run_dir)}"
         ) from None
-    return [results[rank] for rank in range(options.partitions)]
+    return [results[i * options.ranks_per_partition] for i in range(options.partitions)]
 
 
 def assemble_partitions(model: nn.Module, parts: list[Partition], run_dir: Path) -> None:
@@ -837,8 +999,9 @@ def assemble_partitions(model: nn.Module, parts: list[Partition], run_dir: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``torchrun --nproc-per-node P -m smallfoot.distributed.partition RUN_DIR [--resume]``:
-    one partition per process on the run directory's ``config.toml``; rank 0 then assembles,
+    """``torchrun --nproc-per-node P -m smallfoot.distributed.partition RUN_DIR [--resume]``
+    (``P x ranks_per_partition`` processes with data-parallel partitions): the pipeline on
+    the run directory's ``config.toml``; rank 0 then assembles,
     evaluates and writes ``summary.json``. Exit status 1 when a neighbour is lost, 2 on a user
     error; the error is one line on stderr."""
     import argparse

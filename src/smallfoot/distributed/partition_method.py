@@ -7,6 +7,7 @@ directory, loadable by ``--init``) and evaluates that model.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ from smallfoot.train.trainer import Trainer, make_optimizer
 
 def partition_reports(method: Method, ctx: RunContext, fake: bool = False) -> list[MemoryReport]:
     """The meter's report of one training step of every partition (its units + decision block)
-    on a random batch of ``config.batch_size`` inputs of the partition's input shape."""
+    on a random batch of the partition's input shape: ``config.batch_size`` inputs, or one
+    rank's share of them in a data-parallel partition."""
     from smallfoot.memory import estimate, measure
 
     torch.manual_seed(ctx.config.seed)
@@ -43,7 +45,7 @@ def partition_reports(method: Method, ctx: RunContext, fake: bool = False) -> li
     parts = build_partitions(model, ctx.input_shape, ctx.num_classes, options, ctx.config.seed)
     loss_fn, _ = method.make_loss(ctx)
     reports = []
-    batch = ctx.config.batch_size
+    batch = math.ceil(ctx.config.batch_size / options.ranks_per_partition)
     for part in parts:
         net = part.net()
         optimizer = make_optimizer(
@@ -54,6 +56,8 @@ def partition_reports(method: Method, ctx: RunContext, fake: bool = False) -> li
         meter = estimate if fake else measure
         report = meter(net, (x, y), loss_fn=loss_fn, optimizer=optimizer)
         report.stage = f"partition {part.index + 1} of {len(parts)}"
+        if options.ranks_per_partition > 1:
+            report.stage += f", one of its {options.ranks_per_partition} ranks"
         reports.append(report)
     return reports
 
@@ -81,6 +85,12 @@ class Partitionwise(Method):
             raise ConfigError(
                 f"partition-wise runs exchange features over gloo on the CPU for now, not "
                 f"{ctx.config.device!r}; use --device cpu"
+            )
+        ranks = self.options.ranks_per_partition
+        if ctx.config.batch_size < ranks:
+            raise ConfigError(
+                f"batch size {ctx.config.batch_size} gives {ranks} ranks per partition less than "
+                f"a row each; use --batch-size {ranks} or more"
             )
         model = self.build_model(ctx)
         build_partitions(model, ctx.input_shape, ctx.num_classes, self.options, ctx.config.seed)
@@ -147,6 +157,7 @@ class Partitionwise(Method):
             "partitionwise": {
                 "schedule": self.options.schedule,
                 "filter": self.options.filter,
+                "ranks_per_partition": self.options.ranks_per_partition,
                 "partitions": records,
             }
         }
