@@ -69,7 +69,7 @@ class Setup:
 
 
 # sized to about 45 minutes on 2 CPU cores: 63 runs (21 cells x 3 seeds) at batches of 5-9
-# take about 40 ms a step here, so the whole training set for 2 epochs would take 6-7 hours
+# take about 40 ms a step here, so the whole training set for 2 epochs would take 12-13 hours
 FULL = Setup(train=5000, test=None, epochs=1, seeds=(0, 1, 2))
 QUICK = Setup(train=200, test=200, epochs=1, seeds=(0,))
 

@@ -376,8 +376,9 @@ def train(
         "ddp",
         "--sync",
         help="With --nproc: ddp (gradients all-reduced), average (entropy-coded parameters "
-        "averaged, thesis ch. 3), average-ef (the same with error feedback), or DDP with a gradient hook: ddp-entropy (ours, with error "
-        "feedback), ddp-fp16 or ddp-powersgd (PyTorch's).",
+        "averaged, thesis ch. 3), average-ef (the same with error feedback), or DDP with a "
+        "gradient hook: ddp-entropy (ours, with error feedback), ddp-fp16 or ddp-powersgd "
+        "(PyTorch's).",
     ),
     sync_every: int = typer.Option(
         1,

@@ -165,6 +165,44 @@ def resume(rank: int, out_dir: str) -> dict:
     return {"first": first, "second": second}
 
 
+def resume_average_ef(rank: int, out_dir: str) -> dict:
+    """Averaging with error feedback: 2 epochs straight, and 1 epoch resumed for a second.
+    Returns (rank 0) both runs' final parameters and the per-rank states saved."""
+    config = RunConfig(
+        dataset="checkerboard",
+        model="mlp",
+        epochs=2,
+        batch_size=64,
+        train_limit=512,
+        test_limit=256,
+        device="cpu",
+        out_dir=out_dir,
+        run_name="straight",
+        schedule="constant",  # the 1-epoch run's rates are the 2-epoch run's first
+        progress=False,
+        measure_memory=False,
+    )
+    codec = CodecConfig(c=2, m=4)  # coarse: large errors to carry
+    straight = train_rank(config, "average-ef", codec, 1)
+    os.environ["MASTER_PORT"] = os.environ["SECOND_PORT"]
+    config.epochs, config.run_name = 1, "split"
+    train_rank(config, "average-ef", codec, 1)
+    os.environ["MASTER_PORT"] = os.environ["THIRD_PORT"]
+    config.epochs = 2
+    resumed = train_rank(config, "average-ef", codec, 1, resume_dir=f"{out_dir}/split")
+    if rank != 0:
+        return {}
+    saved = {
+        name: torch.load(Path(run["run_dir"]) / "checkpoint.pt", weights_only=False)
+        for name, run in (("straight", straight), ("resumed", resumed))
+    }
+    return {
+        "straight": saved["straight"]["model"],
+        "resumed": saved["resumed"]["model"],
+        "ranks": saved["resumed"]["callbacks"][-1]["ranks"],
+    }
+
+
 def lost_rank(rank: int, out_dir: str) -> dict:
     """Rank 1 kills itself (SIGKILL) once rank 0 has written the first epoch's metrics; rank 0
     reports what ``train_rank`` raised and how long after the kill."""
@@ -227,7 +265,13 @@ def main() -> None:
     # a rank that crashes, or still runs after this long, prints every thread's stack
     faulthandler.enable()
     faulthandler.dump_traceback_later(float(os.environ.get("HANG_REPORT_SECONDS", 100)))
-    scenarios = {"mismatch": mismatch, "resume": resume, "lost_rank": lost_rank, "syncs": syncs}
+    scenarios = {
+        "mismatch": mismatch,
+        "resume": resume,
+        "resume_average_ef": resume_average_ef,
+        "lost_rank": lost_rank,
+        "syncs": syncs,
+    }
     if scenario in scenarios:  # these start their own process groups
         rank = int(os.environ["RANK"])
         result = scenarios[scenario](rank, out_dir)

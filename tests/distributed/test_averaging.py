@@ -30,3 +30,15 @@ def test_error_feedback_carries_what_quantising_lost_to_the_next_sync(run_ranks)
     assert fed["errors"]["weight"].abs().max() <= fed["bin_width"]
     # without it, sub-bin changes are rounded away (and the range contracts by a bin per sync)
     assert (plain["end"] - wanted).abs().max() > 2 * plain["bin_width"]
+
+
+def test_a_resumed_run_with_error_feedback_continues_exactly(run_ranks):
+    first = run_ranks("resume_average_ef")[0]
+    # every rank's own momentum and errors were saved (the errors are not all zero)
+    ranks = first["ranks"]
+    assert len(ranks) == 2
+    assert any(e.abs().max() > 0 for rank in ranks for e in rank["errors"].values())
+    momentum = [rank["optimizer"]["state"][0]["momentum_buffer"] for rank in ranks]
+    assert not torch.equal(*momentum)  # ranks train alone between syncs
+    for name, tensor in first["straight"].items():
+        assert torch.equal(first["resumed"][name], tensor), name

@@ -278,8 +278,14 @@ def test_decision_blocks_are_the_layerwise_ones():
 def test_a_data_parallel_partition_trains_the_weights_of_a_single_process_one(tmp_path):
     # 2 partitions of 2 ranks each (4 processes) against 2 single-process partitions: the
     # group's rows are weighted so its averaged gradient is the whole batch's (mlp: no BN)
+    # 1,281 images: every epoch ends with a batch of one row, which both ranks train whole
     runs = {
-        ranks: run_training(_config(tmp_path, f"ranks{ranks}", epochs=2, ranks_per_partition=ranks))
+        ranks: run_training(
+            dataclasses.replace(
+                _config(tmp_path, f"ranks{ranks}", epochs=2, ranks_per_partition=ranks),
+                train_limit=1281,
+            )
+        )
         for ranks in (1, 2)
     }
     weights = {
@@ -298,5 +304,5 @@ def test_a_data_parallel_partition_trains_the_weights_of_a_single_process_one(tm
 
 def test_a_data_parallel_partition_needs_a_row_per_rank(tmp_path):
     config = dataclasses.replace(_config(tmp_path, "tiny", ranks_per_partition=4), batch_size=2)
-    with pytest.raises(ConfigError, match="use --batch-size 4 or more"):
+    with pytest.raises(ConfigError, match="every rank of a partition needs a row"):
         run_training(config)

@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nproc", type=int, default=1, help="local processes (ignored under torchrun)"
     )
-    parser.add_argument("--sync", choices=SYNCS, default="ddp", help="ddp or average")
+    parser.add_argument(
+        "--sync",
+        choices=SYNCS,
+        default="ddp",
+        help="ddp, average (thesis ch. 3), average-ef (with error feedback) or DDP with a "
+        "gradient hook: ddp-entropy, ddp-fp16, ddp-powersgd",
+    )
     parser.add_argument("--every", type=int, default=1, help="steps between parameter averages")
     parser.add_argument("--c", type=int, default=6, help="quantisation floor c (bits)")
     parser.add_argument("--m", type=int, default=4, help="bits M of the entropy estimate")

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from smallfoot.compress import CodecConfig, bits_per_parameter, decode_state, encode_state
+from smallfoot.errors import ConfigError
 from smallfoot.train.trainer import Callback
 
 
@@ -107,7 +108,10 @@ class CompressedAveraging(Callback):
     figures of the last sync are kept in ``last`` (bytes sent, bits per value), the bytes of
     all syncs since it was made in ``bytes_sent``; every epoch's metrics get the mean over its
     syncs of bits per value before (``sync_bits_raw``, the N's) and after entropy coding
-    (``sync_bits_coded``, every byte sent), the thesis' figure 3.5.
+    (``sync_bits_coded``, every byte sent), the thesis' figure 3.5. Ranks train alone between
+    syncs, so each has its own optimizer state (momentum) and errors: they are gathered at each
+    epoch's end and saved in rank 0's checkpoint, and a resumed run gives every rank its own
+    back, so it continues exactly.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class CompressedAveraging(Callback):
         self.last: dict[str, Any] = {}
         self.bytes_sent = 0
         self._epoch: list[tuple[float, float]] = []
+        self._ranks: list[dict[str, Any]] = []
 
     def on_batch_end(self, trainer, batch_index, loss, output) -> None:
         """Average after every ``every``-th step (counted by the trainer's global step)."""
@@ -136,3 +141,32 @@ class CompressedAveraging(Callback):
             metrics["sync_bits_raw"] = sum(r for r, _ in self._epoch) / len(self._epoch)
             metrics["sync_bits_coded"] = sum(c for _, c in self._epoch) / len(self._epoch)
         self._epoch = []
+        # each rank's own state (its momentum, its errors) for rank 0's checkpoint
+        mine = {"optimizer": trainer.optimizer.state_dict(), "errors": self.errors}
+        self._ranks = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(self._ranks, mine, group=self.group)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's optimizer state and errors as of the last epoch's end."""
+        return {"ranks": self._ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Keep a checkpoint's per-rank states (saved with as many ranks) for
+        :meth:`on_train_start`, where this rank takes its own back."""
+        saved, world = state.get("ranks") or [], dist.get_world_size(self.group)
+        if saved and len(saved) != world:
+            raise ConfigError(
+                f"the checkpoint holds the states of {len(saved)} ranks; resume it with "
+                f"--nproc {len(saved)}, not {world}"
+            )
+        self._ranks = saved
+
+    def on_train_start(self, trainer) -> None:
+        """After a resume: this rank's own optimizer state and errors, not rank 0's."""
+        if not self._ranks:
+            return
+        mine = self._ranks[dist.get_rank(self.group)]
+        trainer.optimizer.load_state_dict(mine["optimizer"])
+        if self.errors is not None:
+            self.errors.clear()
+            self.errors.update(mine["errors"] or {})

@@ -187,6 +187,15 @@ class PartitionOptions:
                 f"--ranks-per-partition must be at least 1, got {self.ranks_per_partition}"
             )
 
+    def check_batch(self, batch_size: int) -> None:
+        """Refuse a batch too small to give every rank of a data-parallel partition a row."""
+        if batch_size < self.ranks_per_partition:
+            raise ConfigError(
+                f"batch size {batch_size} is smaller than --ranks-per-partition "
+                f"{self.ranks_per_partition}: every rank of a partition needs a row; use "
+                f"--batch-size {self.ranks_per_partition} or more"
+            )
+
     @property
     def processes(self) -> int:
         """Processes of the whole pipeline: ``partitions x ranks_per_partition``."""
@@ -417,16 +426,41 @@ class Inbox(Link):
 
 
 class PartitionGroup:
-    """The ``size`` processes of one data-parallel partition, on their own process group.
+    """The ``size`` processes of data-parallel partition ``index``, on their own process group.
 
     The leader (group rank 0, the pipeline rank) broadcasts every batch it reads or receives
     (:meth:`share`, then :meth:`end` after the epoch's last); the others take them with
     :meth:`receive`. Every rank trains on its share of the rows (:meth:`rows`), and the leader
-    gathers the group's outputs in row order (:meth:`gather`).
+    gathers the group's outputs in row order (:meth:`gather`). A collective that fails (a rank
+    of the group died, or stayed silent beyond the timeout) raises :class:`PartitionLost`.
     """
 
-    def __init__(self, group: dist.ProcessGroup, leader: int, size: int, rank: int):
+    def __init__(
+        self,
+        group: dist.ProcessGroup,
+        leader: int,
+        size: int,
+        rank: int,
+        index: int = 0,
+        run_dir: Path | None = None,
+    ):
         self.group, self.leader, self.size, self.rank = group, leader, size, rank
+        self.index, self.run_dir = index, run_dir
+
+    def collective(self, run, *args, **kwargs) -> None:
+        """``run(*args, group=..., **kwargs)`` on the group; a failure (a process of the group
+        died, or stayed silent beyond the timeout) raises one-line :class:`PartitionLost`."""
+        try:
+            run(*args, group=self.group, **kwargs)
+        except RuntimeError as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+            raise PartitionLost(
+                f"partition {self.index + 1} stopped: a process of its data-parallel group is "
+                f"gone ({detail})" + resume_hint(self.run_dir)
+            ) from None
+
+    def _broadcast(self, tensor: torch.Tensor) -> None:
+        self.collective(dist.broadcast, tensor, self.leader)
 
     def share(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Leader: send the batch ``x`` ``(B, ...)`` float32 with labels ``y`` ``(B,)``."""
@@ -434,25 +468,30 @@ class PartitionGroup:
         header[0], header[2] = BATCH, x.dim()
         header[3 : 3 + x.dim()] = torch.tensor(x.shape)
         for tensor in (header, x.contiguous().float(), y.contiguous().long()):
-            dist.broadcast(tensor, self.leader, group=self.group)
+            self._broadcast(tensor)
 
     def end(self) -> None:
         """Leader: the epoch has no more batches."""
         header = torch.zeros(_HEADER, dtype=torch.int64)
         header[0] = END
-        dist.broadcast(header, self.leader, group=self.group)
+        self._broadcast(header)
 
     def receive(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The next batch the leader shares, or None at the end of the epoch."""
         header = torch.zeros(_HEADER, dtype=torch.int64)
-        dist.broadcast(header, self.leader, group=self.group)
+        self._broadcast(header)
         if int(header[0]) == END:
             return None
         shape = [int(v) for v in header[3 : 3 + int(header[2])]]
         x, y = torch.empty(shape, dtype=torch.float32), torch.empty(shape[0], dtype=torch.int64)
-        dist.broadcast(x, self.leader, group=self.group)
-        dist.broadcast(y, self.leader, group=self.group)
+        self._broadcast(x)
+        self._broadcast(y)
         return x, y
+
+    def broadcast_buffers(self, net: nn.Module) -> None:
+        """Give every rank the leader's buffers of ``net`` (batch-norm statistics)."""
+        for buffer in net.buffers():
+            self._broadcast(buffer.data)
 
     def sizes(self, rows: int) -> list[int]:
         """Rows of each rank in a batch of ``rows`` (``torch.tensor_split``'s sizes)."""
@@ -471,7 +510,7 @@ class PartitionGroup:
         padded = torch.zeros((max(sizes), *part.shape[1:]), dtype=part.dtype)
         padded[: len(part)] = part
         pieces = [torch.empty_like(padded) for _ in sizes] if self.rank == 0 else None
-        dist.gather(padded, pieces, self.leader, group=self.group)
+        self.collective(dist.gather, padded, pieces, self.leader)
         if self.rank != 0:
             return None
         return torch.cat([piece[:n] for piece, n in zip(pieces, sizes, strict=True)])
@@ -479,8 +518,12 @@ class PartitionGroup:
     def sum(self, values: list[float]) -> list[float]:
         """``values`` summed over the group's ranks (float64)."""
         total = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(total, group=self.group)
+        self.collective(dist.all_reduce, total)
         return total.tolist()
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank of the group."""
+        return self.sum([float(not flag)])[0] == 0
 
 
 class _Step(nn.Module):
@@ -679,6 +722,24 @@ class PartitionWorker:
             yield x, y
             self.inbox.ack()
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``; in a group, DDP's all-reduce failing names the lost process."""
+        if self.group is None:
+            loss.backward()
+            return
+        self.group.collective(lambda group: loss.backward())
+
+    def check_finite(self, loss: torch.Tensor, position: int) -> None:
+        """Stop on a non-finite loss, with one line; a group's ranks stop together."""
+        finite = bool(torch.isfinite(loss))
+        if self.group is not None:
+            finite = self.group.all_true(finite)
+        if not finite:
+            raise TrainingError(
+                f"partition {self.index + 1}: the loss became non-finite in epoch "
+                f"{position + 1}; lower --lr or --lr-factor"
+            )
+
     def shared(self, source):
         """The epoch's batches on every rank of the partition: ``source`` (the leader's own
         batches), broadcast by the leader to a data-parallel group."""
@@ -707,6 +768,9 @@ class PartitionWorker:
             if kind != WAIT:
                 raise TrainingError(f"partition {self.index + 1}: expected a heartbeat")
             self.inbox.ack()
+        if self.group is not None:
+            # the leader's batch-norm statistics, also for the frozen forwards of feed epochs
+            self.group.broadcast_buffers(self.net)
         rank = 0 if self.group is None else self.group.rank
         # dropout replays on resume; the ranks of a group draw their own masks
         torch.manual_seed(self.config.seed * 1_000_003 + position + 7_919 * rank)
@@ -715,28 +779,27 @@ class PartitionWorker:
         keep = mode == "train" and self.options.feed == "checkpoint" and not replay
         source = self.batches(position, replay, keep) if mode != "wait" else ()
         for x, y in self.shared(source):
-            if len(y) < self.ranks:
-                continue  # a group needs a row per rank; only a filtered remainder is this small
             start = time.perf_counter()
-            rows = slice(None) if self.group is None else self.group.rows(len(y))
+            # a batch with fewer rows than the group has ranks (an epoch's or a filter's
+            # remainder) is trained whole by every rank: the average of equal gradients
+            split = self.group is not None and len(y) >= self.ranks
+            rows = self.group.rows(len(y)) if split else slice(None)
             x_mine, y_mine = x[rows], y[rows]
+            counts = split or self.leader  # a whole batch is counted once, by the leader
             if mode == "train":
                 self.optimizer.zero_grad(set_to_none=True)
                 z, logits = self.step_net(x_mine)
                 loss = self.loss_fn(logits, y_mine)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"partition {self.index + 1}: the loss became {float(loss)} in epoch "
-                        f"{position + 1}; lower --lr or --lr-factor"
-                    )
+                self.check_finite(loss, position)
                 # each rank's mean weighted by its share of the rows: the group's averaged
                 # gradient is the whole batch's
-                (loss * (len(y_mine) * self.ranks / len(y))).backward()
+                self.backward(loss * (len(y_mine) * self.ranks / len(y)) if split else loss)
                 self.optimizer.step()
                 self.scheduler.step()
-                total_loss += float(loss.detach()) * len(y_mine)
-                correct += int((self.predict_fn(logits.detach()) == y_mine).sum())
-                seen += len(y_mine)
+                if counts:
+                    total_loss += float(loss.detach()) * len(y_mine)
+                    correct += int((self.predict_fn(logits.detach()) == y_mine).sum())
+                    seen += len(y_mine)
                 if self.options.delay and self.index == self.world - 1:
                     time.sleep(self.options.delay)
                 if sends:
@@ -749,7 +812,7 @@ class PartitionWorker:
                 losses = None
                 if forwarder.active(position) and self.options.filter == "loss":
                     losses = self.loss_fn.per_sample(logits, y_mine).detach()
-                if self.group is not None:
+                if split:
                     z = self.group.gather(z, len(y))
                     if losses is not None:
                         losses = self.group.gather(losses, len(y))
@@ -892,6 +955,7 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
                 f"{world} processes for {options.partitions} partitions of {ranks} rank(s) "
                 f"each; start {options.processes}"
             )
+        options.check_batch(config.batch_size)
         index, group = rank // ranks, None
         if ranks > 1:
             # every process takes part in creating every group, in the same order
@@ -899,7 +963,9 @@ def train_partition(config, run_dir: str | Path, resume: bool = False) -> dict[s
                 dist.new_group(list(range(i * ranks, (i + 1) * ranks)), timeout=timeout)
                 for i in range(options.partitions)
             ]
-            group = PartitionGroup(groups[index], index * ranks, ranks, rank % ranks)
+            group = PartitionGroup(
+                groups[index], index * ranks, ranks, rank % ranks, index, run_dir
+            )
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(max(1, (cores or 1) // world))
         seed_everything(config.seed)

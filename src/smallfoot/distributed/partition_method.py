@@ -86,12 +86,7 @@ class Partitionwise(Method):
                 f"partition-wise runs exchange features over gloo on the CPU for now, not "
                 f"{ctx.config.device!r}; use --device cpu"
             )
-        ranks = self.options.ranks_per_partition
-        if ctx.config.batch_size < ranks:
-            raise ConfigError(
-                f"batch size {ctx.config.batch_size} gives {ranks} ranks per partition less than "
-                f"a row each; use --batch-size {ranks} or more"
-            )
+        self.options.check_batch(ctx.config.batch_size)
         model = self.build_model(ctx)
         build_partitions(model, ctx.input_shape, ctx.num_classes, self.options, ctx.config.seed)
 
