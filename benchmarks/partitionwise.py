@@ -16,9 +16,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
-from smallfoot.bench.grid import RUNS_ROOT, GridRow, run_grid
+from smallfoot.bench import BenchResult, Claim, grid, register_benchmark, register_claims
+from smallfoot.bench.grid import RUNS_ROOT, GridRow, finished_run, run_grid
 from smallfoot.config import RunConfig, train_command
+from smallfoot.train.rundir import MetricsLog
 
 
 def _base(quick: bool) -> RunConfig:
@@ -69,8 +70,12 @@ def ddp_rows(config: RunConfig, seeds: tuple[int, ...], quick: bool) -> list[dic
         run = dataclasses.replace(
             config, seed=seed, out_dir=str(parent), run_name=f"ddp-s{seed}", progress=False
         )
-        shutil.rmtree(parent / f"ddp-s{seed}", ignore_errors=True)
-        summary = launch(run, 2)
+        summary = finished_run(run, parent / run.run_name) if grid.REUSE_FINISHED else None
+        if summary is None:
+            shutil.rmtree(parent / run.run_name, ignore_errors=True)
+            summary = launch(run, 2)
+        else:
+            grid.REUSED_RUNS += 1
         records.append(
             {
                 "label": "ddp",
@@ -100,12 +105,15 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         row["peak_per_process"] = max(p["peak"] for p in parts)
         row["idle_fraction"] = [round(p["idle_fraction"], 3) for p in parts]
         row["filtered"] = sum(p["images_filtered"] for p in parts)
-    elif record["label"] == "ddp":
-        train_seconds = record["seconds"]
-        row["peak_per_process"] = record["rank_peak"]
     else:
-        train_seconds = record["seconds"]
-        row["peak_per_process"] = (record.get("memory") or {}).get("peak")
+        # the training epochs alone (loading and steps), as the partitions' loops: the
+        # epochs' "seconds" in metrics.jsonl leave out evaluation and checkpoints
+        metrics = MetricsLog(record["run_dir"]).read()
+        train_seconds = sum(m["seconds"] for m in metrics)
+        if record["label"] == "ddp":
+            row["peak_per_process"] = record["rank_peak"]
+        else:
+            row["peak_per_process"] = (record.get("memory") or {}).get("peak")
     row["train_seconds"] = train_seconds
     row["images_per_second"] = images / train_seconds
     return row
@@ -137,9 +145,9 @@ def partitionwise_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         f"{base.test_limit or 'all'} test), {base.model}, {base.epochs} epoch(s), batch "
         f"{base.batch_size} (DDP: {base.batch_size // 2} per rank), seeds {list(seeds)}, CPU "
         "(gloo), one thread per process on a shared 2-core machine. images_per_second: "
-        "training images x epochs / training seconds (partition-wise: the slowest partition's "
-        "loop, start-up excluded; DDP and single: the trainer's fit, per-epoch evaluation "
-        "included). peak_per_process: the meter's peak of one training step (partition-wise: "
+        "training images x epochs / training seconds: partition-wise, the slowest partition's "
+        "loop (start-up, assembly and evaluation excluded); DDP and single, the sum of the "
+        "training epochs' seconds (metrics.jsonl; evaluation and checkpoints excluded). peak_per_process: the meter's peak of one training step (partition-wise: "
         "the largest partition's; DDP: one rank at half the batch). Loss filtering drops the "
         "lowest-loss 25% of every batch partition 1 forwards."
     )
