@@ -143,9 +143,9 @@ def mismatch(rank: int, out_dir: str) -> dict:
         return {"error": str(error)}
 
 
-def resume(rank: int, out_dir: str) -> dict:
-    """A 1-epoch DDP run, then the same run resumed from its directory for a second epoch."""
-    config = RunConfig(
+def checkerboard_run(out_dir: str, **changes) -> RunConfig:
+    """A short mlp run on 512 checkerboard points (256 test), ``changes`` applied."""
+    fields = dict(
         dataset="checkerboard",
         model="mlp",
         epochs=1,
@@ -158,6 +158,12 @@ def resume(rank: int, out_dir: str) -> dict:
         progress=False,
         measure_memory=False,
     )
+    return RunConfig(**{**fields, **changes})
+
+
+def resume(rank: int, out_dir: str) -> dict:
+    """A 1-epoch DDP run, then the same run resumed from its directory for a second epoch."""
+    config = checkerboard_run(out_dir)
     first = train_rank(config, "ddp", CodecConfig(), 1)
     config.epochs = 2
     os.environ["MASTER_PORT"] = os.environ["SECOND_PORT"]  # a fresh rendezvous
@@ -168,20 +174,8 @@ def resume(rank: int, out_dir: str) -> dict:
 def resume_average_ef(rank: int, out_dir: str) -> dict:
     """Averaging with error feedback: 2 epochs straight, and 1 epoch resumed for a second.
     Returns (rank 0) both runs' final parameters and the per-rank states saved."""
-    config = RunConfig(
-        dataset="checkerboard",
-        model="mlp",
-        epochs=2,
-        batch_size=64,
-        train_limit=512,
-        test_limit=256,
-        device="cpu",
-        out_dir=out_dir,
-        run_name="straight",
-        schedule="constant",  # the 1-epoch run's rates are the 2-epoch run's first
-        progress=False,
-        measure_memory=False,
-    )
+    # a constant rate: the 1-epoch run's rates are the 2-epoch run's first
+    config = checkerboard_run(out_dir, epochs=2, run_name="straight", schedule="constant")
     codec = CodecConfig(c=2, m=4)  # coarse: large errors to carry
     straight = train_rank(config, "average-ef", codec, 1)
     os.environ["MASTER_PORT"] = os.environ["SECOND_PORT"]
@@ -206,19 +200,7 @@ def resume_average_ef(rank: int, out_dir: str) -> dict:
 def lost_rank(rank: int, out_dir: str) -> dict:
     """Rank 1 kills itself (SIGKILL) once rank 0 has written the first epoch's metrics; rank 0
     reports what ``train_rank`` raised and how long after the kill."""
-    config = RunConfig(
-        dataset="checkerboard",
-        model="mlp",
-        epochs=50,
-        batch_size=64,
-        train_limit=2048,
-        test_limit=256,
-        device="cpu",
-        out_dir=out_dir,
-        run_name="run",
-        progress=False,
-        measure_memory=False,
-    )
+    config = checkerboard_run(out_dir, epochs=50, train_limit=2048)
     metrics = Path(out_dir) / "run" / "metrics.jsonl"
     if rank == 1:
 
