@@ -68,8 +68,8 @@ class Setup:
     batches: tuple[int, ...] = (5, 7, 9)
 
 
-# sized to about 45 minutes on 2 CPU cores: 63 runs (21 cells x 3 seeds) at batches of 5-9
-# take about 40 ms a step here, so the whole training set for 2 epochs would take 12-13 hours
+# sized from a timing on the loaded machine (about 40 ms a step): 63 runs (21 cells x 3 seeds)
+# at batches of 5-9; idle, a 5,000-image run takes 4-10 s: the whole training set, 1-2 hours
 FULL = Setup(train=5000, test=None, epochs=1, seeds=(0, 1, 2))
 QUICK = Setup(train=200, test=200, epochs=1, seeds=(0,))
 
@@ -326,6 +326,19 @@ def analysis_figures(
     return rows, figures
 
 
+def _images(rows: list[dict[str, Any]]) -> str:
+    """The training images of the runs, from their commands (``--train-limit``; all 60,000
+    without it)."""
+    limits = {
+        r["command"].split("--train-limit ")[1].split()[0]
+        if "--train-limit" in r["command"]
+        else "60,000"
+        for r in rows
+        if "command" in r
+    }
+    return "/".join(f"{int(n):,}" if n.isdigit() else n for n in sorted(limits))
+
+
 @register_claims("manifold")
 def manifold_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
     """``manifold.every_cell``: the regulariser's gain in median test accuracy over the same
@@ -346,7 +359,8 @@ def manifold_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
         f"The manifold regulariser raises the bottleneck's median test accuracy in every cell "
         f"of the W x batch grid ({improved} of {len(gains)} cells here; worst {worst[0]} "
         f"W={worst[1]} batch {worst[2]}; Fashion-MNIST with cnn4 features, not CIFAR-10 with "
-        f"VGG16; {'/'.join(map(str, epochs))} epochs, not 200).",
+        f"VGG16; {'/'.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}, not 200; "
+        f"{_images(rows)} training images).",
         "tables 1 and 4: the regulariser raises test accuracy at every batch size and W (CIFAR)",
         gains[worst], ">", 0.0, seeds=seeds, command=command, unit="points",
     )]  # fmt: skip
