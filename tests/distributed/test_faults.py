@@ -89,3 +89,35 @@ def test_train_nproc_stops_when_a_rank_is_killed_and_resumes(tmp_path):
 
 def _pid(err: str) -> str:
     return err.split("received by PID ")[1].split(")")[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_with_one_line_and_the_resume_command(tmp_path):
+    run_dir = tmp_path / "run"
+    flags = ["--dataset", "checkerboard", "--model", "mlp", "--batch-size", "64"]
+    flags += ["--train-limit", "4096", "--test-limit", "256", "--epochs", "50"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LOGLEVEL", None)
+    launcher = subprocess.Popen(
+        [*SMALLFOOT, "train", *flags, "--nproc", "2", "--sync", "average-ef", "--no-progress"]
+        + ["--no-memory", "--out-dir", str(tmp_path), "--run-name", "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoint.pt").exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()
+            time.sleep(0.02)
+        launcher.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130
+    assert err.strip().splitlines() == [
+        "interrupted: data-parallel run stopped by SIGINT; every rank was stopped; continue "
+        f"from its last checkpoint with --resume {run_dir} --nproc 2"
+    ]

@@ -306,3 +306,35 @@ def test_a_data_parallel_partition_needs_a_row_per_rank(tmp_path):
     config = dataclasses.replace(_config(tmp_path, "tiny", ranks_per_partition=4), batch_size=2)
     with pytest.raises(ConfigError, match="every rank of a partition needs a row"):
         run_training(config)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_partition_with_one_line_and_the_resume_command(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [str(Path(sys.executable).with_name("smallfoot")), "train", "--dataset", "digits"]
+    command += ["--model", "mlp", "--method", "partitionwise", "--partitions", "2"]
+    command += ["--epochs", "200", "--device", "cpu", "--no-memory", "--no-progress"]
+    command += ["--out-dir", str(tmp_path), "--run-name", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LOGLEVEL", None)
+    # its own session, so that the signal goes to every process as a terminal's Ctrl-C does
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "partition-2" / "epoch-1" / "checkpoint.pt").exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()
+            time.sleep(0.02)
+        os.killpg(launcher.pid, signal.SIGINT)
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode == 130
+    assert err.strip().splitlines() == [
+        "interrupted: partition-wise run stopped by SIGINT; every partition was stopped; "
+        f"continue with `smallfoot train --resume {run_dir}`"
+    ]

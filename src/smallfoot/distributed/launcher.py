@@ -11,22 +11,21 @@ directory (config, metrics, checkpoints, summary) and prints.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import logging
 import math
 import os
 import re
+import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
@@ -37,9 +36,9 @@ from smallfoot.config import RunConfig, config_to_dict, load_config, save_config
 from smallfoot.data import ArrayDataset, BatchLoader, StreamDataset
 from smallfoot.data.filtering import FilterSpec
 from smallfoot.distributed.averaging import CompressedAveraging
-from smallfoot.distributed.groups import end_process_group
+from smallfoot.distributed.groups import end_process_group, quiet_agent
 from smallfoot.distributed.hooks import EntropyHookState, entropy_hook
-from smallfoot.errors import ConfigError, SmallfootError, TrainingError
+from smallfoot.errors import ConfigError, SmallfootError, TrainingError, TrainingInterrupted
 from smallfoot.models import parameter_count
 from smallfoot.runner.run import (
     load_run_data,
@@ -334,49 +333,40 @@ def launch(
         monitor_interval=0.1,
         start_method="spawn",
     )
+    run_dir = resume_dir or (Path(config.out_dir) / config.run_name if config.run_name else None)
     try:
-        with _quiet_agent():
+        with quiet_agent():
             results = elastic_launch(launcher, train_rank)(config, sync, codec, every, resume_dir)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", message)
-        run_dir = resume_dir or (
-            Path(config.out_dir) / config.run_name if config.run_name else None
-        )
-        hint = ""
-        if run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists():
-            hint = f"; continue from its last checkpoint with --resume {run_dir} --nproc {nproc}"
-        elif failure.exitcode < 0:  # killed by a signal: rank 0 may have checkpointed
-            hint = f"; continue from its last checkpoint with --resume RUN_DIR --nproc {nproc} (RUN_DIR: the run's directory under {config.out_dir})"
+        hint = _resume_hint(config, run_dir, nproc, failure.exitcode < 0)
         raise TrainingError(
             f"data-parallel run stopped: rank {rank} failed ({message}); the other ranks were stopped{hint}"
+        ) from None
+    except SignalException as error:
+        # Ctrl-C (or SIGTERM) reached the launcher, which stopped every rank
+        hint = _resume_hint(config, run_dir, nproc, True)
+        raise TrainingInterrupted(
+            f"data-parallel run stopped by {signal.Signals(error.sigval).name}; every rank was "
+            f"stopped{hint}"
         ) from None
     return results[0]
 
 
-@contextlib.contextmanager
-def _quiet_agent() -> Iterator[None]:
-    """Mute the elastic agent's own log lines (a worker's traceback, "closing signal SIGTERM")
-    so that a failure reads as ``launch``'s one line; ``LOGLEVEL`` set in the environment
-    (torch's own switch) keeps them."""
-    if "LOGLEVEL" in os.environ:
-        yield
-        return
-    names = [
-        name
-        for name in logging.root.manager.loggerDict
-        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))
-    ]
-    levels = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+def _resume_hint(config: RunConfig, run_dir: Path | None, nproc: int, signalled: bool) -> str:
+    """How to continue a stopped run: its ``--resume`` command when its directory and a
+    checkpoint are known; after a signal (rank 0 may have checkpointed) the command's shape."""
+    if run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists():
+        return f"; continue from its last checkpoint with --resume {run_dir} --nproc {nproc}"
+    if signalled:
+        return (
+            f"; continue from its last checkpoint with --resume RUN_DIR --nproc {nproc} "
+            f"(RUN_DIR: the run's directory under {config.out_dir})"
+        )
+    return ""
 
 
 def train_rank(

@@ -47,6 +47,7 @@ import datetime
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from collections import deque
@@ -61,8 +62,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from smallfoot._io import atomic_torch_save
 from smallfoot.data import ArrayDataset, BatchLoader
-from smallfoot.distributed.groups import end_process_group
-from smallfoot.errors import ConfigError, SmallfootError, TrainingError
+from smallfoot.distributed.groups import end_process_group, quiet_agent
+from smallfoot.errors import ConfigError, SmallfootError, TrainingError, TrainingInterrupted
 from smallfoot.train.rundir import MetricsLog, resume_hint
 from smallfoot.train.trainer import (
     TrainConfig,
@@ -1021,6 +1022,7 @@ def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[
     naming it (the others are stopped)."""
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -1039,7 +1041,8 @@ def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[
         start_method="spawn",
     )
     try:
-        results = elastic_launch(launcher, train_partition)(config, str(run_dir), resume)
+        with quiet_agent():
+            results = elastic_launch(launcher, train_partition)(config, str(run_dir), resume)
     except ChildFailedError as error:
         process, failure = error.get_first_failure()
         rank = process // options.ranks_per_partition
@@ -1049,6 +1052,12 @@ def launch_partitions(config, run_dir: Path, resume: bool = False) -> list[dict[
         raise TrainingError(
             f"partition-wise run stopped: partition {rank + 1} failed ({message}); the other "
             f"partitions were stopped{resume_hint(run_dir)}"
+        ) from None
+    except SignalException as error:
+        # Ctrl-C (or SIGTERM) reached the launcher, which stopped every partition
+        raise TrainingInterrupted(
+            f"partition-wise run stopped by {signal.Signals(error.sigval).name}; every "
+            f"partition was stopped{resume_hint(run_dir)}"
         ) from None
     return [results[i * options.ranks_per_partition] for i in range(options.partitions)]
 
