@@ -36,27 +36,35 @@ def _workers(launcher: int) -> list[int]:
     )
 
 
+def _start_two_ranks(tmp_path: Path, epochs: int, *flags: str) -> subprocess.Popen:
+    """``smallfoot train --nproc 2`` on checkerboard points into ``tmp_path/run``, returned once
+    its first checkpoint exists."""
+    command = [*SMALLFOOT, "train", "--dataset", "checkerboard", "--model", "mlp"]
+    command += ["--batch-size", "64", "--train-limit", "4096", "--test-limit", "256"]
+    command += ["--epochs", str(epochs), "--nproc", "2", *flags, "--no-progress", "--no-memory"]
+    command += ["--out-dir", str(tmp_path), "--run-name", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LOGLEVEL", None)
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "checkpoint.pt").exists():
+        if launcher.poll() is not None or time.monotonic() > deadline:
+            launcher.kill()
+            raise AssertionError(launcher.communicate()[1])
+        time.sleep(0.02)
+    return launcher
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds workers through /proc")
 def test_train_nproc_stops_when_a_rank_is_killed_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    flags = ["--dataset", "checkerboard", "--model", "mlp", "--batch-size", "64"]
-    flags += ["--train-limit", "4096", "--test-limit", "256", "--epochs", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("LOGLEVEL", None)
-    launcher = subprocess.Popen(
-        [*SMALLFOOT, "train", *flags, "--nproc", "2", "--no-progress", "--no-memory"]
-        + ["--out-dir", str(tmp_path), "--run-name", "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    launcher = _start_two_ranks(tmp_path, 4)
     try:
-        deadline = time.monotonic() + 240
-        while not (run_dir / "checkpoint.pt").exists():
-            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()
-            time.sleep(0.02)
         os.kill(_workers(launcher.pid)[1], signal.SIGKILL)
         killed = time.monotonic()
         _, err = launcher.communicate(timeout=60)
@@ -94,23 +102,8 @@ def _pid(err: str) -> str:
 @pytest.mark.slow
 def test_ctrl_c_stops_every_rank_with_one_line_and_the_resume_command(tmp_path):
     run_dir = tmp_path / "run"
-    flags = ["--dataset", "checkerboard", "--model", "mlp", "--batch-size", "64"]
-    flags += ["--train-limit", "4096", "--test-limit", "256", "--epochs", "50"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("LOGLEVEL", None)
-    launcher = subprocess.Popen(
-        [*SMALLFOOT, "train", *flags, "--nproc", "2", "--sync", "average-ef", "--no-progress"]
-        + ["--no-memory", "--out-dir", str(tmp_path), "--run-name", "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    launcher = _start_two_ranks(tmp_path, 50, "--sync", "average-ef")
     try:
-        deadline = time.monotonic() + 240
-        while not (run_dir / "checkpoint.pt").exists():
-            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()
-            time.sleep(0.02)
         launcher.send_signal(signal.SIGINT)  # what Ctrl-C sends
         _, err = launcher.communicate(timeout=60)
     finally:
