@@ -43,6 +43,7 @@ leader checkpoints (the group's weights and optimizer states are identical).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -51,6 +52,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -324,6 +326,27 @@ class Clock:
     waiting: float = 0.0
 
 
+def _header(kind: int, position: int = 0, x: torch.Tensor | None = None) -> torch.Tensor:
+    """A message's int64 header ``[kind, position, ndim, *shape]`` (shape of ``x`` if given)."""
+    header = torch.zeros(_HEADER, dtype=torch.int64)
+    header[0], header[1] = kind, position
+    if x is not None:
+        header[2] = x.dim()
+        header[3 : 3 + x.dim()] = torch.tensor(x.shape)
+    return header
+
+
+def _shape(header: torch.Tensor) -> list[int]:
+    """The batch shape a header announces."""
+    return [int(v) for v in header[3 : 3 + int(header[2])]]
+
+
+def _first_line(error: Exception) -> str:
+    """An error's first line of detail (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class Link:
     """Point-to-point messages with a neighbouring partition (partition index ``peer``, on
     process ``peer_rank``: its leader); failures name the neighbour."""
@@ -334,7 +357,7 @@ class Link:
 
     def fail(self, error: Exception) -> PartitionLost:
         """The one-line error for a broken link (its first line of detail kept)."""
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = _first_line(error)
         if "Connection closed by peer" in detail or "Connection reset" in detail:
             detail = "its connection closed"
         elif "imeout" in detail or "imed out" in detail:
@@ -370,12 +393,8 @@ class Outbox(Link):
         """Send one message (waits for a credit first when ``queue`` are outstanding)."""
         while len(self.in_flight) >= self.queue:
             self.take_credit()
-        header = torch.zeros(_HEADER, dtype=torch.int64)
-        header[0], header[1] = kind, position
-        tensors = [header]
+        tensors = [_header(kind, position, x)]
         if x is not None:
-            header[2] = x.dim()
-            header[3 : 3 + x.dim()] = torch.tensor(x.shape)
             tensors += [x.contiguous().float(), y.contiguous().long()]
         try:
             works = [dist.isend(t, self.peer_rank) for t in tensors]
@@ -409,10 +428,10 @@ class Inbox(Link):
     def receive(self) -> tuple[int, int, torch.Tensor | None, torch.Tensor | None]:
         """``(kind, position, x, y)`` of the next message (``x``, ``y`` None without a batch)."""
         header = self.recv(torch.zeros(_HEADER, dtype=torch.int64))
-        kind, position, ndim = (int(v) for v in header[:3])
+        kind, position = int(header[0]), int(header[1])
         if kind != BATCH:
             return kind, position, None, None
-        shape = [int(v) for v in header[3 : 3 + ndim]]
+        shape = _shape(header)
         x = self.recv(torch.empty(shape, dtype=torch.float32))
         y = self.recv(torch.empty(shape[0], dtype=torch.int64))
         return kind, position, x, y
@@ -448,34 +467,30 @@ class PartitionGroup:
         self.group, self.leader, self.size, self.rank = group, leader, size, rank
         self.index, self.run_dir = index, run_dir
 
-    def collective(self, run, *args, **kwargs) -> None:
-        """``run(*args, group=..., **kwargs)`` on the group; a failure (a process of the group
-        died, or stayed silent beyond the timeout) raises one-line :class:`PartitionLost`."""
+    @contextlib.contextmanager
+    def lost_on_failure(self) -> Iterator[None]:
+        """Turn a failed collective of the group (a process died, or stayed silent beyond the
+        timeout) into one-line :class:`PartitionLost`."""
         try:
-            run(*args, group=self.group, **kwargs)
+            yield
         except RuntimeError as error:
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
             raise PartitionLost(
                 f"partition {self.index + 1} stopped: a process of its data-parallel group is "
-                f"gone ({detail})" + resume_hint(self.run_dir)
+                f"gone ({_first_line(error)})" + resume_hint(self.run_dir)
             ) from None
 
     def _broadcast(self, tensor: torch.Tensor) -> None:
-        self.collective(dist.broadcast, tensor, self.leader)
+        with self.lost_on_failure():
+            dist.broadcast(tensor, self.leader, group=self.group)
 
     def share(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Leader: send the batch ``x`` ``(B, ...)`` float32 with labels ``y`` ``(B,)``."""
-        header = torch.zeros(_HEADER, dtype=torch.int64)
-        header[0], header[2] = BATCH, x.dim()
-        header[3 : 3 + x.dim()] = torch.tensor(x.shape)
-        for tensor in (header, x.contiguous().float(), y.contiguous().long()):
+        for tensor in (_header(BATCH, 0, x), x.contiguous().float(), y.contiguous().long()):
             self._broadcast(tensor)
 
     def end(self) -> None:
         """Leader: the epoch has no more batches."""
-        header = torch.zeros(_HEADER, dtype=torch.int64)
-        header[0] = END
-        self._broadcast(header)
+        self._broadcast(_header(END))
 
     def receive(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The next batch the leader shares, or None at the end of the epoch."""
@@ -483,7 +498,7 @@ class PartitionGroup:
         self._broadcast(header)
         if int(header[0]) == END:
             return None
-        shape = [int(v) for v in header[3 : 3 + int(header[2])]]
+        shape = _shape(header)
         x, y = torch.empty(shape, dtype=torch.float32), torch.empty(shape[0], dtype=torch.int64)
         self._broadcast(x)
         self._broadcast(y)
@@ -511,7 +526,8 @@ class PartitionGroup:
         padded = torch.zeros((max(sizes), *part.shape[1:]), dtype=part.dtype)
         padded[: len(part)] = part
         pieces = [torch.empty_like(padded) for _ in sizes] if self.rank == 0 else None
-        self.collective(dist.gather, padded, pieces, self.leader)
+        with self.lost_on_failure():
+            dist.gather(padded, pieces, self.leader, group=self.group)
         if self.rank != 0:
             return None
         return torch.cat([piece[:n] for piece, n in zip(pieces, sizes, strict=True)])
@@ -519,7 +535,8 @@ class PartitionGroup:
     def sum(self, values: list[float]) -> list[float]:
         """``values`` summed over the group's ranks (float64)."""
         total = torch.tensor(values, dtype=torch.float64)
-        self.collective(dist.all_reduce, total)
+        with self.lost_on_failure():
+            dist.all_reduce(total, group=self.group)
         return total.tolist()
 
     def all_true(self, flag: bool) -> bool:
@@ -728,7 +745,8 @@ class PartitionWorker:
         if self.group is None:
             loss.backward()
             return
-        self.group.collective(lambda group: loss.backward())
+        with self.group.lost_on_failure():
+            loss.backward()
 
     def check_finite(self, loss: torch.Tensor, position: int) -> None:
         """Stop on a non-finite loss, with one line; a group's ranks stop together."""
