@@ -28,7 +28,6 @@ from smallfoot.bench import BenchResult, Claim, register_benchmark, register_cla
 from smallfoot.bench.grid import GridRow, median_by, run_grid
 from smallfoot.config import RunConfig, train_command
 from smallfoot.data import load_dataset
-from smallfoot.errors import TrainingError
 from smallfoot.memory import estimate
 from smallfoot.models import build_model, parameter_count
 
@@ -123,6 +122,11 @@ def running_example_rows(batch: int = 512) -> list[dict[str, Any]]:
 
 
 SEEDS = (0, 1, 2)
+EPOCHS = 1
+TRAIN_LIMIT = 10_000
+"""The training runs' size: 1 epoch on a seeded 10,000-image subset of Fashion-MNIST. Timed
+idle, a 2,000-image epoch (with 500 test images) takes 3.2 s for resnet18 at width 8 and 8.1 s
+for the hybrid; the 34 configurations x 3 seeds at this size take about an hour."""
 DEPTHS = (1, 2, 4)
 """blocks per stage of the noisy-vs-ideal depth sweep (at the default slope 0.5)"""
 SLOPES = (0.5, 0.2, 0.1)
@@ -144,10 +148,11 @@ TRAINING = "training"
 NOISY = "noisy vs ideal"
 
 
-def base_config(quick: bool, epochs: int, width: int) -> RunConfig:
-    """The runs' shared settings: Fashion-MNIST (all 60k/10k images) padded to 32x32; quick:
-    the digits padded to 16x16, 1 epoch. ``--model resnet18 --model-opt width=WIDTH`` is the
-    baseline and sets every reversible model's parameter count."""
+def base_config(quick: bool, epochs: int, width: int, train_limit: int | None) -> RunConfig:
+    """The runs' shared settings: Fashion-MNIST padded to 32x32, a seeded ``train_limit``-image
+    training subset (None: all 60,000) and all 10,000 test images; quick: the digits padded
+    to 16x16, 1 epoch. ``--model resnet18 --model-opt width=WIDTH`` is the baseline and sets
+    every reversible model's parameter count."""
     return RunConfig(
         dataset="digits" if quick else "fashion-mnist",
         data_options={"pad_to": 16 if quick else 32},
@@ -161,35 +166,63 @@ def base_config(quick: bool, epochs: int, width: int) -> RunConfig:
         schedule="cosine",
         device="cpu",
         measure_memory=False,
+        train_limit=None if quick else train_limit,
     )
 
 
 def _run_rows(rows: list[GridRow], name: str, quick: bool, classes: int) -> list[dict[str, Any]]:
-    """:func:`run_grid` one (row, seed) at a time, so that a run stopped by a non-finite loss
-    is recorded (``diverged``, accuracy at chance ``1 / classes``) instead of ending the grid."""
-    records = []
+    """:func:`run_grid` one (row, seed) at a time; a run stopped by a non-finite loss is
+    recorded as ``diverged``, at chance accuracy ``1 / classes``.
+    A row whose command already ran for another row (the comparison's invertible models are
+    points of the noisy-vs-ideal grid) takes that run's record under its own label."""
+    records, done = [], {}
     for row in rows:
         for seed in row.seeds:
             single = replace(row, seeds=(seed,))
-            try:
-                records += run_grid([single], name, quick=quick)
-            except TrainingError:
-                config = replace(row.config, seed=seed)
+            command = train_command(replace(row.config, seed=seed))
+            if command in done:
+                first, first_extra = done[command]
+                own = {k: v for k, v in first.items() if k not in first_extra}
                 records.append(
-                    {"label": row.label, "seed": seed, "command": train_command(config),
-                     **row.extra, "diverged": True, "test_accuracy": 1 / classes,
-                     "seconds": None, "epochs": config.epochs}
-                )  # fmt: skip
+                    {**own, "label": row.label, **row.extra, "same_run_as": first["label"]}
+                )
+                continue
+            (record,) = run_grid([single], name, quick=quick)
+            if "error" in record:
+                record.update(diverged=True, test_accuracy=1 / classes, seconds=None,
+                              epochs=row.config.epochs)  # fmt: skip
+            done[command] = (record, row.extra)
+            records.append(record)
     return records
 
 
-def comparison_grid(base: RunConfig, seeds) -> list[GridRow]:
-    """Every model of :data:`COMPARED` at the baseline's parameter count."""
-    return [
-        GridRow(label, replace(base, method=method, method_options=options), tuple(seeds),
-                extra={"section": TRAINING})
-        for label, (method, options) in COMPARED.items()
-    ]  # fmt: skip
+def invertible_options(
+    variant: str, width: int, depth: int = 2, slope: float = 0.5, activations: str = "reconstructed"
+) -> dict[str, Any]:
+    """``--method reversible`` options of one invertible model: ``variant`` at ``width``,
+    ``depth`` blocks per stage, Leaky ReLU ``slope`` (irevnet has ReLU: no slope)."""
+    options = {"variant": variant, "width": width, "blocks_per_stage": depth,
+               "activations": activations}  # fmt: skip
+    if variant != "irevnet":
+        options["negative_slope"] = slope
+    return options
+
+
+def comparison_grid(base: RunConfig, input_shape, classes: int, seeds) -> list[GridRow]:
+    """Every model of :data:`COMPARED` at the baseline's parameter count; the invertible
+    variants' widths are explicit (:func:`matched_width`), so that their runs are the same
+    commands as the noisy-vs-ideal grid's points at 2 blocks per stage, slope 0.5."""
+    target = parameter_count(build_model(BASELINE, input_shape, classes, **base.model_options))
+    rows = []
+    for label, (method, options) in COMPARED.items():
+        variant = options.get("variant")
+        if variant in NOISY_VARIANTS and set(options) <= {"variant", "activations"}:
+            width = matched_width(f"{variant}18", input_shape, classes, target)
+            activations = options.get("activations", "reconstructed")
+            options = invertible_options(variant, width, activations=activations)
+        config = replace(base, method=method, method_options=options)
+        rows.append(GridRow(label, config, tuple(seeds), extra={"section": TRAINING}))
+    return rows
 
 
 def noisy_grid(base: RunConfig, input_shape, classes: int, seeds, depths, slopes):
@@ -207,10 +240,7 @@ def noisy_grid(base: RunConfig, input_shape, classes: int, seeds, depths, slopes
             points += [(2, slope) for slope in slopes if (2, slope) not in points]
         for depth, slope in points:
             for activations in ("reconstructed", "stored"):
-                options = {"variant": variant, "width": width, "blocks_per_stage": depth,
-                           "activations": activations}  # fmt: skip
-                if variant != "irevnet":
-                    options["negative_slope"] = slope
+                options = invertible_options(variant, width, depth, slope, activations)
                 extra = {"section": NOISY, "variant": variant, "blocks_per_stage": depth,
                          "negative_slope": slope if variant != "irevnet" else None,
                          "activations": activations}  # fmt: skip
@@ -342,24 +372,26 @@ def target_rows(rows) -> list[dict[str, Any]]:
 def run_reversible_bench(
     quick: bool,
     out_dir: Path,
-    epochs: int = 4,
+    epochs: int = EPOCHS,
     width: int = 8,
     seeds: tuple[int, ...] = SEEDS,
+    train_limit: int | None = TRAIN_LIMIT,
 ) -> BenchResult:
     """Memory by depth and the running example (estimates at ResNet-18 scale), a
     parameter-matched training comparison, and each invertible model trained with
     reconstructed and with stored activations over depth and slope, every run through
-    ``smallfoot train`` (its command in its row)."""
+    ``smallfoot train`` (its command in its row): ``epochs`` on ``train_limit`` training
+    images (None: all 60,000), every test image."""
     rows = memory_rows(depths=(2, 8) if quick else (2, 4, 8))
     figure = plot(rows, out_dir)
     if not quick:
         rows += running_example_rows()
     rows += target_rows(rows)
-    base = base_config(quick, epochs, width)
+    base = base_config(quick, epochs, width, train_limit)
     seeds = (0,) if quick else tuple(seeds)
     probe = load_dataset(base.dataset, "test", limit=1, **base.data_options)
     shape, classes = probe.input_shape, probe.num_classes
-    grid = comparison_grid(base, seeds)
+    grid = comparison_grid(base, shape, classes, seeds)
     depths, slopes = ((1, 2), (0.5, 0.1)) if quick else (DEPTHS, SLOPES)
     grid += noisy_grid(base, shape, classes, seeds, depths, slopes)
     records = _run_rows(grid, "reversible", quick, classes)
@@ -368,8 +400,10 @@ def run_reversible_bench(
     notes = (
         "Memory rows: smallfoot.memory.estimate of one SGD step (fake tensors) with the models' "
         "default widths, which match resnet18's 11.2M parameters within 10% (irevnet18: 10.1M). "
-        "Training and noisy-vs-ideal rows: one `smallfoot train` run per row and seed (the "
-        "command column), batch 64, SGD 0.05 with cosine decay; seconds_per_epoch is the "
+        f"Training and noisy-vs-ideal rows: one `smallfoot train` run per row and seed (the "
+        f"command column), {_training_size(rows)}, all test images, batch 64, SGD 0.05 with "
+        "cosine decay; a row with the same command as an earlier row takes that run's figures "
+        "(the comparison's invertible models are points of the noisy grid); seconds_per_epoch is the "
         "run's wall time (training and evaluation) divided by its epochs, on this machine's "
         "CPU. Training: every reversible model at the width whose parameter count is closest "
         "to resnet18 at --model-opt width; 'hybrid18 stored' is the same model with stored "
@@ -383,9 +417,22 @@ def run_reversible_bench(
     return BenchResult(rows=rows, figures=[figure], notes=notes)
 
 
+def _training_size(rows: list[dict[str, Any]]) -> str:
+    """The run rows' training length and images, read from their commands: e.g. "1 epoch on
+    10,000 training images"."""
+    runs = [r for r in rows if r.get("command") and r.get("epochs")]
+    epochs = "/".join(str(n) for n in sorted({r["epochs"] for r in runs}))
+    limits = sorted({
+        r["command"].split("--train-limit ")[1].split()[0] if "--train-limit" in r["command"]
+        else "all" for r in runs
+    })  # fmt: skip
+    images = "/".join(f"{int(n):,}" if n.isdigit() else n for n in limits)
+    return f"{epochs} epoch{'' if epochs == '1' else 's'} on {images} training images"
+
+
 RUN_KEYS = ("section", "label", "seed", "variant", "blocks_per_stage", "negative_slope",
             "activations", "model", "parameters", "test_accuracy", "seconds", "epochs",
-            "diverged", "command")  # fmt: skip
+            "diverged", "error", "same_run_as", "command")  # fmt: skip
 """The fields of a run's record kept as a row (the claims are computed from these)."""
 
 
@@ -422,7 +469,8 @@ def reversible_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
             "reversible.hybrid_time",
             f"The hybrid design trains at most 2.2x slower per epoch than resnet18 at about "
             f"equal parameters ({hybrid['parameters']} against "
-            f"{training[BASELINE]['parameters']}; wall time per epoch on this CPU).",
+            f"{training[BASELINE]['parameters']}; wall time per epoch on this CPU, "
+            f"{_training_size(rows)}).",
             "hybrid architecture: recomputing hidden activations costs two extra forward passes",
             hybrid["time_vs_baseline"], "<=", 2.2,
             seeds=len(hybrid["accuracy_by_seed"].split(" / ")), command=command, unit="x",
@@ -436,8 +484,8 @@ def reversible_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
             "reversible.hybrid_noisy_equals_ideal",
             f"The hybrid design reaches the same accuracy with reconstructed as with stored "
             f"activations at every depth and slope (largest gap: {worst['blocks_per_stage']} "
-            f"blocks per stage, slope {worst['negative_slope']}; same seeds; met within "
-            f"0.5 points).",
+            f"blocks per stage, slope {worst['negative_slope']}; same seeds, "
+            f"{_training_size(rows)}; met within 0.5 points).",
             "figure 13: the accuracy loss of the layer-wise model is gone in the hybrid",
             abs(worst["loss_points"]), "<=", 0.5, seeds=seeds, command=command, unit="points",
         ))  # fmt: skip
@@ -452,7 +500,8 @@ def reversible_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
             f"The layer-wise design loses more accuracy to reconstructed activations as it "
             f"deepens (loss against stored activations: {shallow['loss_points']} points at "
             f"{shallow['blocks_per_stage']} blocks per stage, {deep['loss_points']} at "
-            f"{deep['blocks_per_stage']}, slope 0.5; met if it grows by 1 point or more).",
+            f"{deep['blocks_per_stage']}, slope 0.5, {_training_size(rows)}; met if it grows "
+            f"by 1 point or more).",
             "figure 11: the noisy model's accuracy falls with depth while the ideal one's rises",
             round(deep["loss_points"] - shallow["loss_points"], 2), ">=", 1.0, seeds=seeds,
             command=command, unit="points",

@@ -1,3 +1,6 @@
+from dataclasses import replace
+
+import benchmarks.reversible as bench
 from benchmarks.reversible import (
     BASELINE,
     NOISY,
@@ -9,6 +12,8 @@ from benchmarks.reversible import (
     target_rows,
 )
 
+from smallfoot.bench.grid import GridRow
+from smallfoot.config import RunConfig
 from smallfoot.models import build_model, parameter_count
 
 
@@ -74,3 +79,30 @@ def test_a_diverged_run_counts_at_chance_accuracy():
     (row,) = noisy_table(rows)
     assert row["diverged_reconstructed"] == 1 and row["diverged_stored"] == 0
     assert row["accuracy_reconstructed"] == 0.8  # the median of 0.8, 0.8 and chance
+
+
+def test_a_command_already_run_is_not_trained_again(monkeypatch):
+    trained = []
+
+    def fake_run_grid(rows, name, quick):
+        (row,) = rows
+        trained.append(row.label)
+        error = {"error": "the loss became nan"} if row.label == "other" else {}
+        return [{"label": row.label, "seed": row.seeds[0], "command": "c", **row.extra,
+                 "test_accuracy": 0.8, "seconds": 5.0, **error}]  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_grid", fake_run_grid)
+    config = RunConfig(model="resnet18", method="reversible", method_options={"variant": "hybrid"})
+    rows = [
+        GridRow("hybrid18", config, (0,), extra={"section": TRAINING}),
+        GridRow("hybrid18 noisy", config, (0,), extra={"section": NOISY, "variant": "hybrid"}),
+        GridRow("other", replace(config, lr=0.01), (0,), extra={"section": TRAINING}),
+    ]
+    records = bench._run_rows(rows, "reversible", quick=True, classes=10)
+    assert trained == ["hybrid18", "other"]
+    shared = records[1]
+    assert shared["label"] == "hybrid18 noisy" and shared["same_run_as"] == "hybrid18"
+    assert shared["section"] == NOISY and shared["test_accuracy"] == 0.8
+    assert "diverged" not in records[0]
+    assert records[2]["diverged"] and records[2]["test_accuracy"] == 0.1  # chance
+    assert records[2]["seconds"] is None
