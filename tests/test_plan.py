@@ -208,3 +208,22 @@ def test_cli_plan_trains_the_chosen_plan_and_checks_its_peak(run_cli, tmp_path, 
     )  # fmt: skip
     assert code == 0, err
     assert "(within the budget); plain backprop needs" in out and "budget 4.0 MiB:" in out
+
+
+def test_facto_fits_only_where_its_full_rank_epochs_fit():
+    """The planner's Facto runs keep the paper's schedule: full rank until the first rate
+    drop, so the whole run's peak is the larger of the full-rank and the low-rank step."""
+    facto = Spec("facto", "facto", {"inr": 0.3, "kernel": 2, "apply_ratio": 0.6})
+    low_rank = method_step_memory(
+        "cnn4", SHAPE, 32, method="facto", method_options=facto.options, fake=True
+    ).peak
+    baseline = method_step_memory("cnn4", SHAPE, 32, fake=True).peak
+    assert low_rank < baseline
+    budget = (low_rank + baseline) // 2
+    result = plan_fn("cnn4", (32, *SHAPE), budget, specs=[SPECS[0], facto], timed=False)
+    (candidate,) = [c for c in result.candidates if c.method == "facto"]
+    assert not candidate.fits and candidate.estimated_peak == baseline
+    assert "full-rank" in candidate.stage and "full-rank" in candidate.reason
+    assert "its low-rank steps take" in candidate.reason
+    roomy = plan_fn("cnn4", (32, *SHAPE), baseline, specs=[SPECS[0], facto], timed=False)
+    assert [c.fits for c in roomy.candidates] == [True, True]
