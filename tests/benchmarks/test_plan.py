@@ -1,7 +1,7 @@
 """The plan benchmark's pieces on the smallest configurations, and its claims from rows."""
 
 import torch
-from benchmarks.plan import plan_claims, saved_bytes, torch_budget_row
+from benchmarks.plan import plan_claims, saved_bytes, torch_budget_row, torch_peak
 from torch import nn
 
 
@@ -17,6 +17,16 @@ def test_torch_budget_row_without_room_is_a_recompute_miss():
     baseline = {"peak": 10**9, "saved_activations": 10}
     row = torch_budget_row("mlp", (6,), 4, budget=10**6, baseline=baseline)
     assert row["torch_fits"] is False and row["torch_fraction"] < 0
+
+
+def test_torch_peak_never_drops_below_what_every_step_holds():
+    baseline = {"peak": 1000, "saved_activations": 900, "resident": 300, "gradients": 150}
+    # the baseline's other bytes at its peak (1000 - 900) understate what every step holds
+    assert torch_peak(baseline, saved=10) == (450, 450)  # resident + every gradient
+    assert torch_peak(baseline, saved=600) == (900, 900)  # resident + every saved tensor
+    # where the baseline's peak holds more than the floor, it bounds the compiled step
+    baseline = {"peak": 1000, "saved_activations": 200, "resident": 300, "gradients": 150}
+    assert torch_peak(baseline, saved=100) == (900, 450)
 
 
 def row(**changes):
