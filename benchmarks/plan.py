@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
+from smallfoot.bench.grid import GridRow, run_grid
+from smallfoot.config import RunConfig
 
 FRACTIONS = (0.5, 0.25, 0.1)
 """Budgets as fractions of the baseline's estimated peak."""
@@ -128,6 +131,71 @@ def _compiled_seconds(model: str, shape, x: torch.Tensor, y: torch.Tensor) -> fl
     return step_seconds(torch.compile(net, backend="aot_eager_decomp_partition"), x, y)
 
 
+TRAINED = "accuracy after training"
+TRAIN_EPOCHS = 2
+TRAIN_LIMIT = 10_000
+"""The measured models' chosen plans are trained on Fashion-MNIST for this many epochs on a
+seeded subset of this many training images (all test images), seed 0, beside the baseline."""
+
+
+def training_grid(plan_rows: list[dict[str, Any]], quick: bool) -> list[GridRow]:
+    """The baseline and each distinct chosen plan of the models planned at Fashion-MNIST's
+    shape, as ``smallfoot train`` runs (quick: 1 epoch on 500 images)."""
+    grid, seen = [], set()
+    for r in plan_rows:
+        if r["shape"] != [1, 28, 28] or not r["ours_fits"]:
+            continue
+        config = RunConfig(
+            dataset="fashion-mnist",
+            model=r["model"],
+            batch_size=r["batch"],
+            epochs=1 if quick else TRAIN_EPOCHS,
+            train_limit=500 if quick else TRAIN_LIMIT,
+        )
+        for label, method, options in (
+            ("baseline", "baseline", {}),
+            (r["ours"], r["ours_method"], r["ours_options"]),
+        ):
+            if (r["model"], label) in seen:
+                continue
+            seen.add((r["model"], label))
+            row_config = replace(config, method=method, method_options=dict(options))
+            extra = {"section": TRAINED, "model": r["model"], "plan": label,
+                     "budgets": [x["fraction"] for x in plan_rows
+                                 if x["model"] == r["model"] and x["ours"] == label]}  # fmt: skip
+            grid.append(GridRow(f"{r['model']} {label}", row_config, (0,), extra=extra))
+    return grid
+
+
+def training_rows(records: list[dict[str, Any]], plan_rows: list[dict[str, Any]]):
+    """One row per trained run: its test accuracy against the baseline's (points) and the
+    meter's measured peak of one of its steps against the smallest budget it was chosen for."""
+    budgets = {(r["model"], r["fraction"]): r["budget"] for r in plan_rows}
+    baseline = {r["model"]: r.get("test_accuracy") for r in records if r["plan"] == "baseline"}
+    rows = []
+    for r in records:
+        budget = min((budgets[(r["model"], f)] for f in r["budgets"]), default=None)
+        peak = (r.get("memory") or {}).get("peak")
+        rows.append({
+            "section": f"{TRAINED} (fashion-mnist, {r.get('train_samples')} training "
+                       f"images, {r.get('epochs')} epochs, seed 0)",
+            "model": r["model"],
+            "plan": r["plan"],
+            "chosen_at": "/".join(f"{f:.0%}" for f in r["budgets"]) or "-",
+            "test_accuracy": r.get("test_accuracy"),
+            "vs_baseline_points": None
+            if r.get("test_accuracy") is None or baseline.get(r["model"]) is None
+            else round(100 * (r["test_accuracy"] - baseline[r["model"]]), 2),
+            "error": r.get("error"),
+            "measured_peak": peak,
+            "budget": budget,
+            "measured_fits": None if budget is None or peak is None else peak <= budget,
+            "seconds": round(r["seconds"], 1) if r.get("seconds") is not None else None,
+            "command": r["command"],
+        })  # fmt: skip
+    return rows
+
+
 def plan_rows(model: str, shape: tuple[int, ...], batch: int) -> list[dict[str, Any]]:
     """One row per budget fraction: the planner's choice, the best plain checkpointing and
     PyTorch's budget, for ``model`` at ``batch`` inputs of ``shape``."""
@@ -155,7 +223,11 @@ def plan_rows(model: str, shape: tuple[int, ...], batch: int) -> list[dict[str, 
             "budget": budget,
             "baseline_peak": base.peak,
             "plan_seconds": round(result.seconds, 1),
+            "shape": list(shape),
+            "batch": batch,
             "ours": chosen.name if chosen else None,
+            "ours_method": chosen.method if chosen else None,
+            "ours_options": dict(chosen.options) if chosen else None,
             "ours_fits": chosen is not None,
             "ours_peak": chosen.estimated_peak if chosen else None,
             "ours_overhead": chosen.time_overhead if chosen else None,
@@ -187,6 +259,8 @@ def plan_benchmark(quick: bool, out_dir: Path) -> BenchResult:
             ("vgg11_bn", (3, 224, 224), 64),
         ]
     rows = [row for model, shape, batch in settings for row in plan_rows(model, shape, batch)]
+    records = run_grid(training_grid(rows, quick), "plan", quick=quick)
+    rows += training_rows(records, rows)
     notes = (
         "Budgets are fractions of the baseline's estimated peak. ours: smallfoot.plan's chosen "
         "candidate (estimated on fake tensors, overhead timed at batch 2 and scaled, ranked to "
@@ -199,7 +273,13 @@ def plan_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "and the gradients); the recomputation's transient tensors are not counted; its overhead is "
         "against the same compiled step at budget 1.0 (the recomputation's cost, not the "
         "backend's). Second-scale timings vary by several percent between runs (the load "
-        "average is recorded below). Accuracy after training is not measured here."
+        "average is recorded below). Accuracy after training: for the models planned at "
+        "Fashion-MNIST's shape, the baseline and each distinct chosen plan trained through "
+        f"`smallfoot train` ({TRAIN_EPOCHS} epochs on a seeded {TRAIN_LIMIT:,}-image subset, all "
+        "test images, seed 0; the command column), with the meter's measured peak of one of "
+        "its steps against the smallest budget the plan was chosen for; PyTorch's budget and "
+        "plain checkpointing recompute the same forward, so their accuracy is the baseline's "
+        "and they are not trained."
     )
     return BenchResult(rows=rows, notes=notes)
 
@@ -209,6 +289,7 @@ def plan_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
     """``plan.fits_where_recompute_cannot``, ``plan.overhead_vs_torch_budget``,
     ``plan.seconds`` from the rows."""
     claims = []
+    rows = [r for r in rows if "torch_fits" in r]  # the planning rows (not the training runs)
     recompute_cannot = [r for r in rows if not r["torch_fits"] and not r["checkpoint_fits"]]
     if recompute_cannot:
         found = sum(r["ours_fits"] for r in recompute_cannot) / len(recompute_cannot)

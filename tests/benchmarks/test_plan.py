@@ -1,7 +1,14 @@
 """The plan benchmark's pieces on the smallest configurations, and its claims from rows."""
 
 import torch
-from benchmarks.plan import plan_claims, saved_bytes, torch_budget_row, torch_peak
+from benchmarks.plan import (
+    plan_claims,
+    saved_bytes,
+    torch_budget_row,
+    torch_peak,
+    training_grid,
+    training_rows,
+)
 from torch import nn
 
 
@@ -49,3 +56,40 @@ def test_claims_from_rows():
     assert claims["plan.overhead_vs_torch_budget"].measured == 20.0
     assert not claims["plan.overhead_vs_torch_budget"].met
     assert claims["plan.seconds"].measured == 70.0 and not claims["plan.seconds"].met
+
+
+def plan_row(model, fraction, ours, method, options, shape=(1, 28, 28)):
+    return {"model": model, "fraction": fraction, "budget": int(1000 * fraction),
+            "shape": list(shape), "batch": 128, "ours": ours, "ours_fits": ours is not None,
+            "ours_method": method, "ours_options": options}  # fmt: skip
+
+
+def test_the_measured_models_chosen_plans_are_trained_once_beside_the_baseline():
+    plans = [
+        plan_row("cnn4", 0.5, "4 micro-batches of 32", "accumulate", {"micro_batches": 4}),
+        plan_row("cnn4", 0.25, "4 micro-batches of 32", "accumulate", {"micro_batches": 4}),
+        plan_row("cnn4", 0.1, None, None, None),
+        plan_row(
+            "resnet18",
+            0.5,
+            "2 micro-batches of 64",
+            "accumulate",
+            {"micro_batches": 2},
+            shape=(3, 224, 224),
+        ),  # fmt: skip
+    ]
+    grid = training_grid(plans, quick=False)
+    assert [row.label for row in grid] == ["cnn4 baseline", "cnn4 4 micro-batches of 32"]
+    chosen = grid[1]
+    assert chosen.config.method == "accumulate" and chosen.config.batch_size == 128
+    assert chosen.config.method_options == {"micro_batches": 4}
+    assert chosen.config.dataset == "fashion-mnist" and chosen.extra["budgets"] == [0.5, 0.25]
+    records = [
+        {**row.extra, "test_accuracy": accuracy, "train_samples": 10000, "epochs": 2,
+         "seconds": 12.0, "command": "smallfoot train", "memory": {"peak": peak}}
+        for row, accuracy, peak in zip(grid, (0.85, 0.84), (900, 240), strict=True)
+    ]  # fmt: skip
+    base, ours = training_rows(records, plans)
+    assert base["vs_baseline_points"] == 0.0 and base["chosen_at"] == "-"
+    assert ours["vs_baseline_points"] == -1.0 and ours["chosen_at"] == "50%/25%"
+    assert ours["budget"] == 250 and ours["measured_fits"] is True
