@@ -94,6 +94,42 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward, NaN gradient: a backward pass that loses its numbers (as a
+    reconstruction with too much rounding error does) under a finite loss."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+class _LosesGradients(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.second(_NaNGradient.apply(self.first(x)))
+
+
+def test_non_finite_gradients_stop_before_the_weights_change():
+    train = load_dataset("synthetic", "train", shape=(4,), num_classes=2, size=32)
+    model = _LosesGradients()
+    before = copy.deepcopy(model.state_dict())
+    trainer = Trainer(model, train, None, TrainConfig(epochs=1, batch_size=8), progress=False)
+    with pytest.raises(
+        TrainingError,
+        match=r"gradients became non-finite at epoch 1, step 0 with a finite loss .*"
+        r"--activations stored.*; the weights were not updated",
+    ):
+        trainer.fit()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_callback_hooks_order_and_metrics():
     train = load_dataset("synthetic", "train", shape=(4,), num_classes=2, size=20)
     calls = []

@@ -341,19 +341,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss, output = self.forward_backward_step(x, y)
         if not torch.isfinite(loss):
-            lower = f"{self.config.lr / 10:g}"
-            if self._has_checkpoint():
-                advice = (
-                    f"the checkpoint after epoch {self.epoch} is kept; continue it with a lower "
-                    f"learning rate: `smallfoot train --resume {self.run_dir} --lr {lower}`"
-                )
-            else:
-                advice = (
-                    f"train again with a lower learning rate (e.g. --lr {lower}) or check the data"
-                )
-            raise TrainingError(
-                f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {self.global_step}; "
-                f"the weights were not updated; {advice}"
+            self._stop(f"the loss became {float(loss)}")
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # the largest |gradient| (no sum of squares to overflow): NaN or inf only if one is
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)):
+            self._stop(
+                "the gradients became non-finite",
+                f" with a finite loss ({float(loss):.4g}): the backward pass produced them (a "
+                "method that reconstructs activations can lose them to rounding error; "
+                "`--activations stored` shows whether that is the cause)",
             )
         for callback in self.callbacks:
             callback.on_after_backward(self)
@@ -375,6 +371,22 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
         return loss, output
+
+    def _stop(self, what: str, cause: str = "") -> None:
+        """Raise ``TrainingError``: ``what`` happened at this step (``cause``: why, appended),
+        the weights were not updated, and how to go on (from the last checkpoint if any)."""
+        lower = f"{self.config.lr / 10:g}"
+        if self._has_checkpoint():
+            advice = (
+                f"the checkpoint after epoch {self.epoch} is kept; continue it with a lower "
+                f"learning rate: `smallfoot train --resume {self.run_dir} --lr {lower}`"
+            )
+        else:
+            advice = f"train again with a lower learning rate (e.g. --lr {lower}) or check the data"
+        raise TrainingError(
+            f"{what} at epoch {self.epoch + 1}, step {self.global_step}{cause}; the weights "
+            f"were not updated; {advice}"
+        )
 
     def forward_backward_step(
         self, x: torch.Tensor, y: torch.Tensor
