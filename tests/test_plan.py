@@ -12,6 +12,7 @@ from smallfoot.plan import (
     Spec,
     candidate_specs,
     parse_bytes,
+    rank_key,
     timing_shape,
     verify_plan,
 )
@@ -227,3 +228,21 @@ def test_facto_fits_only_where_its_full_rank_epochs_fit():
     assert "its low-rank steps take" in candidate.reason
     roomy = plan_fn("cnn4", (32, *SHAPE), baseline, specs=[SPECS[0], facto], timed=False)
     assert [c.fits for c in roomy.candidates] == [True, True]
+
+
+def test_a_faster_lossy_candidate_does_not_displace_the_baseline():
+    def candidate(name, overhead):
+        return Candidate(name, [name], {}, 100, True, overhead, [], "fits")
+
+    ranked = sorted(
+        [candidate("baseline", 0.0), candidate("facto", -0.15), candidate("checkpoint", 0.3),
+         candidate("layerwise", None), candidate("accumulate", 0.04)],
+        key=rank_key,
+    )  # fmt: skip
+    assert [c.name for c in ranked] == [
+        "baseline",
+        "facto",
+        "accumulate",
+        "checkpoint",
+        "layerwise",
+    ]

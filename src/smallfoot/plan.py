@@ -64,11 +64,10 @@ TIE_MARGIN = 0.1
 TIMING_NOTE = (
     f"time per step: the fastest of {TIMING_STEPS} real steps (after one warm-up) at batch "
     f"{TIMING_BATCH}, image sides halved while above 128 px, scaled linearly in samples and "
-    f"pixels; overhead = candidate / baseline - 1, ranked to the nearest {TIE_MARGIN:.0%} (ties: "
-    "baseline, micro-batches, checkpointing, reversible, Facto, layer-wise). Micro-batches take "
-    "the baseline's time per "
-    "sample (the linear model ignores what smaller batches lose in efficiency); staged "
-    "methods are not timed"
+    f"pixels; overhead = candidate / baseline - 1, ranked to the nearest {TIE_MARGIN:.0%}, a "
+    "negative one as none (ties: baseline, micro-batches, checkpointing, reversible, Facto, "
+    "layer-wise). Micro-batches take the baseline's time per sample (the linear model ignores "
+    "what smaller batches lose in efficiency); staged methods are not timed"
 )
 """How :func:`plan` estimates time, as shown with every plan."""
 
@@ -595,12 +594,7 @@ def plan(
         _candidate(spec, estimates[spec], times.get(spec), base_time, budget, claims)
         for spec in specs
     ]
-    # overheads count to the nearest TIE_MARGIN (what repeated timings on a loaded machine
-    # differ by); ties keep the order of the specs: baseline, micro-batches, checkpointing...
-    fit = sorted(
-        (c for c in candidates if c.fits),
-        key=lambda c: (c.time_overhead is None, round((c.time_overhead or 0.0) / TIE_MARGIN)),
-    )
+    fit = sorted((c for c in candidates if c.fits), key=rank_key)
     rest = sorted(
         (c for c in candidates if not c.fits),
         key=lambda c: (c.estimated_peak is None, c.estimated_peak or 0),
@@ -616,7 +610,17 @@ def plan(
     )
 
 
-FULL_RANK_STAGE = "full-rank (Facto's epochs before the first rate drop)"
+def rank_key(candidate: Candidate) -> tuple[bool, int]:
+    """How fitting candidates are ranked: timed ones first, by time overhead counted to the
+    nearest :data:`TIE_MARGIN` (what repeated timings on a loaded machine differ by), a
+    negative overhead as none (the planner answers what fits, not what runs faster: a
+    lossy method that times faster than the baseline does not displace an exact one);
+    ties keep the order of the specs (baseline, micro-batches, checkpointing, ...)."""
+    overhead = max(candidate.time_overhead or 0.0, 0.0)
+    return candidate.time_overhead is None, round(overhead / TIE_MARGIN)
+
+
+FULL_RANK_STAGE = "full-rank epochs (before Facto's first rate drop)"
 
 
 def _full_rank_part(spec: Spec) -> Spec:
