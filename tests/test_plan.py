@@ -11,6 +11,7 @@ from smallfoot.plan import (
     Candidate,
     Spec,
     candidate_specs,
+    estimate_spec,
     parse_bytes,
     rank_key,
     timing_shape,
@@ -212,22 +213,23 @@ def test_cli_plan_trains_the_chosen_plan_and_checks_its_peak(run_cli, tmp_path, 
 
 
 def test_facto_fits_only_where_its_full_rank_epochs_fit():
-    """The planner's Facto runs keep the paper's schedule: full rank until the first rate
-    drop, so the whole run's peak is the larger of the full-rank and the low-rank step."""
+    """The planner's Facto runs keep the paper's schedule: the converted model trains in
+    full-rank mode until the first rate drop, so the whole run's peak is the larger of its
+    full-rank and its low-rank step."""
     facto = Spec("facto", "facto", {"inr": 0.3, "kernel": 2, "apply_ratio": 0.6})
-    low_rank = method_step_memory(
-        "cnn4", SHAPE, 32, method="facto", method_options=facto.options, fake=True
-    ).peak
+    low_rank = estimate_spec(facto, "cnn4", SHAPE, 32)["peak"]
+    full_rank = estimate_spec(facto, "cnn4", SHAPE, 32, full_rank=True)
     baseline = method_step_memory("cnn4", SHAPE, 32, fake=True).peak
-    assert low_rank < baseline
-    budget = (low_rank + baseline) // 2
+    # the converted model keeps 1-bit masks in full-rank mode too: not the baseline's step
+    assert full_rank["stage"] == "full-rank" and low_rank < full_rank["peak"] < baseline
+    budget = (low_rank + full_rank["peak"]) // 2
     result = plan_fn("cnn4", (32, *SHAPE), budget, specs=[SPECS[0], facto], timed=False)
     (candidate,) = [c for c in result.candidates if c.method == "facto"]
-    assert not candidate.fits and candidate.estimated_peak == baseline
-    assert "full-rank" in candidate.stage and "full-rank" in candidate.reason
-    assert "its low-rank steps take" in candidate.reason
-    roomy = plan_fn("cnn4", (32, *SHAPE), baseline, specs=[SPECS[0], facto], timed=False)
-    assert [c.fits for c in roomy.candidates] == [True, True]
+    assert not candidate.fits and candidate.estimated_peak == full_rank["peak"]
+    assert "full-rank" in candidate.stage and "its low-rank steps take" in candidate.reason
+    roomy = plan_fn("cnn4", (32, *SHAPE), full_rank["peak"], specs=[SPECS[0], facto], timed=False)
+    assert [c.fits for c in roomy.candidates] == [True, False]  # the baseline does not fit
+    assert roomy.chosen.method == "facto"
 
 
 def test_a_faster_lossy_candidate_does_not_displace_the_baseline():

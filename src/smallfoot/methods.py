@@ -23,6 +23,7 @@ import dataclasses
 import fnmatch
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -201,17 +202,29 @@ class Method:
         ``ctx.input_shape`` (estimated on fake tensors when ``fake``). Staged methods report
         their largest stage (``report.stage`` names it); a method without a backprop step
         raises ``ConfigError``."""
+        return self.step_memory_of(ctx, self.metered_step, fake=fake)
+
+    def step_memory_of(
+        self,
+        ctx: RunContext,
+        build: Callable[[RunContext], tuple[nn.Module, Any, torch.optim.Optimizer]],
+        *,
+        fake: bool = False,
+    ) -> MemoryReport:
+        """The meter's report of one step of ``build(ctx)``'s ``(module, loss_fn, optimizer)``
+        on a batch of ``config.batch_size`` random inputs of ``ctx.input_shape`` (built and
+        estimated on fake tensors when ``fake``)."""
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         batch, shape = ctx.config.batch_size, ctx.input_shape
         torch.manual_seed(ctx.config.seed)
         if fake:
             with FakeTensorMode():
-                net, loss_fn, opt = self.metered_step(ctx)
+                net, loss_fn, opt = build(ctx)
                 x = torch.randn(batch, *shape)
                 y = torch.randint(ctx.num_classes, (batch,))
             return estimate(net, (x, y), loss_fn=loss_fn, optimizer=opt)
-        net, loss_fn, opt = self.metered_step(ctx)
+        net, loss_fn, opt = build(ctx)
         x, y = torch.randn(batch, *shape), torch.randint(ctx.num_classes, (batch,))
         return measure(net, (x, y), loss_fn=loss_fn, optimizer=opt)
 

@@ -22,7 +22,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -375,15 +375,26 @@ def _context(spec: Spec, model: str, input_shape, batch: int, classes: int, opti
 
 
 def estimate_spec(
-    spec: Spec, model: str, input_shape, batch: int, classes: int = 10, optimizer: str = "sgd"
+    spec: Spec,
+    model: str,
+    input_shape,
+    batch: int,
+    classes: int = 10,
+    optimizer: str = "sgd",
+    *,
+    full_rank: bool = False,
 ) -> dict[str, Any]:
     """``{"peak", "stage", "saved_activations"}`` (bytes) of one training step of ``spec``,
-    estimated on fake tensors after the method's ``check_run``; ``{"refused": reason}`` when
-    the method refuses the configuration."""
+    estimated on fake tensors after the method's ``check_run`` (``full_rank``: a step of a
+    Facto spec's full-rank epochs); ``{"refused": reason}`` when the method refuses the
+    configuration."""
     try:
         runner, ctx = _context(spec, model, input_shape, batch, classes, optimizer, "cpu")
         runner.check_run(ctx)
-        report = runner.step_memory(ctx, fake=True)
+        if full_rank:
+            report = runner.full_rank_step_memory(ctx, fake=True)
+        else:
+            report = runner.step_memory(ctx, fake=True)
     except (SmallfootError, RuntimeError, ValueError, TypeError) as exc:
         return {"refused": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
     return {
@@ -554,11 +565,12 @@ def plan(
     specs = [spec for spec in specs if spec in estimates]
     for spec in specs:
         if "facto" in spec.methods and "peak" in estimates[spec]:
-            full_rank = _full_rank_part(spec)
-            key = store.key("estimate", *base, full_rank.method, full_rank.options)
+            key = store.key("estimate", *base, spec.method, spec.options, FULL_RANK_STAGE)
             found = store.get(key)
             if found is None:
-                found = estimate_spec(full_rank, model, input_shape, batch, classes, optimizer)
+                found = estimate_spec(
+                    spec, model, input_shape, batch, classes, optimizer, full_rank=True
+                )
                 store.put(key, found)
             estimates[spec] = _whole_run(estimates[spec], found)
     baseline_spec = next(s for s in specs if s.method == "baseline")
@@ -623,23 +635,13 @@ def rank_key(candidate: Candidate) -> tuple[bool, int]:
 FULL_RANK_STAGE = "full-rank epochs (before Facto's first rate drop)"
 
 
-def _full_rank_part(spec: Spec) -> Spec:
-    """What a Facto run ``spec`` trains before its first rate drop: the model unconverted,
-    with the other methods of the composition (``facto+checkpoint`` -> ``checkpoint``;
-    ``facto`` alone -> ``baseline``)."""
-    from smallfoot.methods import get_method_class
-
-    facto_options = {f.name for f in fields(get_method_class("facto").Options)}
-    rest = [m for m in spec.methods if m != "facto"]
-    options = {k: v for k, v in spec.options.items() if k not in facto_options}
-    return Spec(f"{spec.name} ({FULL_RANK_STAGE})", "+".join(rest) or "baseline", options)
-
-
 def _whole_run(low_rank: dict[str, Any], full_rank: dict[str, Any]) -> dict[str, Any]:
     """The estimate that bounds a whole Facto run: its low-rank step, or its full-rank step
     (the planner's Facto specs keep the paper's schedule, full rank first) where that is the
-    larger."""
-    if "peak" in full_rank and full_rank["peak"] > low_rank["peak"]:
+    larger; a refused full-rank estimate refuses the run."""
+    if "refused" in full_rank:
+        return {"refused": f"its {FULL_RANK_STAGE}: {full_rank['refused']}"}
+    if full_rank["peak"] > low_rank["peak"]:
         return {**full_rank, "stage": FULL_RANK_STAGE, "low_rank_peak": low_rank["peak"]}
     return low_rank
 
@@ -761,7 +763,8 @@ def verify_plan(
     process' peak resident set ``VmHWM`` after a reset above ``VmRSS``, freed heap handed back
     to the OS first) plus the tensors held before them (parameters, buffers, optimizer state,
     the batch: their storages' sizes). Staged methods run their largest stage's steps twice
-    (the meter's real measurement; the second is measured, its model built inside it).
+    (the meter's real measurement; the second is measured, its model built inside it); a
+    Facto candidate whose full-rank epochs bound its run runs full-rank steps.
     Returns ``{"estimated_peak", "real_peak", "source", "budget", "fits", "error"}`` (bytes;
     ``error`` = real / estimated - 1); raises ``BudgetError`` when the real peak exceeds the
     budget the estimate fitted, or the estimate by more than :data:`VERIFY_TOLERANCE`
@@ -784,7 +787,9 @@ def verify_plan(
         runner.step_memory(ctx, fake=False)
         held = 0
     else:
-        net, loss_fn, opt = runner.metered_step(ctx)
+        full_rank = "facto" in candidate.methods and candidate.stage == FULL_RANK_STAGE
+        build = runner.full_rank_step if full_rank else runner.metered_step
+        net, loss_fn, opt = build(ctx)
         net = net.to(device).train()
         x = torch.randn(batch, *input_shape, device=device)
         y = torch.randint(classes, (batch,), device=device)

@@ -240,6 +240,21 @@ class Facto(Method):
         report.stage = "low-rank"
         return report
 
+    def full_rank_step(self, ctx: RunContext) -> tuple[nn.Module, Any, torch.optim.Optimizer]:
+        """``(module, loss_fn, optimizer)`` of a step of the full-rank epochs (before the
+        first rate drop): the converted model in full-rank mode (its ReLU and pooling layers
+        still keep 1-bit masks) with the optimizer of the method Facto converts."""
+        net, loss_fn, _ = self.metered_step(ctx)
+        set_low_rank(net, False)
+        return net, loss_fn, super().make_optimizer(ctx, net)
+
+    def full_rank_step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
+        """One step of the full-rank epochs (:meth:`full_rank_step`; ``report.stage`` is
+        ``"full-rank"``), estimated on fake tensors when ``fake``."""
+        report = self.step_memory_of(ctx, self.full_rank_step, fake=fake)
+        report.stage = "full-rank"
+        return report
+
     def measure_memory(self, ctx: RunContext, trainer: Trainer) -> dict[str, Any]:
         """The meter's step of each phase that ran (``stages``: peak, saved activations,
         optimizer state); the report itself is the low-rank phase's (``stage`` names it), or
