@@ -20,6 +20,7 @@ from smallfoot.errors import ConfigError, SmallfootError
 from smallfoot.methods import Method, RunContext, register_method
 from smallfoot.models import build_model
 from smallfoot.references import is_reference
+from smallfoot.train import Callback, Trainer
 
 VARIANT_MODELS = {
     "revnet": "revnet18",
@@ -41,6 +42,17 @@ def parameter_count(name: str, input_shape, num_classes: int, **options) -> int:
     with unset_fake_temporarily(), torch.device("meta"):
         model = build_model(name, input_shape, num_classes, **options)
     return sum(p.numel() for p in model.parameters())
+
+
+class _NamesTheReconstruction(Callback):
+    """Tells the trainer why a reversible net's gradients can become NaN under a finite loss."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        trainer.nonfinite_gradient_hint = (
+            " (reconstructed activations can be lost to rounding error, more so with depth "
+            "and a small --negative-slope; `--activations stored` shows whether that is the "
+            "cause)"
+        )
 
 
 @register_method
@@ -193,6 +205,11 @@ class Reversible(Method):
                     f"{name} halves them 3 times"
                 )
         return config, notes
+
+    def callbacks(self, ctx: RunContext, model: nn.Module) -> list[Callback]:
+        """The composed method's callbacks and one that makes the trainer's non-finite-gradient
+        error name the reconstruction."""
+        return [*super().callbacks(ctx, model), _NamesTheReconstruction()]
 
     def build_model(self, ctx: RunContext) -> nn.Module:
         """The variant's model with the method's options, in place of ``--model``."""

@@ -343,13 +343,13 @@ class Trainer:
         if not torch.isfinite(loss):
             self._stop(f"the loss became {float(loss)}")
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        # the largest |gradient| (no sum of squares to overflow): NaN or inf only if one is
+        # the largest |gradient| (no sum of squares to overflow): NaN or inf only if one is;
+        # get_total_norm is torch >= 2.6 (pyproject's floor)
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)):
             self._stop(
                 "the gradients became non-finite",
-                f" with a finite loss ({float(loss):.4g}): the backward pass produced them (a "
-                "method that reconstructs activations can lose them to rounding error; "
-                "`--activations stored` shows whether that is the cause)",
+                f" with a finite loss ({float(loss):.4g}): the backward pass produced them"
+                + self.nonfinite_gradient_hint,
             )
         for callback in self.callbacks:
             callback.on_after_backward(self)
@@ -371,6 +371,10 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
         return loss, output
+
+    nonfinite_gradient_hint: str = ""
+    """Appended to the error of a step whose gradients are NaN or infinite under a finite loss:
+    what the method knows about why (``--method reversible`` sets one)."""
 
     def _stop(self, what: str, cause: str = "") -> None:
         """Raise ``TrainingError``: ``what`` happened at this step (``cause``: why, appended),
