@@ -162,7 +162,8 @@ def training_grid(plan_rows: list[dict[str, Any]], quick: bool) -> list[GridRow]
             row_config = replace(config, method=method, method_options=dict(options))
             extra = {"section": TRAINED, "model": r["model"], "plan": label,
                      "budgets": [x["fraction"] for x in plan_rows
-                                 if x["model"] == r["model"] and x["ours"] == label]}  # fmt: skip
+                                 if x["model"] == r["model"] and x["ours"] == label],
+                     "train_images": config.train_limit, "trained_epochs": config.epochs}  # fmt: skip
             grid.append(GridRow(f"{r['model']} {label}", row_config, (0,), extra=extra))
     return grid
 
@@ -177,8 +178,8 @@ def training_rows(records: list[dict[str, Any]], plan_rows: list[dict[str, Any]]
         budget = min((budgets[(r["model"], f)] for f in r["budgets"]), default=None)
         peak = (r.get("memory") or {}).get("peak")
         rows.append({
-            "section": f"{TRAINED} (fashion-mnist, {r.get('train_samples')} training "
-                       f"images, {r.get('epochs')} epochs, seed 0)",
+            "section": f"{TRAINED} (fashion-mnist, {r['train_images']} training images, "
+                       f"{r['trained_epochs']} epochs, seed 0)",
             "model": r["model"],
             "plan": r["plan"],
             "chosen_at": "/".join(f"{f:.0%}" for f in r["budgets"]) or "-",
@@ -275,9 +276,11 @@ def plan_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "backend's). Second-scale timings vary by several percent between runs (the load "
         "average is recorded below). Accuracy after training: for the models planned at "
         "Fashion-MNIST's shape, the baseline and each distinct chosen plan trained through "
-        f"`smallfoot train` ({TRAIN_EPOCHS} epochs on a seeded {TRAIN_LIMIT:,}-image subset, all "
-        "test images, seed 0; the command column), with the meter's measured peak of one of "
-        "its steps against the smallest budget the plan was chosen for; PyTorch's budget and "
+        "`smallfoot train` (the section title gives epochs and training images; all test "
+        "images, seed 0; the command column), with the meter's peak of one of its steps "
+        "measured on real tensors (the meter's own accounting, equal to its estimate; "
+        "`smallfoot plan --verify` measures the process' memory) against the smallest budget "
+        "the plan was chosen for; PyTorch's budget and "
         "plain checkpointing recompute the same forward, so their accuracy is the baseline's "
         "and they are not trained."
     )

@@ -126,7 +126,7 @@ EPOCHS = 1
 TRAIN_LIMIT = 10_000
 """The training runs' size: 1 epoch on a seeded 10,000-image subset of Fashion-MNIST. Timed
 idle, a 2,000-image epoch (with 500 test images) takes 3.2 s for resnet18 at width 8 and 8.1 s
-for the hybrid; the 34 configurations x 3 seeds at this size take about an hour."""
+for the hybrid; the 34 configurations (30 distinct runs) x 3 seeds take about an hour."""
 DEPTHS = (1, 2, 4)
 """blocks per stage of the noisy-vs-ideal depth sweep (at the default slope 0.5)"""
 SLOPES = (0.5, 0.2, 0.1)
@@ -171,8 +171,9 @@ def base_config(quick: bool, epochs: int, width: int, train_limit: int | None) -
 
 
 def _run_rows(rows: list[GridRow], name: str, quick: bool, classes: int) -> list[dict[str, Any]]:
-    """:func:`run_grid` one (row, seed) at a time; a run stopped by a non-finite loss is
-    recorded as ``diverged``, at chance accuracy ``1 / classes``.
+    """:func:`run_grid` one (row, seed) at a time; a run stopped by a training error (a
+    non-finite loss or gradients) is recorded as ``diverged``, at chance accuracy
+    ``1 / classes``.
     A row whose command already ran for another row (the comparison's invertible models are
     points of the noisy-vs-ideal grid) takes that run's record under its own label."""
     records, done = [], {}
@@ -411,7 +412,8 @@ def run_reversible_bench(
         "channel, batch (--pooling ccb). Noisy vs ideal: each invertible model trained with "
         "reconstructed (--activations reconstructed) and stored (ideal) activations from the "
         "same seeds; the width is the one matched at 2 blocks per stage, kept at every depth. "
-        "A run stopped by a non-finite loss counts at chance accuracy (diverged columns). "
+        "A run stopped by a non-finite loss or gradients counts at chance accuracy (diverged "
+        "columns). "
         "The checkpoint row is the baseline checkpointed in sqrt(layers) segments."
     )
     return BenchResult(rows=rows, figures=[figure], notes=notes)

@@ -85,11 +85,15 @@ def test_the_measured_models_chosen_plans_are_trained_once_beside_the_baseline()
     assert chosen.config.method_options == {"micro_batches": 4}
     assert chosen.config.dataset == "fashion-mnist" and chosen.extra["budgets"] == [0.5, 0.25]
     records = [
-        {**row.extra, "test_accuracy": accuracy, "train_samples": 10000, "epochs": 2,
-         "seconds": 12.0, "command": "smallfoot train", "memory": {"peak": peak}}
+        {**row.extra, "test_accuracy": accuracy, "seconds": 12.0, "command": "smallfoot train",
+         "memory": {"peak": peak}}
         for row, accuracy, peak in zip(grid, (0.85, 0.84), (900, 240), strict=True)
     ]  # fmt: skip
     base, ours = training_rows(records, plans)
     assert base["vs_baseline_points"] == 0.0 and base["chosen_at"] == "-"
     assert ours["vs_baseline_points"] == -1.0 and ours["chosen_at"] == "50%/25%"
     assert ours["budget"] == 250 and ours["measured_fits"] is True
+    assert (
+        ours["section"]
+        == "accuracy after training (fashion-mnist, 10000 training images, 2 epochs, seed 0)"
+    )
