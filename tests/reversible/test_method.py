@@ -20,20 +20,16 @@ def ctx(model="cnn4", shape=(1, 8, 8), **model_options):
     return SimpleNamespace(config=config, input_shape=shape, num_classes=10)
 
 
+def small_run(tmp_path, **fields):
+    """A one-epoch ``--method reversible`` run on a few images (``fields`` override)."""
+    values = dict(dataset="fashion-mnist", model="cnn4", method="reversible", epochs=1,
+                  batch_size=16, train_limit=32, test_limit=16, out_dir=str(tmp_path),
+                  progress=False, measure_memory=False)  # fmt: skip
+    return RunConfig(**{**values, **fields})
+
+
 def fashion_config(tmp_path, **data_options):
-    return RunConfig(
-        dataset="fashion-mnist",
-        model="cnn4",
-        method="reversible",
-        epochs=1,
-        batch_size=16,
-        train_limit=32,
-        test_limit=16,
-        out_dir=str(tmp_path),
-        progress=False,
-        measure_memory=False,
-        data_options=data_options,
-    )
+    return small_run(tmp_path, data_options=data_options)
 
 
 def test_refuses_28x28_images_with_advice_that_works(tmp_path):
@@ -131,19 +127,14 @@ def test_activations_option_is_a_cli_flag(tmp_path):
 def test_a_reconstruction_lost_to_rounding_stops_before_the_update_and_says_so(tmp_path):
     """A layer-wise invertible net at slope 0.1 amplifies float32 rounding tenfold per Leaky
     ReLU inverse: its first step's gradients are NaN under a finite loss (paper, figure 11)."""
-    config = RunConfig(
+    config = small_run(
+        tmp_path,
         dataset="digits",
         data_options={"pad_to": 16},
         model="resnet18",
-        method="reversible",
         method_options={"variant": "layerwise", "width": 6, "negative_slope": 0.1},
-        epochs=1,
         batch_size=64,
         train_limit=64,
-        test_limit=16,
-        out_dir=str(tmp_path),
-        progress=False,
-        measure_memory=False,
     )
     with pytest.raises(
         TrainingError,
