@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from smallfoot._figures import save_figure
+from smallfoot._figures import pyplot, save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
@@ -30,15 +30,6 @@ from smallfoot.train import TrainConfig, Trainer
 from smallfoot.train.rundir import MetricsLog
 
 KS = (5, 10, 20, 42)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _purity_of(neighbours, labels: torch.Tensor) -> torch.Tensor:
@@ -193,7 +184,7 @@ def layer_diagnostics(
                     "lsd": round(lsd[layer], 4),
                 }
             )
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     layers = list(snapshots[0][0])
     names = ["input"] + [f"hidden {i}" for i in range(1, len(layers) - 1)] + ["output"]
@@ -259,7 +250,7 @@ def checkerboard_demo(
                 "accuracy_by_seed_pct": [round(100 * a, 2) for a in final],
             }
         )
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for colour, (label, runs) in enumerate(curves.items()):
         for i, run in enumerate(runs):
@@ -282,7 +273,7 @@ def checkerboard_demo(
 
 def plot_table(rows: list[dict[str, Any]], path: Path) -> Path:
     """Test accuracy against the fraction of training data kept, per dataset."""
-    plt = _plt()
+    plt = pyplot()
     datasets = sorted({row["dataset"] for row in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8))
     for ax, name in zip(axes if len(datasets) > 1 else [axes], datasets, strict=True):

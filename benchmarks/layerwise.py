@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from smallfoot._figures import save_figure
+from smallfoot._figures import pyplot, save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
@@ -169,10 +169,7 @@ def thesis_scale_rows(quick: bool, spec: dict[str, Any] | None = None) -> list[d
 
 def plot_depth(rows: list[dict[str, Any]], path: Path) -> Path:
     """Test accuracy after each unit (seed 0), one panel per model; full backprop dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = [r for r in rows if r.get("section") == "trained runs" and r["seed"] == 0]
     labels = list(dict.fromkeys(r["model"] for r in runs))

@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from smallfoot._figures import save_figure
+from smallfoot._figures import pyplot, save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
@@ -165,10 +165,7 @@ def vgg_rows(quick: bool) -> list[dict[str, Any]]:
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
     """Median test error per epoch of each loss on the VGG (seeds pooled)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     vgg = [r for r in rows if "error_curve_pct" in r]

@@ -159,32 +159,28 @@ def peers(
 
 def plot_peers(rows: list[dict[str, Any]], path: Path) -> Path:
     """Grouped bars: saved activations and peak (MiB) per model and method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from smallfoot._figures import figure
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    width = 0.8 / len(PEERS)
-    for ax, key, label in (
-        (axes[0], "saved_activations_mib", "saved activations (MiB)"),
-        (axes[1], "peak_mib", "peak of the step (MiB)"),
-    ):
-        for j, method in enumerate(PEERS):
-            values = [
-                next(r[key] for r in rows if r["model"] == m and r["method"] == method)
-                for m in models
-            ]
-            positions = [i + (j - 1) * width for i in range(len(models))]
-            ax.bar(positions, values, width, label=method)
-        ax.set_xticks(range(len(models)), models)
-        ax.set_ylabel(label)
-    axes[0].legend()
-    fig.suptitle(f"one SGD training step at batch {rows[0]['batch']}, 3x32x32 (smallfoot.memory)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, ncols=2, size=(10, 4)) as (fig, axes):
+        width = 0.8 / len(PEERS)
+        for ax, key, label in (
+            (axes[0], "saved_activations_mib", "saved activations (MiB)"),
+            (axes[1], "peak_mib", "peak of the step (MiB)"),
+        ):
+            for j, method in enumerate(PEERS):
+                values = [
+                    next(r[key] for r in rows if r["model"] == m and r["method"] == method)
+                    for m in models
+                ]
+                positions = [i + (j - 1) * width for i in range(len(models))]
+                ax.bar(positions, values, width, label=method)
+            ax.set_xticks(range(len(models)), models)
+            ax.set_ylabel(label)
+        axes[0].legend()
+        fig.suptitle(
+            f"one SGD training step at batch {rows[0]['batch']}, 3x32x32 (smallfoot.memory)"
+        )
     return path
 
 

@@ -322,29 +322,22 @@ def noisy_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot(rows, out_dir: Path) -> Path:
     """Saved activations against blocks per stage, one line per config."""
-    import matplotlib
+    from smallfoot._figures import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name in CONFIGS:
-        points = [
-            (r["blocks_per_stage"], r["saved_activations_mib"])
-            for r in rows
-            if r["model"] == name and "blocks_per_stage" in r
-        ]
-        ax.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax.set_xlabel("blocks per stage")
-    ax.set_ylabel("saved activations (MiB)")
-    ax.set_yscale("log")
-    ax.set_title("Saved activations vs depth (meter estimate, batch 32)")
-    ax.legend(fontsize=8)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "saved_vs_depth.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, size=(5.5, 3.8)) as (fig, ax):
+        for name in CONFIGS:
+            points = [
+                (r["blocks_per_stage"], r["saved_activations_mib"])
+                for r in rows
+                if r["model"] == name and "blocks_per_stage" in r
+            ]
+            ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        ax.set_xlabel("blocks per stage")
+        ax.set_ylabel("saved activations (MiB)")
+        ax.set_yscale("log")
+        ax.set_title("Saved activations vs depth (meter estimate, batch 32)")
+        ax.legend(fontsize=8)
     return path
 
 

@@ -367,61 +367,55 @@ def layer_type_rows(setup: Setup, slope: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _plt().close(fig)
-    return path
-
-
 def plot_alpha(rows, out_dir: Path) -> list[Path]:
     """Figures 6 and 7: alpha of the batch norm and of the Leaky ReLU, theory and measured."""
-    plt = _plt()
+    from smallfoot._figures import figure
+
     toy = [r for r in rows if "rho" in r]
     general = [r for r in rows if "case" in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    rhos = torch.logspace(-2, 2, 200).tolist()
-    left.plot(rhos, [alpha_batchnorm_toy(r) for r in rhos], label="theory (eq. 19c)")
-    left.plot([r["rho"] for r in toy], [r["alpha_measured"] for r in toy], "o", label="measured")
-    left.set(xscale="log", yscale="log", xlabel="rho (scale of channel 2)", ylabel="alpha")
-    left.set_title("toy invertible BN")
-    left.legend(fontsize=8)
-    theory = [r["alpha_theory"] for r in general]
-    right.plot(theory, [r["alpha_measured"] for r in general], "o", label="measured")
-    span = [min(theory) / 1.5, max(theory) * 1.5]
-    right.plot(span, span, "-", lw=0.8, label="y = x")
-    right.set(xscale="log", yscale="log", xlabel="alpha, general formula", ylabel="alpha measured")
-    right.set_title("random 8-channel BN")
-    right.legend(fontsize=8)
-    paths = [_save(fig, out_dir / "alpha_batchnorm.png")]
+    path = out_dir / "alpha_batchnorm.png"
+    with figure(path, ncols=2, size=(9, 3.6)) as (fig, (left, right)):
+        rhos = torch.logspace(-2, 2, 200).tolist()
+        left.plot(rhos, [alpha_batchnorm_toy(r) for r in rhos], label="theory (eq. 19c)")
+        left.plot(
+            [r["rho"] for r in toy], [r["alpha_measured"] for r in toy], "o", label="measured"
+        )
+        left.set(xscale="log", yscale="log", xlabel="rho (scale of channel 2)", ylabel="alpha")
+        left.set_title("toy invertible BN")
+        left.legend(fontsize=8)
+        theory = [r["alpha_theory"] for r in general]
+        right.plot(theory, [r["alpha_measured"] for r in general], "o", label="measured")
+        span = [min(theory) / 1.5, max(theory) * 1.5]
+        right.plot(span, span, "-", lw=0.8, label="y = x")
+        right.set(
+            xscale="log", yscale="log", xlabel="alpha, general formula", ylabel="alpha measured"
+        )
+        right.set_title("random 8-channel BN")
+        right.legend(fontsize=8)
+    paths = [path]
 
     relu = [r for r in rows if r.get("section", "").startswith("Leaky ReLU (eq. 28c")]
     flips = [r for r in rows if "relative_noise" in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ns = torch.logspace(0, 2, 200).tolist()
-    left.plot(ns, [alpha_leaky_relu(n) for n in ns], label="theory (eq. 28c)")
-    left.plot([r["n"] for r in relu], [r["alpha_measured"] for r in relu], "o", label="measured")
-    left.set(xscale="log", yscale="log", xlabel="n = 1 / negative_slope", ylabel="alpha")
-    left.set_title("invertible Leaky ReLU (noise 1e-5)")
-    left.legend(fontsize=8)
-    for n in sorted({r["n"] for r in flips}):
-        points = [(r["relative_noise"], r["measured_over_theory"]) for r in flips if r["n"] == n]
-        right.plot(*zip(*points, strict=True), "o-", label=f"n = {n:g}")
-    right.axhline(1.0, color="gray", lw=0.8)
-    right.set(xscale="log", xlabel="noise / output RMS", ylabel="alpha measured / eq. 28c")
-    right.set_title("sign flips")
-    right.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "alpha_leaky_relu.png"))
+    path = out_dir / "alpha_leaky_relu.png"
+    with figure(path, ncols=2, size=(9, 3.6)) as (fig, (left, right)):
+        ns = torch.logspace(0, 2, 200).tolist()
+        left.plot(ns, [alpha_leaky_relu(n) for n in ns], label="theory (eq. 28c)")
+        left.plot(
+            [r["n"] for r in relu], [r["alpha_measured"] for r in relu], "o", label="measured"
+        )
+        left.set(xscale="log", yscale="log", xlabel="n = 1 / negative_slope", ylabel="alpha")
+        left.set_title("invertible Leaky ReLU (noise 1e-5)")
+        left.legend(fontsize=8)
+        for n in sorted({r["n"] for r in flips}):
+            points = [
+                (r["relative_noise"], r["measured_over_theory"]) for r in flips if r["n"] == n
+            ]
+            right.plot(*zip(*points, strict=True), "o-", label=f"n = {n:g}")
+        right.axhline(1.0, color="gray", lw=0.8)
+        right.set(xscale="log", xlabel="noise / output RMS", ylabel="alpha measured / eq. 28c")
+        right.set_title("sign flips")
+        right.legend(fontsize=8)
+    paths.append(path)
     return paths
 
 
@@ -435,68 +429,83 @@ def _plot_curve(ax, result: ChainSNR, label: str, style: str, color) -> None:
 
 def plot_by_layer(curves, setup: Setup, out_dir: Path) -> Path:
     """Figures 10 and 12: SNR of each reconstructed activation against its depth."""
-    plt = _plt()
+    from smallfoot._figures import figure, pyplot
+
     blocks = 2 if 2 in setup.depths else setup.depths[-1]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, which, title in (
-        (axes[0], 0, f"noise {NOISE:g} injected at the output (float64)"),
-        (axes[1], 1, "float32 rounding only"),
-    ):
-        for index, slope in enumerate(setup.slopes):
-            for name, style in (("layerwise18", "-"), ("hybrid18", "--o")):
-                result = curves[(name, blocks, slope)][which]
-                _plot_curve(ax, result, f"{name}, slope {slope:g}", style, colors[index])
-        ax.set(xlabel="depth (layers from the chain input)", ylabel="SNR (dB)", title=title)
-        ax.axhline(0, color="gray", lw=0.6)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"SNR of reconstructed activations ({blocks} blocks per stage, initial weights)")
-    return _save(fig, out_dir / "snr_by_layer.png")
+    path = out_dir / "snr_by_layer.png"
+    with figure(path, ncols=2, size=(10, 4), sharey=False) as (fig, axes):
+        colors = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+        for ax, which, title in (
+            (axes[0], 0, f"noise {NOISE:g} injected at the output (float64)"),
+            (axes[1], 1, "float32 rounding only"),
+        ):
+            for index, slope in enumerate(setup.slopes):
+                for name, style in (("layerwise18", "-"), ("hybrid18", "--o")):
+                    result = curves[(name, blocks, slope)][which]
+                    _plot_curve(ax, result, f"{name}, slope {slope:g}", style, colors[index])
+            ax.set(xlabel="depth (layers from the chain input)", ylabel="SNR (dB)", title=title)
+            ax.axhline(0, color="gray", lw=0.6)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(
+            f"SNR of reconstructed activations ({blocks} blocks per stage, initial weights)"
+        )
+    return path
 
 
 def plot_by_depth(rows, setup: Setup, out_dir: Path) -> Path:
     """Figure 11: the worst reconstructed SNR against the depth, per slope and model."""
-    plt = _plt()
+    from smallfoot._figures import figure, pyplot
+
     chain = [r for r in rows if "layers" in r and "by depth" in r["section"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key, title in (
-        (axes[0], "noise_worst_snr_db", f"noise {NOISE:g} at the output (float64)"),
-        (axes[1], "f32_worst_snr_db", "float32 rounding only"),
-    ):
-        for index, slope in enumerate(setup.slopes):
-            for name, style in (("layerwise18", "o-"), ("hybrid18", "s--")):
-                points = [
-                    (r["layers"], r[key])
-                    for r in chain
-                    if r["model"] == name and r["negative_slope"] == slope and r[key] is not None
-                ]
-                if points:
-                    label = f"{name}, slope {slope:g}"
-                    ax.plot(*zip(*points, strict=True), style, color=colors[index], label=label)
-        ax.set(xlabel="layers in the chain", ylabel="worst reconstructed SNR (dB)", title=title)
-        ax.axhline(0, color="gray", lw=0.6)
-    axes[0].legend(fontsize=7)
-    return _save(fig, out_dir / "snr_vs_depth.png")
+    path = out_dir / "snr_vs_depth.png"
+    with figure(path, ncols=2, size=(10, 4)) as (fig, axes):
+        colors = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+        for ax, key, title in (
+            (axes[0], "noise_worst_snr_db", f"noise {NOISE:g} at the output (float64)"),
+            (axes[1], "f32_worst_snr_db", "float32 rounding only"),
+        ):
+            for index, slope in enumerate(setup.slopes):
+                for name, style in (("layerwise18", "o-"), ("hybrid18", "s--")):
+                    points = [
+                        (r["layers"], r[key])
+                        for r in chain
+                        if r["model"] == name
+                        and r["negative_slope"] == slope
+                        and r[key] is not None
+                    ]
+                    if points:
+                        label = f"{name}, slope {slope:g}"
+                        ax.plot(*zip(*points, strict=True), style, color=colors[index], label=label)
+            ax.set(xlabel="layers in the chain", ylabel="worst reconstructed SNR (dB)", title=title)
+            ax.axhline(0, color="gray", lw=0.6)
+        axes[0].legend(fontsize=7)
+    return path
 
 
 def plot_eps_i(rows, out_dir: Path) -> Path:
     """The worst reconstructed SNR against ``eps_i`` with random batch-norm gammas."""
-    plt = _plt()
+    from smallfoot._figures import figure
+
     eps_rows = [r for r in rows if "layers" in r and "random BN" in r["section"]]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, style in (("layerwise18", "o-"), ("hybrid18", "s--")):
-        for key, label in (("noise_worst_snr_db", "noise 1e-5"), ("f32_worst_snr_db", "float32")):
-            points = [
-                (r["eps_i"], r[key]) for r in eps_rows if r["model"] == name and r[key] is not None
-            ]
-            if points:
-                ax.plot(*zip(*points, strict=True), style, label=f"{name}, {label}")
-    ax.set(xscale="log", xlabel="eps_i", ylabel="worst reconstructed SNR (dB)")
-    ax.set_title("eps_i with random BN gammas N(0, 1)")
-    ax.axhline(0, color="gray", lw=0.6)
-    ax.legend(fontsize=7)
-    return _save(fig, out_dir / "snr_vs_eps_i.png")
+    path = out_dir / "snr_vs_eps_i.png"
+    with figure(path, size=(5.5, 4)) as (fig, ax):
+        for name, style in (("layerwise18", "o-"), ("hybrid18", "s--")):
+            for key, label in (
+                ("noise_worst_snr_db", "noise 1e-5"),
+                ("f32_worst_snr_db", "float32"),
+            ):
+                points = [
+                    (r["eps_i"], r[key])
+                    for r in eps_rows
+                    if r["model"] == name and r[key] is not None
+                ]
+                if points:
+                    ax.plot(*zip(*points, strict=True), style, label=f"{name}, {label}")
+        ax.set(xscale="log", xlabel="eps_i", ylabel="worst reconstructed SNR (dB)")
+        ax.set_title("eps_i with random BN gammas N(0, 1)")
+        ax.axhline(0, color="gray", lw=0.6)
+        ax.legend(fontsize=7)
+    return path
 
 
 def summary(rows, setup: Setup) -> str:

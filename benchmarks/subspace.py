@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from smallfoot._figures import pyplot, save_figure
 from smallfoot.bench import BenchResult, Claim, register_benchmark, register_claims
 from smallfoot.bench.grid import GridRow, run_grid
 from smallfoot.config import RunConfig
@@ -237,10 +238,7 @@ def subspace_benchmark(quick: bool, out_dir: Path) -> BenchResult:
 
 def plot_curves(rows: list[dict[str, Any]], setup: Setup, path: Path) -> Path:
     """Test accuracy per epoch of the first seed's runs, one panel per model x noise level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     first = [r for r in rows if r["seed"] == setup.seeds[0] and "curve" in r]
     panels = list(dict.fromkeys((r["model"], r["section"]) for r in first))
@@ -257,9 +255,7 @@ def plot_curves(rows: list[dict[str, Any]], setup: Setup, path: Path) -> Path:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

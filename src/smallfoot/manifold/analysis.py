@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smallfoot._figures import save_figure
+from smallfoot._figures import pyplot, save_figure
 from smallfoot.data import ArrayDataset
 from smallfoot.errors import ConfigError
 from smallfoot.models.bottleneck import BottleneckHead, FeatureNet
@@ -117,10 +117,7 @@ def plot_embeddings(
 ) -> Path:
     """Figure 4: one row per run (e.g. without/with the regulariser), one column per layer, the
     two classes in two colours; each panel titled with its LDA accuracy. Writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = max(len(layers) for layers in runs.values())
     fig, axes = plt.subplots(
@@ -151,10 +148,7 @@ def plot_embeddings(
 
 def plot_lda(runs: dict[str, list[LayerEmbedding]], path: str | Path) -> Path:
     """Figure 5: LDA accuracy (%) on the 2-D t-SNE embedding per layer, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for run, layers in runs.items():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from smallfoot._figures import save_figure
+from smallfoot._figures import pyplot, save_figure
 from smallfoot.errors import ConfigError
 from smallfoot.manifold.loss import DistancePreservingLoss
 from smallfoot.memory import measure
@@ -148,10 +148,7 @@ COLOURS = {
 def plot_profiles(profiles: dict[str, PhaseProfile], path: str | Path) -> Path:
     """Figure 3: live memory (MiB) over one step for each profile (one panel each), coloured by
     phase (fwd1 red, fwd2 green, bwd2 yellow, bwd1 purple, optimizer grey). Writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(profiles), figsize=(3.6 * len(profiles), 3), squeeze=False)
     top = max(max(p.live) for p in profiles.values()) / 2**20 * 1.05
