@@ -23,6 +23,7 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -329,14 +330,12 @@ class EstimateCache:
         text = json.dumps([torch.__version__, __version__, *parts], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def get(self, key: str) -> Any:
-        """The cached value, or None."""
-        return self.entries.get(key)
-
-    def put(self, key: str, value: Any) -> None:
-        """Cache ``value`` under ``key``."""
-        self.entries[key] = value
-        self.changed = True
+    def fetch(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The value cached under ``key``; when there is none, ``compute()``'s, cached."""
+        if key not in self.entries:
+            self.entries[key] = compute()
+            self.changed = True
+        return self.entries[key]
 
     def save(self) -> None:
         """Write the file (atomically) when something was added."""
@@ -554,25 +553,30 @@ def plan(
             continue
         if progress is not None:
             progress(spec.name)
-        key = store.key("estimate", *base, spec.method, spec.options)
-        found = store.get(key)
-        if found is None:
-            found = estimate_spec(spec, model, input_shape, batch, classes, optimizer)
-            store.put(key, found)
+        found = store.fetch(
+            store.key("estimate", *base, spec.method, spec.options),
+            partial(estimate_spec, spec, model, input_shape, batch, classes, optimizer),
+        )
         estimates[spec] = found
         if spec.method.startswith("accumulate") and found.get("peak", budget + 1) <= budget:
             fitting_splits.add(spec.method)
     specs = [spec for spec in specs if spec in estimates]
     for spec in specs:
         if "facto" in spec.methods and "peak" in estimates[spec]:
-            key = store.key("estimate", *base, spec.method, spec.options, FULL_RANK_STAGE)
-            found = store.get(key)
-            if found is None:
-                found = estimate_spec(
-                    spec, model, input_shape, batch, classes, optimizer, full_rank=True
-                )
-                store.put(key, found)
-            estimates[spec] = _whole_run(estimates[spec], found)
+            full_rank = store.fetch(
+                store.key("estimate", *base, spec.method, spec.options, FULL_RANK_STAGE),
+                partial(
+                    estimate_spec,
+                    spec,
+                    model,
+                    input_shape,
+                    batch,
+                    classes,
+                    optimizer,
+                    full_rank=True,
+                ),
+            )
+            estimates[spec] = _whole_run(estimates[spec], full_rank)
     baseline_spec = next(s for s in specs if s.method == "baseline")
     baseline = estimates[baseline_spec]
     if "refused" in baseline:
@@ -586,12 +590,10 @@ def plan(
                 continue
             if spec.method in ("accumulate", "layerwise"):
                 continue
-            key = store.key("time", *base, spec.method, spec.options, str(device))
-            found = store.get(key)
-            if found is None:
-                found = time_spec(spec, model, input_shape, batch, classes, optimizer, device)
-                store.put(key, found)
-            times[spec] = found
+            times[spec] = store.fetch(
+                store.key("time", *base, spec.method, spec.options, str(device)),
+                partial(time_spec, spec, model, input_shape, batch, classes, optimizer, device),
+            )
         if baseline_spec in times:
             for spec in specs:
                 if (
@@ -787,8 +789,7 @@ def verify_plan(
         runner.step_memory(ctx, fake=False)
         held = 0
     else:
-        full_rank = "facto" in candidate.methods and candidate.stage == FULL_RANK_STAGE
-        build = runner.full_rank_step if full_rank else runner.metered_step
+        build = runner.full_rank_step if candidate.stage == FULL_RANK_STAGE else runner.metered_step
         net, loss_fn, opt = build(ctx)
         net = net.to(device).train()
         x = torch.randn(batch, *input_shape, device=device)

@@ -245,8 +245,13 @@ class Facto(Method):
         first rate drop): the converted model in full-rank mode (its ReLU and pooling layers
         still keep 1-bit masks) with the optimizer of the method Facto converts."""
         net, loss_fn, _ = self.metered_step(ctx)
-        set_low_rank(net, False)
-        return net, loss_fn, super().make_optimizer(ctx, net)
+        return net, loss_fn, self._to_full_rank(ctx, net)
+
+    def _to_full_rank(self, ctx: RunContext, model: nn.Module) -> torch.optim.Optimizer:
+        """Switch ``model`` to full-rank mode (``M D`` merged into ``W``) and return the
+        optimizer of its full-rank epochs: that of the method Facto converts."""
+        set_low_rank(model, False)
+        return super().make_optimizer(ctx, model)
 
     def full_rank_step_memory(self, ctx: RunContext, *, fake: bool = False) -> MemoryReport:
         """One step of the full-rank epochs (:meth:`full_rank_step`; ``report.stage`` is
@@ -271,8 +276,7 @@ class Facto(Method):
         if "full-rank" in ran:
             # merging M D into W changes the parameters: measure a copy
             model = copy.deepcopy(trainer.model)
-            set_low_rank(model, False)
-            optimizer = super().make_optimizer(ctx, model)
+            optimizer = self._to_full_rank(ctx, model)
             reports["full-rank"] = measure(model, batch, trainer.loss_fn, optimizer)
             models["full-rank"] = model
         if "low-rank" in ran:

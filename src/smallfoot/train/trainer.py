@@ -181,6 +181,10 @@ class Trainer:
     ``checkpoint.pt`` atomically after every epoch.
     """
 
+    nonfinite_gradient_hint: str = ""
+    """Appended to the error of a step whose gradients are NaN or infinite under a finite loss:
+    what the method knows about why (``--method reversible`` sets one)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -371,10 +375,6 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
         return loss, output
-
-    nonfinite_gradient_hint: str = ""
-    """Appended to the error of a step whose gradients are NaN or infinite under a finite loss:
-    what the method knows about why (``--method reversible`` sets one)."""
 
     def _stop(self, what: str, cause: str = "") -> None:
         """Raise ``TrainingError``: ``what`` happened at this step (``cause``: why, appended),
