@@ -36,11 +36,12 @@ def grads_after_step(model, x):
     return [x.grad] + [p.grad for p in model.parameters()]
 
 
+@pytest.mark.parametrize("policy", ["full", "selective"])
 @pytest.mark.parametrize("segments", [1, 2, 3, 9])
-def test_checkpoint_matches_autograd_and_updates_running_stats_once(segments):
+def test_checkpoint_matches_autograd_and_updates_running_stats_once(segments, policy):
     torch.manual_seed(0)
     plain = net()
-    wrapped = checkpointed(net(), segments)
+    wrapped = checkpointed(net(), segments, policy)
     wrapped.load_state_dict(plain.state_dict())
     x = torch.randn(8, 6, dtype=torch.float64)
     for a, b in zip(grads_after_step(plain, x), grads_after_step(wrapped, x), strict=True):
@@ -77,6 +78,46 @@ def test_checkpoint_keeps_only_segment_inputs():
     row = 4 * 32 * 4
     assert base.saved_activations == 8 * row
     assert ckpt.saved_activations == (3 + 2) * row
+
+
+def conv_net():
+    def block():
+        return [nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU()]
+
+    return nn.Sequential(*block(), *block(), *block(), *block(), nn.Flatten(), nn.Linear(256, 3))
+
+
+def test_selective_checkpoint_keeps_convolution_results_and_recomputes_the_rest():
+    from smallfoot.memory import estimate
+
+    torch.manual_seed(0)
+    model = conv_net()
+    x = torch.randn(2, 4, 8, 8)
+    loss = lambda out, y: out.sum()  # noqa: E731
+    feature_map = 2 * 4 * 8 * 8 * 4
+    base = measure(model, x, loss_fn=loss).saved_activations
+    full = measure(checkpointed(model, 2, "full"), x, loss_fn=loss).saved_activations
+    selective = checkpointed(model, 2, "selective")
+    kept = measure(selective, x, loss_fn=loss).saved_activations
+    assert estimate(selective, x, loss_fn=loss).saved_activations == kept
+    # the first segment (conv, BN, ReLU, conv, BN, ReLU, conv; its input is the batch, its
+    # output the next segment's input) keeps the results of its first 2 convolutions;
+    # baseline keeps 2 BN inputs, 2 ReLU outputs and 2 BN statistics (mean and 1/std of 4
+    # channels), the full checkpoint nothing; the plain rest is the same in all three
+    assert base - kept == 2 * feature_map + 2 * 2 * 4 * 4
+    assert kept - full == 2 * feature_map
+    with pytest.raises(ConfigError, match="--policy must be full or selective"):
+        checkpointed(model, 2, "some")
+
+
+def test_selective_checkpoint_trains_from_the_cli_options(tmp_path):
+    config = RunConfig(
+        dataset="digits", model="cnn4", method="checkpoint",
+        method_options={"segments": 4, "policy": "selective"}, epochs=1, batch_size=32,
+        train_limit=128, test_limit=64, out_dir=str(tmp_path), progress=False,
+    )  # fmt: skip
+    summary = run_training(config)
+    assert summary["memory"]["saved_activations"] > 0 and summary["test_accuracy"] is not None
 
 
 def test_offload_gradients_and_cpu_note(tmp_path):
@@ -164,6 +205,7 @@ def test_accumulating_trainer_gives_the_full_batch_gradient():
 
 
 def test_accumulate_estimate_holds_gradients_and_cuts_the_peak():
+    from smallfoot.alternatives import accumulated
     from smallfoot.runner.step import method_step_memory
 
     def peak(method, **options):
@@ -179,10 +221,57 @@ def test_accumulate_estimate_holds_gradients_and_cuts_the_peak():
     small = method_step_memory("cnn4", (1, 16, 16), 16, fake=True)
     assert one.peak == base.peak
     assert half.peak < base.peak
-    # the micro-step holds every gradient and the whole batch's inputs on top of a batch-16 step
-    assert half.peak >= small.peak + small.inputs
-    assert half.inputs == base.inputs
+    # the micro-step holds every gradient on top of a batch-16 step, and one micro-batch's
+    # inputs (the trainer loads them one at a time)
+    assert half.peak >= small.peak
+    assert half.inputs == small.inputs == base.inputs // 2
     assert half.stage == "micro-batch of 16"
+    # a stream's batch is read whole: the other micro-batch's inputs are held too
+    streamed = accumulated(small, 32, whole_batch_loaded=True)
+    assert streamed.inputs == base.inputs
+    assert streamed.peak >= accumulated(small, 32, whole_batch_loaded=False).peak + small.inputs
+
+
+def test_accumulating_trainer_loads_micro_batches_and_trains_as_the_full_batch():
+    from smallfoot.alternatives import AccumulatingTrainer
+    from smallfoot.data import ArrayDataset
+    from smallfoot.train.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(3, (40,))
+    data = ArrayDataset(x, y, 3, "synthetic")
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.1)
+    weights, seen = [], []
+    for make in (Trainer, AccumulatingTrainer):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+        options = {"micro_batches": 3} if make is AccumulatingTrainer else {}
+        trainer = make(model, data, None, config, progress=False, **options)
+        model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+        metrics = trainer.fit()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    # epochs of batches 16, 16, 8: the accumulating trainer ran parts of 6, 5, 5 / 3, 3, 2
+    assert seen[:3] == [16, 16, 8] and seen[6:15] == [6, 5, 5, 6, 5, 5, 3, 3, 2]
+    for a, b in zip(*weights, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert 0 <= metrics["train_accuracy"] <= 1
+
+
+def test_accumulating_trainer_refuses_a_closure_optimizer():
+    from smallfoot.alternatives import AccumulatingTrainer
+    from smallfoot.data import ArrayDataset
+    from smallfoot.train.trainer import TrainConfig
+
+    class ClosureSGD(torch.optim.SGD):
+        needs_closure = True
+
+    model = nn.Linear(6, 3)
+    data = ArrayDataset(torch.randn(8, 6), torch.randint(3, (8,)), 3, "synthetic")
+    with pytest.raises(ConfigError, match="ClosureSGD re-evaluates each batch"):
+        AccumulatingTrainer(
+            model, data, None, TrainConfig(), optimizer=ClosureSGD(model.parameters(), lr=0.1),
+            progress=False,
+        )  # fmt: skip
 
 
 def test_accumulate_refuses_more_micro_batches_than_samples():
@@ -210,7 +299,7 @@ def test_accumulate_trains_and_records_its_micro_batch_memory(tmp_path):
 
     base, accumulated = run("baseline"), run("accumulate", micro_batches=4)
     assert accumulated["memory"]["stage"] == "micro-batch of 8"
-    assert accumulated["memory"]["inputs"] == base["memory"]["inputs"]
+    assert accumulated["memory"]["inputs"] == base["memory"]["inputs"] // 4
     assert 0 < accumulated["memory"]["saved_activations"] < base["memory"]["saved_activations"]
     assert accumulated["test_accuracy"] is not None
 

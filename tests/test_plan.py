@@ -58,8 +58,12 @@ def test_candidates_cover_every_technique():
     parts = [s.options["micro_batches"] for s in specs if s.method == "accumulate"]
     assert parts == [2, 4, 8, 16, 32]  # down to micro-batches of one sample
     assert "accumulate+checkpoint" in methods
-    segments = [s.options["segments"] for s in specs if s.method == "checkpoint"]
+    full = [s.options for s in specs if s.method == "checkpoint" and "policy" not in s.options]
+    segments = [options["segments"] for options in full]
     assert segments == sorted(set(segments), reverse=True) and min(segments) == 2
+    # PyTorch's selective checkpointing, one segment per top-level layer
+    selective = [s.options for s in specs if s.options.get("policy") == "selective"]
+    assert selective == [{"segments": max(segments), "policy": "selective"}]
 
 
 def test_plan_ranks_what_fits_and_says_why_the_rest_does_not():

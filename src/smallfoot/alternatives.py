@@ -5,16 +5,23 @@ tensors moved to CPU memory) and ``accumulate`` (gradient accumulation over micr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
+from smallfoot.data import StreamDataset
 from smallfoot.errors import ConfigError
 from smallfoot.memory.meter import MemoryReport
 from smallfoot.methods import (
@@ -51,28 +58,65 @@ class _KeepRunningStats:
         return False
 
 
-class _Nothing:
-    def __enter__(self):
-        return self
+SELECTIVE_SAVED_OPS = frozenset(
+    {
+        torch.ops.aten.convolution,
+        torch.ops.aten.mm,
+        torch.ops.aten.addmm,
+        torch.ops.aten.bmm,
+        torch.ops.aten.baddbmm,
+        torch.ops.aten._scaled_dot_product_flash_attention,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+        torch.ops.aten._scaled_dot_product_efficient_attention,
+        torch.ops.aten._scaled_dot_product_cudnn_attention,
+    }
+)
+"""What ``--policy selective`` keeps: the results of convolutions, matrix products and
+attention, the expensive operators; everything else in a segment is recomputed."""
 
-    def __exit__(self, *exc):
-        return False
+
+def _selective_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    if op.overloadpacket in SELECTIVE_SAVED_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+@contextlib.contextmanager
+def _entered(*contexts):
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
 
 
 class CheckpointSequential(nn.Sequential):
     """An ``nn.Sequential`` whose training forward is split into ``segments`` segments; all
     but the last are checkpointed (non-reentrant ``torch.utils.checkpoint.checkpoint``, the
-    split of ``checkpoint_sequential``): only segment inputs are kept, the rest is recomputed
-    in backward with the same RNG state. Same children, so the same state-dict keys."""
+    split of ``checkpoint_sequential``). With ``policy`` ``"full"`` only segment inputs are
+    kept and the rest is recomputed in backward; with ``"selective"`` (PyTorch's selective
+    activation checkpointing) the results of :data:`SELECTIVE_SAVED_OPS` are kept too and
+    only the cheap operators between them (batch norm, activations, pooling, additions) are
+    recomputed. The recomputation replays the RNG state and leaves batch-norm running
+    statistics as the forward left them. Same children, so the same state-dict keys."""
 
-    def __init__(self, model: nn.Sequential, segments: int):
+    def __init__(self, model: nn.Sequential, segments: int, policy: str = "full"):
         super().__init__(OrderedDict(model.named_children()))
         if not 1 <= segments <= len(self):
             raise ConfigError(
                 f"checkpoint: segments must lie in [1, {len(self)}] (the model's number of "
                 f"top-level layers), got {segments}"
             )
-        self.segments = segments
+        if policy not in ("full", "selective"):
+            raise ConfigError(f"checkpoint: --policy must be full or selective, got {policy!r}")
+        self.segments, self.policy = segments, policy
+
+    def _contexts(self, chunk: list[nn.Module]):
+        """The (forward, recomputation) contexts of a checkpointed segment."""
+        if self.policy == "selective":
+            forward, recompute = create_selective_checkpoint_contexts(_selective_policy)
+            # the statistics are copied outside the recomputation's dispatch mode
+            return forward, _entered(_KeepRunningStats(chunk), recompute)
+        return contextlib.nullcontext(), _KeepRunningStats(chunk)
 
     def segment_bounds(self) -> list[tuple[int, int]]:
         """``(start, end)`` (end exclusive) of each segment, as ``checkpoint_sequential``
@@ -102,7 +146,7 @@ class CheckpointSequential(nn.Sequential):
                 _run_layers(chunk),
                 x,
                 use_reentrant=False,
-                context_fn=lambda chunk=chunk: (_Nothing(), _KeepRunningStats(chunk)),
+                context_fn=lambda chunk=chunk: self._contexts(chunk),
             )
         start, end = bounds[-1]
         return _run_layers(layers[start:end])(x)
@@ -135,6 +179,10 @@ class Checkpoint(Method):
         segments: int = field(
             default=0, metadata={"help": "number of segments; 0: sqrt of the number of layers"}
         )
+        policy: Literal["full", "selective"] = "full"
+        """full: recompute each checkpointed segment whole; selective: PyTorch's selective
+        activation checkpointing, keeping the results of convolutions and matrix products and
+        recomputing only the cheap operators between them"""
 
         def validate(self) -> None:
             """Segments must not be negative."""
@@ -144,18 +192,18 @@ class Checkpoint(Method):
     def build_model(self, ctx: RunContext) -> nn.Module:
         """The configured model, checkpointed; it must be an ``nn.Sequential``."""
         model = super().build_model(ctx)
-        return checkpointed(model, self.options.segments)
+        return checkpointed(model, self.options.segments, self.options.policy)
 
 
-def checkpointed(model: nn.Module, segments: int = 0) -> CheckpointSequential:
+def checkpointed(model: nn.Module, segments: int = 0, policy: str = "full") -> CheckpointSequential:
     """``model`` (an ``nn.Sequential``) as a :class:`CheckpointSequential` sharing its layers;
-    ``segments`` 0 picks :func:`default_segments`."""
+    ``segments`` 0 picks :func:`default_segments`; ``policy`` ``"full"`` or ``"selective"``."""
     if not isinstance(model, nn.Sequential):
         raise ConfigError(
             f"checkpoint needs an nn.Sequential model; {type(model).__name__} is not one. "
             "Pick a baseline model (mlp, cnn4, vgg*, resnet*)"
         )
-    return CheckpointSequential(model, segments or default_segments(len(model)))
+    return CheckpointSequential(model, segments or default_segments(len(model)), policy)
 
 
 class Offloaded:
@@ -213,40 +261,78 @@ class Offload(Method):
 class AccumulatingTrainer(Trainer):
     """A :class:`Trainer` whose step splits each batch into ``micro_batches`` parts, runs
     forward and backward on each in turn (gradients add up in ``.grad``) and steps the
-    optimizer once: the activations of one part are alive at a time. The loss of each part is
-    weighted by its share of the batch, so a batch-mean loss gives the full batch's gradient
-    (batch-norm statistics are those of each part)."""
+    optimizer once: the activations of one part are alive at a time, and in training the
+    parts are loaded one at a time too (:meth:`BatchLoader.micro_batches`; a stream's batch
+    is read whole). The loss of each part is weighted by its share of the batch, so a
+    batch-mean loss gives the full batch's gradient (batch-norm statistics are those of each
+    part). An optimizer that re-evaluates the batch (a closure, P-BFGS) is refused."""
 
     def __init__(self, *args, micro_batches: int = 2, **kwargs):
         super().__init__(*args, **kwargs)
+        if getattr(self.optimizer, "needs_closure", False):
+            raise ConfigError(
+                f"accumulate: {type(self.optimizer).__name__} re-evaluates each batch (a "
+                "closure), which micro-batches loaded one at a time cannot give; use an "
+                "optimizer without a closure (sgd, adam)"
+            )
         self.micro_batches = micro_batches
 
     def forward_backward_step(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and gradients of the batch, one micro-batch at a time; returns detached
-        (batch loss, output)."""
-        total, outputs = x.new_zeros(()), []
+        """Loss and gradients of a batch already in memory, one micro-batch at a time; returns
+        detached (batch loss, output)."""
         parts = self.micro_batches
-        for xs, ys in zip(x.tensor_split(parts), y.tensor_split(parts), strict=True):
+        return self._accumulate(
+            zip(x.tensor_split(parts), y.tensor_split(parts), strict=True), len(x)
+        )
+
+    def train_batches(
+        self, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One optimizer step per batch of epoch ``epoch``, its micro-batches loaded and moved
+        to the device one at a time; yields each batch's detached ``(loss, output, targets)``."""
+        for samples, parts in self.loader().micro_batches(epoch, self.micro_batches):
+            targets: list[torch.Tensor] = []
+            loss, output = self.optimizer_step(
+                lambda parts=parts, samples=samples, targets=targets: self._accumulate(
+                    self._on_device(parts, targets), samples
+                )
+            )
+            yield loss, output, torch.cat(targets)
+
+    def _on_device(
+        self, parts: Iterable[tuple[torch.Tensor, torch.Tensor]], targets: list[torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in parts:
+            y = y.to(self.device, non_blocking=True)
+            targets.append(y)
+            yield x.to(self.device, non_blocking=True), y
+
+    def _accumulate(
+        self, parts: Iterable[tuple[torch.Tensor, torch.Tensor]], samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        total, outputs = torch.zeros((), device=self.device), []
+        for xs, ys in parts:
             if len(xs) == 0:
                 continue
             output = self.model(xs)
-            loss = self.loss_fn(output, ys) * (len(xs) / len(x))
+            loss = self.loss_fn(output, ys) * (len(xs) / samples)
             loss.backward()
             total = total + loss.detach()
             outputs.append(output.detach())
         return total, torch.cat(outputs)
 
 
-def accumulated(report: MemoryReport, batch: int) -> MemoryReport:
+def accumulated(report: MemoryReport, batch: int, *, whole_batch_loaded: bool) -> MemoryReport:
     """The report of one micro-batch step turned into the accumulated step of ``batch``
-    samples: the whole batch's inputs are held, and from the second micro-batch on the
-    gradients of the earlier ones are alive throughout (the peak is the largest live total
-    of the micro-step with every gradient present). Its ``batch`` is ``batch``: the report
-    describes training on the whole batch."""
+    samples: from the second micro-batch on the gradients of the earlier ones are alive
+    throughout (the peak is the largest live total of the micro-step with every gradient
+    present); with ``whole_batch_loaded`` (a stream, whose batch is read whole) the other
+    micro-batches' inputs are held too. Its ``batch`` is ``batch``: the report describes
+    training on the whole batch."""
     live = report.timeline["live"]
-    held = report.inputs * (batch / report.batch - 1)
+    held = report.inputs * (batch / report.batch - 1) if whole_batch_loaded else 0
     totals = [
         t - g + report.gradients for t, g in zip(live["total"], live["gradients"], strict=True)
     ]
@@ -294,7 +380,7 @@ class _Accumulating:
         report = super().step_memory(inner, fake=fake)
         if self.options.micro_batches == 1:
             return report
-        report = accumulated(report, batch)
+        report = accumulated(report, batch, whole_batch_loaded=_streamed(ctx))
         report.stage = f"micro-batch of {micro}"
         return report
 
@@ -310,9 +396,14 @@ class _Accumulating:
             trainer.model, (x, y), loss_fn=trainer.loss_fn, optimizer=trainer.optimizer
         )
         if self.options.micro_batches > 1:
-            report = accumulated(report, batch)
+            report = accumulated(report, batch, whole_batch_loaded=_streamed(ctx))
             report.stage = f"micro-batch of {micro}"
         return report.to_dict()
+
+
+def _streamed(ctx: RunContext) -> bool:
+    """Whether the training set is a stream, whose batches are read whole."""
+    return isinstance(ctx.train_set, StreamDataset)
 
 
 @register_method

@@ -13,6 +13,7 @@ so ``smallfoot train --method M --option ...`` runs it as planned.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -23,7 +24,6 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,16 @@ def candidate_specs(
                     {"segments": s},
                 )
             )
+        # PyTorch's selective checkpointing, every top-level layer a segment: the last plain
+        # segment is the smallest and each region keeps only its convolutions' and matrix
+        # products' results
+        specs.append(
+            Spec(
+                f"selective checkpoint, {layers} segments",
+                "checkpoint",
+                {"segments": layers, "policy": "selective"},
+            )
+        )
         # micro-batches of a checkpointed model, for budgets neither reaches alone
         parts = 2
         while parts <= batch:
@@ -309,6 +319,18 @@ def _top_level_layers(model: str, input_shape: tuple[int, ...]) -> int | None:
     return len(net) if isinstance(net, nn.Sequential) else None
 
 
+@functools.cache
+def source_digest() -> str:
+    """SHA-256 of every module of the installed smallfoot package: a cached estimate is reused
+    only by the code that made it (the version number does not change with every fix)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 class EstimateCache:
     """Estimates and timings by key, kept in a JSON file (None: in memory only)."""
 
@@ -324,10 +346,9 @@ class EstimateCache:
 
     @staticmethod
     def key(*parts: Any) -> str:
-        """A key for ``parts`` (any JSON-ready values), with torch's and smallfoot's versions."""
-        from smallfoot import __version__
-
-        text = json.dumps([torch.__version__, __version__, *parts], sort_keys=True, default=str)
+        """A key for ``parts`` (any JSON-ready values), with torch's version and a digest of
+        smallfoot's source (:func:`source_digest`)."""
+        text = json.dumps([torch.__version__, source_digest(), *parts], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def fetch(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -555,7 +576,7 @@ def plan(
             progress(spec.name)
         found = store.fetch(
             store.key("estimate", *base, spec.method, spec.options),
-            partial(estimate_spec, spec, model, input_shape, batch, classes, optimizer),
+            functools.partial(estimate_spec, spec, model, input_shape, batch, classes, optimizer),
         )
         estimates[spec] = found
         if spec.method.startswith("accumulate") and found.get("peak", budget + 1) <= budget:
@@ -565,7 +586,7 @@ def plan(
         if "facto" in spec.methods and "peak" in estimates[spec]:
             full_rank = store.fetch(
                 store.key("estimate", *base, spec.method, spec.options, FULL_RANK_STAGE),
-                partial(
+                functools.partial(
                     estimate_spec,
                     spec,
                     model,
@@ -592,7 +613,9 @@ def plan(
                 continue
             times[spec] = store.fetch(
                 store.key("time", *base, spec.method, spec.options, str(device)),
-                partial(time_spec, spec, model, input_shape, batch, classes, optimizer, device),
+                functools.partial(
+                    time_spec, spec, model, input_shape, batch, classes, optimizer, device
+                ),
             )
         if baseline_spec in times:
             for spec in specs:
@@ -764,7 +787,8 @@ def verify_plan(
     ``torch.cuda.max_memory_reserved`` above what was reserved before; on the CPU the
     process' peak resident set ``VmHWM`` after a reset above ``VmRSS``, freed heap handed back
     to the OS first) plus the tensors held before them (parameters, buffers, optimizer state,
-    the batch: their storages' sizes). Staged methods run their largest stage's steps twice
+    their storages' sizes; the batch, or each micro-batch in turn, is made inside the window
+    as the trainer loads it). Staged methods run their largest stage's steps twice
     (the meter's real measurement; the second is measured, its model built inside it); a
     Facto candidate whose full-rank epochs bound its run runs full-rank steps.
     Returns ``{"estimated_peak", "real_peak", "source", "budget", "fits", "error"}`` (bytes;
@@ -792,21 +816,25 @@ def verify_plan(
         build = runner.full_rank_step if candidate.stage == FULL_RANK_STAGE else runner.metered_step
         net, loss_fn, opt = build(ctx)
         net = net.to(device).train()
-        x = torch.randn(batch, *input_shape, device=device)
-        y = torch.randint(classes, (batch,), device=device)
         parts = (
             candidate.options.get("micro_batches", 1) if "accumulate" in candidate.methods else 1
         )
+        sizes = [len(part) for part in torch.arange(batch).tensor_split(parts) if len(part)]
         for step in range(steps + 1):
             if step == 1:  # after a warm-up step: libraries initialised, optimizer state made
                 start = _start_window(cuda)
             opt.zero_grad(set_to_none=True)
-            for xs, ys in zip(x.tensor_split(parts), y.tensor_split(parts), strict=True):
-                (loss_fn(net(xs), ys) * (len(xs) / batch)).backward()
+            # each (micro-)batch made when its turn comes, as the trainer loads them, so the
+            # window's growth holds it
+            for size in sizes:
+                xs = torch.randn(size, *input_shape, device=device)
+                ys = torch.randint(classes, (size,), device=device)
+                (loss_fn(net(xs), ys) * (size / batch)).backward()
+                del xs, ys
             opt.step()
         state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-        held = unique_storage_bytes([*net.parameters(), *net.buffers(), *state, x, y])
-        del net, opt, x, y, state
+        held = unique_storage_bytes([*net.parameters(), *net.buffers(), *state])
+        del net, opt, state
     if cuda:
         torch.cuda.synchronize()
         real = torch.cuda.max_memory_reserved() - start + held

@@ -114,3 +114,45 @@ def test_in_memory_tensors_are_read_in_the_calling_process():
 def test_workers_must_be_a_non_negative_integer(workers):
     with pytest.raises(ConfigError, match="--workers must be an integer >= 0"):
         BatchLoader(dataset(), 8, workers=workers)
+
+
+class CountedInputs(LazyInputs):
+    """A tensor read lazily that records the size of every read."""
+
+    def __init__(self, x):
+        self.x, self.item_shape, self.reads = x, tuple(x.shape[1:]), []
+
+    def __len__(self):
+        return len(self.x)
+
+    def read(self, indices):
+        self.reads.append(len(indices))
+        return self.x[torch.as_tensor(indices)]
+
+
+def test_micro_batches_split_the_epoch_batches_and_are_read_one_at_a_time():
+    data = dataset()
+    counted = CountedInputs(data.x)
+    lazy = ArrayDataset(counted, data.y, data.num_classes, "counted")
+    loader = BatchLoader(lazy, 16, seed=3)
+    whole = list(BatchLoader(data, 16, seed=3).epoch(1))
+    batches = loader.micro_batches(1, 3)
+    for x, y in whole:
+        samples, parts = next(batches)
+        assert samples == len(y)
+        reads = len(counted.reads)
+        first = next(parts)
+        assert len(counted.reads) == reads + 1  # only the first part has been read
+        got = [first, *parts]
+        assert [len(p[1]) for p in got] == [len(t) for t in y.tensor_split(3) if len(t)]
+        assert torch.equal(torch.cat([p[0] for p in got]), x)
+        assert torch.equal(torch.cat([p[1] for p in got]), y)
+    assert next(batches, None) is None
+    assert max(counted.reads) == 6  # ceil(16 / 3): never a whole batch
+
+
+def test_micro_batches_of_one_part_are_the_epoch():
+    loader = BatchLoader(dataset(), 16, seed=0, augment=Augment(crop_padding=1, flip=True))
+    parts = [p for _, group in loader.micro_batches(2, 1) for p in group]
+    for (x, y), (ex, ey) in zip(parts, loader.epoch(2), strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)

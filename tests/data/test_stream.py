@@ -219,3 +219,15 @@ def test_methods_that_train_through_the_trainer_take_a_stream(tmp_path, streams)
             config(tmp_path, streams, method, epochs=2, method=method, measure_memory=True)
         )
         assert summary["train_samples"] == 48 and summary["memory"]["peak"] > 0
+
+
+def test_accumulate_on_a_stream_holds_the_whole_batch(tmp_path, streams):
+    def inputs(method, **options):
+        summary = run_training(
+            config(tmp_path, streams, method, epochs=1, method=method, method_options=options,
+                   measure_memory=True)
+        )  # fmt: skip
+        return summary["memory"]["inputs"]
+
+    # a stream's batch is read whole before it is split into micro-batches
+    assert inputs("accumulate", micro_batches=4) == inputs("baseline")

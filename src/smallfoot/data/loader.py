@@ -3,6 +3,7 @@ label noise."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -145,13 +146,31 @@ class BatchLoader:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate the batches of epoch ``epoch`` (0-based)."""
+        for _, parts in self.micro_batches(epoch, 1):
+            yield from parts
+
+    def micro_batches(
+        self, epoch: int, parts: int
+    ) -> Iterator[tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+        """The batches of epoch ``epoch`` (0-based), each as ``(samples, micro-batches)``: its
+        indices split into ``parts`` (``tensor_split``; empty parts dropped), each part read
+        (and augmented) only when the inner iterator reaches it, so one micro-batch's inputs
+        are loaded at a time. Exhaust each inner iterator before taking the next batch. With
+        ``parts`` 1 these are the batches of :meth:`epoch`; with more, the same samples per
+        step, with augmentation and lazy reads drawn per part."""
         batches, generator = self.plan(epoch)
         first_seed = (self.seed * 1_000_003 + epoch) * 100_003
-        keys = [(index, first_seed + i) for i, index in enumerate(batches)]
-        for x, y in self._fetch(keys):
-            if self.augment is not None:
-                x = self.augment(x, generator)
-            yield x, y
+        split = [[part for part in index.tensor_split(parts) if len(part)] for index in batches]
+        keys = [(part, first_seed + i) for i, part in enumerate(p for s in split for p in s)]
+        loaded = self._fetch(keys)
+        for index, group in zip(batches, split, strict=True):
+            yield len(index), self._augmented(itertools.islice(loaded, len(group)), generator)
+
+    def _augmented(
+        self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in batches:
+            yield (self.augment(x, generator) if self.augment is not None else x), y
 
     def _fetch(
         self, keys: list[tuple[torch.Tensor, int]]

@@ -244,6 +244,17 @@ class StreamLoader:
                 f"length is {len(self.dataset)}{shard}"
             )
 
+    def micro_batches(
+        self, epoch: int, parts: int
+    ) -> Iterator[tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+        """The batches of epoch ``epoch`` as ``(samples, micro-batches)``: each batch split into
+        ``parts`` (``tensor_split``; empty parts dropped). A stream's batch is read whole
+        before it is split (its length is known only once read), so the whole batch's inputs
+        are held while its micro-batches run."""
+        for x, y in self.epoch(epoch):
+            pieces = zip(x.tensor_split(parts), y.tensor_split(parts), strict=True)
+            yield len(y), iter([(xs, ys) for xs, ys in pieces if len(ys)])
+
     def close(self) -> None:
         """Nothing to stop: each epoch's worker processes end with the epoch."""
 

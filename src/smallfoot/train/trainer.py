@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,9 +327,7 @@ class Trainer:
         with EpochProgress(
             self.steps_per_epoch(), epoch, self.config.epochs, enabled=self.progress
         ) as bar:
-            for batch_index, (x, y) in enumerate(self.loader().epoch(epoch)):
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                loss, output = self.train_step(x, y)
+            for batch_index, (loss, output, y) in enumerate(self.train_batches(epoch)):
                 for callback in self.callbacks:
                     callback.on_batch_end(self, batch_index, loss, output)
                 batch = len(y)
@@ -340,10 +338,29 @@ class Trainer:
                 bar.update(total_loss / seen, correct / seen)
         return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
 
+    def train_batches(
+        self, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One :meth:`train_step` per batch of epoch ``epoch`` (0-based); yields each batch's
+        detached ``(loss, output, targets)`` after its step."""
+        for x, y in self.loader().epoch(epoch):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss, output = self.train_step(x, y)
+            yield loss, output, y
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward, optimizer and scheduler step on one batch; returns (loss, output)."""
+        return self.optimizer_step(lambda: self.forward_backward_step(x, y))
+
+    def optimizer_step(
+        self, forward_backward: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: zero the gradients, ``forward_backward()`` (the loss and gradients of this
+        step's batch; returns detached ``(loss, output)``), check that loss and gradients are
+        finite, step the optimizer (one that needs a closure calls ``forward_backward`` again)
+        and the scheduler; returns ``(loss, output)``."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss, output = self.forward_backward_step(x, y)
+        loss, output = forward_backward()
         if not torch.isfinite(loss):
             self._stop(f"the loss became {float(loss)}")
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -361,7 +378,7 @@ class Trainer:
 
             def closure() -> torch.Tensor:
                 self.optimizer.zero_grad(set_to_none=True)
-                return self.forward_backward_step(x, y)[0]
+                return forward_backward()[0]
 
             # the forward above already updated batch-norm statistics for this step; the
             # closure's re-evaluations must not update them again
