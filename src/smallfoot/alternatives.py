@@ -96,8 +96,10 @@ class CheckpointSequential(nn.Sequential):
     kept and the rest is recomputed in backward; with ``"selective"`` (PyTorch's selective
     activation checkpointing) the results of :data:`SELECTIVE_SAVED_OPS` are kept too and
     only the cheap operators between them (batch norm, activations, pooling, additions) are
-    recomputed. The recomputation replays the RNG state and leaves batch-norm running
-    statistics as the forward left them. Same children, so the same state-dict keys."""
+    recomputed; in-place layers (``ReLU(inplace=True)``) then run out of place, since they
+    would overwrite a kept result. The recomputation replays the RNG state and leaves
+    batch-norm running statistics as the forward left them. Same children, so the same
+    state-dict keys."""
 
     def __init__(self, model: nn.Sequential, segments: int, policy: str = "full"):
         super().__init__(OrderedDict(model.named_children()))
@@ -109,6 +111,10 @@ class CheckpointSequential(nn.Sequential):
         if policy not in ("full", "selective"):
             raise ConfigError(f"checkpoint: --policy must be full or selective, got {policy!r}")
         self.segments, self.policy = segments, policy
+        if policy == "selective":
+            for module in self.modules():
+                if getattr(module, "inplace", False):
+                    module.inplace = False
 
     def _contexts(self, chunk: list[nn.Module]):
         """The (forward, recomputation) contexts of a checkpointed segment."""
@@ -179,10 +185,14 @@ class Checkpoint(Method):
         segments: int = field(
             default=0, metadata={"help": "number of segments; 0: sqrt of the number of layers"}
         )
-        policy: Literal["full", "selective"] = "full"
-        """full: recompute each checkpointed segment whole; selective: PyTorch's selective
-        activation checkpointing, keeping the results of convolutions and matrix products and
-        recomputing only the cheap operators between them"""
+        policy: Literal["full", "selective"] = field(
+            default="full",
+            metadata={
+                "help": "full: recompute each checkpointed segment whole; selective: PyTorch's "
+                "selective activation checkpointing (convolution and matrix-product results "
+                "kept, the cheap operators between them recomputed)"
+            },
+        )
 
         def validate(self) -> None:
             """Segments must not be negative."""
@@ -273,7 +283,7 @@ class AccumulatingTrainer(Trainer):
             raise ConfigError(
                 f"accumulate: {type(self.optimizer).__name__} re-evaluates each batch (a "
                 "closure), which micro-batches loaded one at a time cannot give; use an "
-                "optimizer without a closure (sgd, adam)"
+                "optimizer without a closure (sgd, adamw)"
             )
         self.micro_batches = micro_batches
 
@@ -380,7 +390,7 @@ class _Accumulating:
         report = super().step_memory(inner, fake=fake)
         if self.options.micro_batches == 1:
             return report
-        report = accumulated(report, batch, whole_batch_loaded=_streamed(ctx))
+        report = accumulated(report, batch, whole_batch_loaded=_whole_batch_on_device(ctx))
         report.stage = f"micro-batch of {micro}"
         return report
 
@@ -396,14 +406,15 @@ class _Accumulating:
             trainer.model, (x, y), loss_fn=trainer.loss_fn, optimizer=trainer.optimizer
         )
         if self.options.micro_batches > 1:
-            report = accumulated(report, batch, whole_batch_loaded=_streamed(ctx))
+            report = accumulated(report, batch, whole_batch_loaded=_whole_batch_on_device(ctx))
             report.stage = f"micro-batch of {micro}"
         return report.to_dict()
 
 
-def _streamed(ctx: RunContext) -> bool:
-    """Whether the training set is a stream, whose batches are read whole."""
-    return isinstance(ctx.train_set, StreamDataset)
+def _whole_batch_on_device(ctx: RunContext) -> bool:
+    """Whether a step holds the whole batch's inputs in the device's memory: a stream's batch
+    is read whole, into the memory of the CPU (on a GPU only its micro-batches move over)."""
+    return isinstance(ctx.train_set, StreamDataset) and not str(ctx.device).startswith("cuda")
 
 
 @register_method

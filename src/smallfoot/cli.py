@@ -931,10 +931,14 @@ def memory(
     if dataset is not None:
         if input_shape is not None or classes is not None:
             raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
-        shape, classes = dataset_input(dataset, data_root, parse_key_values(data_opt, "--data-opt"))
+        shape, classes, streamed = dataset_input(
+            dataset, data_root, parse_key_values(data_opt, "--data-opt")
+        )
         input_shape = "x".join(map(str, shape))
     elif data_root is not None or data_opt:
         raise ConfigError("--data-root and --data-opt need --dataset NAME")
+    else:
+        streamed = False
     input_shape = input_shape or "3x32x32"
     classes = 10 if classes is None else classes
     for path, flag in ((plot, "--plot"), (timeline, "--timeline")):
@@ -951,6 +955,7 @@ def memory(
         optimizer=optimizer,
         classes=classes,
         fake=estimate,
+        streamed=streamed,
     )
     seconds = time.perf_counter() - start
     try:
@@ -1175,8 +1180,9 @@ def plan(
     if dataset is not None:
         if input_shape is not None or classes is not None:
             raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
-        shape, classes = dataset_input(dataset, data_root)
+        shape, classes, streamed = dataset_input(dataset, data_root)
     else:
+        streamed = False
         if train:
             raise ConfigError("--train needs --dataset NAME (the data to train on)")
         shape = parse_input_shape(input_shape or "3x32x32")
@@ -1197,6 +1203,7 @@ def plan(
         device=device,
         cache=default_cache_path() if cache else None,
         progress=note,
+        streamed=streamed,
     )
     chosen = result.chosen
     data = result.to_dict()
@@ -1204,7 +1211,7 @@ def plan(
     if verify and chosen is not None:
         checked = verify_plan(
             chosen, model, shape, batch_size, result.budget,
-            classes=classes, optimizer=optimizer, device=device,
+            classes=classes, optimizer=optimizer, device=device, streamed=streamed,
         )  # fmt: skip
     if as_json:
         print_json({**data, **({"verify": checked} if checked is not None else {})})

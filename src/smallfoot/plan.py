@@ -230,7 +230,8 @@ def candidate_specs(
     """Every configuration the planner tries for ``model`` on inputs of ``input_shape``
     (C, H, W) or (D,) at batch ``batch``: baseline; accumulation over 2, 4, ... micro-batches
     (down to micro-batches of 1); checkpointing with every segment count that k top-level
-    layers per segment gives, and micro-batches of the model checkpointed layer by layer
+    layers per segment gives, selective checkpointing with every top-level layer a segment,
+    and micro-batches of the model checkpointed layer by layer
     (``accumulate+checkpoint``); reversible twins (image inputs); :data:`FACTO_GRID`; Facto's
     paper point inside the revnet twin and inside layer-by-layer checkpointing;
     :data:`LAYERWISE_UNITS`; offloading on a GPU."""
@@ -257,8 +258,8 @@ def candidate_specs(
                 )
             )
         # PyTorch's selective checkpointing, every top-level layer a segment: the last plain
-        # segment is the smallest and each region keeps only its convolutions' and matrix
-        # products' results
+        # segment is the smallest; a segment of several layers (a ResNet stage) keeps only its
+        # convolutions' and matrix products' results besides its input
         specs.append(
             Spec(
                 f"selective checkpoint, {layers} segments",
@@ -374,11 +375,21 @@ def default_cache_path() -> Path:
     return Path(root) / "plan.json"
 
 
-def _context(spec: Spec, model: str, input_shape, batch: int, classes: int, optimizer: str, device):
-    """``(method instance, RunContext)`` of ``spec`` on a 1-sample synthetic set."""
+def _context(
+    spec: Spec,
+    model: str,
+    input_shape,
+    batch: int,
+    classes: int,
+    optimizer: str,
+    device,
+    streamed: bool = False,
+):
+    """``(method instance, RunContext)`` of ``spec`` on a 1-sample synthetic set (a stream
+    with ``streamed``)."""
     from smallfoot.config import RunConfig
-    from smallfoot.data import ArrayDataset
     from smallfoot.methods import RunContext, get_method
+    from smallfoot.runner.step import synthetic_sample
 
     config = RunConfig(
         model=model,
@@ -388,9 +399,7 @@ def _context(spec: Spec, model: str, input_shape, batch: int, classes: int, opti
         method_options=dict(spec.options),
     ).validate()
     runner = get_method(spec.method, spec.options)
-    sample = ArrayDataset(
-        torch.zeros(1, *input_shape), torch.zeros(1, dtype=torch.long), classes, "synthetic"
-    )
+    sample = synthetic_sample(input_shape, classes, streamed=streamed)
     return runner, RunContext(config, runner.options, sample, sample, device=device)
 
 
@@ -403,13 +412,14 @@ def estimate_spec(
     optimizer: str = "sgd",
     *,
     full_rank: bool = False,
+    streamed: bool = False,
 ) -> dict[str, Any]:
     """``{"peak", "stage", "saved_activations"}`` (bytes) of one training step of ``spec``,
     estimated on fake tensors after the method's ``check_run`` (``full_rank``: a step of a
-    Facto spec's full-rank epochs); ``{"refused": reason}`` when the method refuses the
-    configuration."""
+    Facto spec's full-rank epochs; ``streamed``: the training set is a stream);
+    ``{"refused": reason}`` when the method refuses the configuration."""
     try:
-        runner, ctx = _context(spec, model, input_shape, batch, classes, optimizer, "cpu")
+        runner, ctx = _context(spec, model, input_shape, batch, classes, optimizer, "cpu", streamed)
         runner.check_run(ctx)
         if full_rank:
             report = runner.full_rank_step_memory(ctx, fake=True)
@@ -540,10 +550,12 @@ def plan(
     cache: str | os.PathLike | None = None,
     results_dir: str | os.PathLike = "results",
     progress: Callable[[str], None] | None = None,
+    streamed: bool = False,
 ) -> Plan:
     """Plan how to train ``model`` (a registered model name) on batches like
     ``example_input`` ((B, C, H, W) or (B, D): a tensor or its shape; B is the batch size) in
-    ``budget`` bytes (an int or ``"4GiB"``).
+    ``budget`` bytes (an int or ``"4GiB"``); ``streamed``: the training set is a stream (read
+    in order, each batch whole: methods that need random access refuse it).
 
     Every spec (default :func:`candidate_specs`) is estimated on fake tensors; those that fit
     and the baseline are timed (``timed``; see :data:`TIMING_NOTE`) on ``device``. ``cache``:
@@ -559,7 +571,7 @@ def plan(
     budget = parse_bytes(budget)
     started = time.perf_counter()
     store = EstimateCache(cache)
-    base = (model, list(input_shape), batch, classes, optimizer)
+    base = (model, list(input_shape), batch, classes, optimizer, streamed)
     specs = specs if specs is not None else candidate_specs(model, input_shape, batch, device)
     if not any(s.method == "baseline" for s in specs):
         specs = [Spec("baseline", "baseline"), *specs]
@@ -576,7 +588,16 @@ def plan(
             progress(spec.name)
         found = store.fetch(
             store.key("estimate", *base, spec.method, spec.options),
-            functools.partial(estimate_spec, spec, model, input_shape, batch, classes, optimizer),
+            functools.partial(
+                estimate_spec,
+                spec,
+                model,
+                input_shape,
+                batch,
+                classes,
+                optimizer,
+                streamed=streamed,
+            ),  # fmt: skip
         )
         estimates[spec] = found
         if spec.method.startswith("accumulate") and found.get("peak", budget + 1) <= budget:
@@ -595,6 +616,7 @@ def plan(
                     classes,
                     optimizer,
                     full_rank=True,
+                    streamed=streamed,
                 ),
             )
             estimates[spec] = _whole_run(estimates[spec], full_rank)
@@ -780,6 +802,7 @@ def verify_plan(
     optimizer: str = "sgd",
     device: str = "cpu",
     steps: int = 3,
+    streamed: bool = False,
 ) -> dict[str, Any]:
     """Run ``steps`` real training steps of ``candidate`` at ``batch`` after one warm-up step
     (the first step in a process also initialises libraries: 120 MiB of resident memory for
@@ -788,7 +811,7 @@ def verify_plan(
     process' peak resident set ``VmHWM`` after a reset above ``VmRSS``, freed heap handed back
     to the OS first) plus the tensors held before them (parameters, buffers, optimizer state,
     their storages' sizes; the batch, or each micro-batch in turn, is made inside the window
-    as the trainer loads it). Staged methods run their largest stage's steps twice
+    as the trainer loads it: with ``streamed`` on the CPU the whole batch, then split). Staged methods run their largest stage's steps twice
     (the meter's real measurement; the second is measured, its model built inside it); a
     Facto candidate whose full-rank epochs bound its run runs full-rank steps.
     Returns ``{"estimated_peak", "real_peak", "source", "budget", "fits", "error"}`` (bytes;
@@ -799,7 +822,7 @@ def verify_plan(
     from smallfoot.memory import unique_storage_bytes
 
     spec = Spec(candidate.name, candidate.method, dict(candidate.options))
-    runner, ctx = _context(spec, model, input_shape, batch, classes, optimizer, device)
+    runner, ctx = _context(spec, model, input_shape, batch, classes, optimizer, device, streamed)
     runner.check_run(ctx)
     cuda = str(device).startswith("cuda")
     if cuda:
@@ -819,17 +842,28 @@ def verify_plan(
         parts = (
             candidate.options.get("micro_batches", 1) if "accumulate" in candidate.methods else 1
         )
-        sizes = [len(part) for part in torch.arange(batch).tensor_split(parts) if len(part)]
+        whole = streamed and not cuda  # a stream's batch is read whole into host memory
+
+        def step_batches():
+            # made when their turn comes, as the trainer loads them, so the window holds them
+            if whole:
+                x = torch.randn(batch, *input_shape, device=device)
+                y = torch.randint(classes, (batch,), device=device)
+                yield from zip(x.tensor_split(parts), y.tensor_split(parts), strict=True)
+                return
+            for part in torch.arange(batch).tensor_split(parts):
+                if len(part):
+                    yield (
+                        torch.randn(len(part), *input_shape, device=device),
+                        torch.randint(classes, (len(part),), device=device),
+                    )
+
         for step in range(steps + 1):
             if step == 1:  # after a warm-up step: libraries initialised, optimizer state made
                 start = _start_window(cuda)
             opt.zero_grad(set_to_none=True)
-            # each (micro-)batch made when its turn comes, as the trainer loads them, so the
-            # window's growth holds it
-            for size in sizes:
-                xs = torch.randn(size, *input_shape, device=device)
-                ys = torch.randint(classes, (size,), device=device)
-                (loss_fn(net(xs), ys) * (size / batch)).backward()
+            for xs, ys in step_batches():
+                (loss_fn(net(xs), ys) * (len(xs) / batch)).backward()
                 del xs, ys
             opt.step()
         state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
@@ -888,11 +922,11 @@ def fitting_plans(
     from smallfoot.errors import BudgetError
     from smallfoot.runner.step import dataset_input
 
-    shape, classes = dataset_input(base.dataset, base.data_root, dict(base.data_options))
+    shape, classes, streamed = dataset_input(base.dataset, base.data_root, dict(base.data_options))
     device = "cuda" if base.device.startswith("cuda") else "cpu"
     result = plan(
         base.model, (base.batch_size, *shape), budget, classes=classes,
-        optimizer=base.optimizer, device=device, cache=cache,
+        optimizer=base.optimizer, device=device, cache=cache, streamed=streamed,
     )  # fmt: skip
     fitting = [c for c in result.candidates if c.fits]
     if not fitting:

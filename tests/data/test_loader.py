@@ -134,8 +134,9 @@ def test_micro_batches_split_the_epoch_batches_and_are_read_one_at_a_time():
     data = dataset()
     counted = CountedInputs(data.x)
     lazy = ArrayDataset(counted, data.y, data.num_classes, "counted")
-    loader = BatchLoader(lazy, 16, seed=3)
-    whole = list(BatchLoader(data, 16, seed=3).epoch(1))
+    augment = Augment(crop_padding=1, flip=True)
+    loader = BatchLoader(lazy, 16, seed=3, augment=augment)
+    whole = list(BatchLoader(data, 16, seed=3, augment=augment).epoch(1))
     batches = loader.micro_batches(1, 3)
     for x, y in whole:
         samples, parts = next(batches)
@@ -145,14 +146,18 @@ def test_micro_batches_split_the_epoch_batches_and_are_read_one_at_a_time():
         assert len(counted.reads) == reads + 1  # only the first part has been read
         got = [first, *parts]
         assert [len(p[1]) for p in got] == [len(t) for t in y.tensor_split(3) if len(t)]
+        # the same samples, augmented as in the whole batch (one draw per batch, sliced)
         assert torch.equal(torch.cat([p[0] for p in got]), x)
         assert torch.equal(torch.cat([p[1] for p in got]), y)
     assert next(batches, None) is None
     assert max(counted.reads) == 6  # ceil(16 / 3): never a whole batch
 
 
-def test_micro_batches_of_one_part_are_the_epoch():
-    loader = BatchLoader(dataset(), 16, seed=0, augment=Augment(crop_padding=1, flip=True))
-    parts = [p for _, group in loader.micro_batches(2, 1) for p in group]
-    for (x, y), (ex, ey) in zip(parts, loader.epoch(2), strict=True):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
+def test_epoch_batches_are_the_planned_indices_augmented_per_batch():
+    data = dataset()
+    augment = Augment(crop_padding=1, flip=True)
+    loader = BatchLoader(data, 16, seed=0, augment=augment)
+    indices, generator = loader.plan(2)
+    for (x, y), index in zip(loader.epoch(2), indices, strict=True):
+        assert torch.equal(y, data.y[index])
+        assert torch.equal(x, augment(data.x[index], generator))

@@ -229,5 +229,10 @@ def test_accumulate_on_a_stream_holds_the_whole_batch(tmp_path, streams):
         )  # fmt: skip
         return summary["memory"]["inputs"]
 
-    # a stream's batch is read whole before it is split into micro-batches
+    # a stream's batch is read whole before it is split into micro-batches, and the planner
+    # and `smallfoot memory --dataset` know the dataset is a stream
     assert inputs("accumulate", micro_batches=4) == inputs("baseline")
+    from smallfoot.runner.step import dataset_input
+
+    assert dataset_input(streams, options={"in_memory": False}).streamed
+    assert not dataset_input("digits").streamed

@@ -28,24 +28,43 @@ class Augment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a batch ``x`` of shape ``(B, C, H, W)`` with randomness from ``generator``."""
+        self._check(x)
+        return self.apply(x, self.draw(len(x), generator))
+
+    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The random choices for ``batch`` images, drawn from ``generator``: ``dy`` and ``dx``
+        (crop offsets in pixels, shape (B,)) with ``crop_padding``, ``flip`` ((B,) bool) with
+        ``flip``. Slices of it augment parts of the batch as the whole batch would be."""
+        choices = {}
+        if self.crop_padding:
+            offsets = 2 * self.crop_padding + 1
+            choices["dy"] = torch.randint(0, offsets, (batch,), generator=generator)
+            choices["dx"] = torch.randint(0, offsets, (batch,), generator=generator)
+        if self.flip:
+            choices["flip"] = torch.rand(batch, generator=generator) < 0.5
+        return choices
+
+    def apply(self, x: torch.Tensor, choices: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``x`` (B, C, H, W) augmented with ``choices`` for its B images (see :meth:`draw`)."""
+        self._check(x)
+        if "dy" in choices:
+            b, _, h, w = x.shape
+            p = self.crop_padding
+            padded = torch.nn.functional.pad(x, (p, p, p, p))
+            rows = (choices["dy"][:, None] + torch.arange(h)[None, :])[:, None, :, None]
+            cols = (choices["dx"][:, None] + torch.arange(w)[None, :])[:, None, None, :]
+            batch_index = torch.arange(b)[:, None, None, None]
+            x = padded[batch_index, torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+        if "flip" in choices:
+            x = torch.where(choices["flip"][:, None, None, None], x.flip(-1), x)
+        return x
+
+    @staticmethod
+    def _check(x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ConfigError(
                 f"augmentation needs image batches (B, C, H, W), got shape {tuple(x.shape)}"
             )
-        if self.crop_padding:
-            b, _, h, w = x.shape
-            p = self.crop_padding
-            padded = torch.nn.functional.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-            dx = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-            rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # (B, 1, H, 1)
-            cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # (B, 1, 1, W)
-            batch_index = torch.arange(b)[:, None, None, None]
-            x = padded[batch_index, torch.arange(x.shape[1])[None, :, None, None], rows, cols]
-        if self.flip:
-            flip = torch.rand(x.shape[0], generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x
 
 
 def read_batch(
@@ -154,23 +173,34 @@ class BatchLoader:
     ) -> Iterator[tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
         """The batches of epoch ``epoch`` (0-based), each as ``(samples, micro-batches)``: its
         indices split into ``parts`` (``tensor_split``; empty parts dropped), each part read
-        (and augmented) only when the inner iterator reaches it, so one micro-batch's inputs
-        are loaded at a time. Exhaust each inner iterator before taking the next batch. With
-        ``parts`` 1 these are the batches of :meth:`epoch`; with more, the same samples per
-        step, with augmentation and lazy reads drawn per part."""
+        and augmented only when the inner iterator reaches it, so one micro-batch's inputs are
+        loaded at a time. Exhaust each inner iterator before taking the next batch. The parts
+        hold the samples of :meth:`epoch`'s batch, augmented as in it (one draw per batch,
+        sliced); a lazy dataset's own random transforms draw per part (seeds of their own)."""
         batches, generator = self.plan(epoch)
         first_seed = (self.seed * 1_000_003 + epoch) * 100_003
         split = [[part for part in index.tensor_split(parts) if len(part)] for index in batches]
-        keys = [(part, first_seed + i) for i, part in enumerate(p for s in split for p in s)]
+        keys = [
+            (part, (first_seed + i) * parts + j)
+            for i, group in enumerate(split)
+            for j, part in enumerate(group)
+        ]
         loaded = self._fetch(keys)
         for index, group in zip(batches, split, strict=True):
-            yield len(index), self._augmented(itertools.islice(loaded, len(group)), generator)
+            augment = self.augment
+            choices = augment.draw(len(index), generator) if augment is not None else None
+            yield len(index), self._augmented(itertools.islice(loaded, len(group)), choices)
 
     def _augmented(
-        self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], generator: torch.Generator
+        self, parts: Iterator[tuple[torch.Tensor, torch.Tensor]], choices: dict | None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in batches:
-            yield (self.augment(x, generator) if self.augment is not None else x), y
+        start = 0
+        for x, y in parts:
+            if choices is not None:
+                part = slice(start, start + len(y))
+                x = self.augment.apply(x, {name: c[part] for name, c in choices.items()})
+            start += len(y)
+            yield x, y
 
     def _fetch(
         self, keys: list[tuple[torch.Tensor, int]]
