@@ -65,3 +65,20 @@ def test_unknown_option_lists_keyword_options_as_their_flags():
     with pytest.raises(ConfigError) as error:
         get_method("manifold", {"bogus": 1})
     assert "--lambda," in str(error.value) and "--lambda-" not in str(error.value)
+
+
+def test_every_method_option_says_what_it_means():
+    from smallfoot.methods import get_method_class, option_fields
+
+    missing = [
+        f"{cls.name} --{name.replace('_', '-')}"
+        for cls in list_methods()
+        if cls.__module__.startswith("smallfoot.")  # not a test's demo method
+        for name, _, _, help_text in option_fields(cls.Options)
+        if not help_text.strip()
+    ]
+    assert not missing
+    # a composition carries the help of both parts (its class has no source to read)
+    composed = get_method_class("facto+reversible").Options
+    helps = {name: help_text for name, _, _, help_text in option_fields(composed)}
+    assert helps["variant"].startswith("which design") and helps["inr"].startswith("internal")

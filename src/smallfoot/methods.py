@@ -19,8 +19,11 @@ CLI, the run directory and the benchmarks with a few lines::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fnmatch
+import inspect
+import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -321,16 +324,20 @@ def composed_options(outer: type[Method], inner: type[Method]) -> type:
     # the types resolved in each method's own module (string annotations would be resolved
     # in the composition's)
     hints = {**typing.get_type_hints(outer.Options), **typing.get_type_hints(inner.Options)}
-    fields = [
-        (f.name, hints[f.name], dataclasses.field(default=f.default, metadata=f.metadata))
-        if f.default is not dataclasses.MISSING
-        else (
-            f.name,
-            hints[f.name],
-            dataclasses.field(default_factory=f.default_factory, metadata=f.metadata),
-        )
-        for f in (*dataclasses.fields(outer.Options), *theirs)
-    ]
+    # the help goes into the metadata: a class made at run time has no source to read it from
+    helps = {
+        name: help_text
+        for cls in (outer, inner)
+        for name, _, _, help_text in option_fields(cls.Options)
+    }
+    fields = []
+    for f in (*dataclasses.fields(outer.Options), *theirs):
+        metadata = {**f.metadata, "help": helps[f.name]}
+        if f.default is not dataclasses.MISSING:
+            made = dataclasses.field(default=f.default, metadata=metadata)
+        else:
+            made = dataclasses.field(default_factory=f.default_factory, metadata=metadata)
+        fields.append((f.name, hints[f.name], made))
 
     def validate(options) -> None:
         for cls in (outer, inner):
@@ -350,8 +357,10 @@ def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
 
 
 def option_fields(options_cls: type) -> list[tuple[str, Any, Any, str]]:
-    """``(name, type, default, help)`` of each field of an ``Options`` dataclass."""
+    """``(name, type, default, help)`` of each field of an ``Options`` dataclass; the help is
+    the field's ``metadata["help"]`` or the docstring written under the field."""
     hints = typing.get_type_hints(options_cls)
+    docs = _field_docstrings(options_cls)
     out = []
     for f in dataclasses.fields(options_cls):
         default = (
@@ -359,8 +368,29 @@ def option_fields(options_cls: type) -> list[tuple[str, Any, Any, str]]:
             if f.default is not dataclasses.MISSING
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         )
-        out.append((f.name, hints[f.name], default, f.metadata.get("help", "")))
+        out.append((f.name, hints[f.name], default, f.metadata.get("help", docs.get(f.name, ""))))
     return out
+
+
+def _field_docstrings(cls: type) -> dict[str, str]:
+    """The string literal under each annotated field of class ``cls``'s source, whitespace
+    folded (empty when the source is not available: a class made at run time)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def _convert(value: Any, kind: Any, where: str) -> Any:
