@@ -139,6 +139,10 @@ def test_estimates_and_timings_are_cached(tmp_path, monkeypatch):
     assert second.to_dict() == first.to_dict()
     with pytest.raises(AssertionError, match="not cached"):  # another batch is another key
         plan_fn("cnn4", (8, *SHAPE), "1GiB", specs=SPECS[:2], cache=cache)
+    # a file written by other code starts afresh: its entries are neither read nor kept
+    monkeypatch.setattr("smallfoot.plan.source_digest", lambda: "other code")
+    with pytest.raises(AssertionError, match="not cached"):
+        plan_fn("cnn4", (4, *SHAPE), "1GiB", specs=SPECS[:2], cache=cache)
 
 
 def test_timing_shape_halves_large_images_only():

@@ -333,7 +333,10 @@ def source_digest() -> str:
 
 
 class EstimateCache:
-    """Estimates and timings by key, kept in a JSON file (None: in memory only)."""
+    """Estimates and timings by key, kept in a JSON file (None: in memory only) that holds
+    only the entries of the code that wrote it: ``{"source", "torch", "entries"}``, where
+    ``source`` is :func:`source_digest` and ``torch`` torch's version; a file written by other
+    code (or another torch) is started afresh, so it never grows stale entries."""
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path is not None else None
@@ -341,15 +344,20 @@ class EstimateCache:
         self.changed = False
         if self.path is not None and self.path.exists():
             try:
-                self.entries = json.loads(self.path.read_text())
+                saved = json.loads(self.path.read_text())
             except (OSError, ValueError):
-                self.entries = {}
+                saved = {}
+            if (
+                isinstance(saved, dict)
+                and saved.get("source") == source_digest()
+                and (saved.get("torch") == torch.__version__)
+            ):
+                self.entries = saved.get("entries", {})
 
     @staticmethod
     def key(*parts: Any) -> str:
-        """A key for ``parts`` (any JSON-ready values), with torch's version and a digest of
-        smallfoot's source (:func:`source_digest`)."""
-        text = json.dumps([torch.__version__, source_digest(), *parts], sort_keys=True, default=str)
+        """A key for ``parts`` (any JSON-ready values)."""
+        text = json.dumps(list(parts), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def fetch(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -366,7 +374,14 @@ class EstimateCache:
 
             # a cache that cannot be written only costs the next plan its time
             with contextlib.suppress(OSError):
-                atomic_write_json(self.path, self.entries)
+                atomic_write_json(
+                    self.path,
+                    {
+                        "source": source_digest(),
+                        "torch": torch.__version__,
+                        "entries": self.entries,
+                    },
+                )
 
 
 def default_cache_path() -> Path:
