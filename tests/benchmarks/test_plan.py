@@ -38,6 +38,7 @@ def test_torch_peak_never_drops_below_what_every_step_holds():
 
 def row(**changes):
     base = {
+        "model": "cnn4", "fraction": 0.5, "budget": 1000, "parameters": 100,
         "torch_fits": True, "checkpoint_fits": True, "ours_fits": True, "ours_overhead": 0.0,
         "torch_overhead": 0.1, "plan_seconds": 30.0,
     }  # fmt: skip
@@ -49,10 +50,17 @@ def test_claims_from_rows():
         row(),
         row(ours_overhead=0.3, torch_overhead=0.1),
         row(torch_fits=False, checkpoint_fits=False, plan_seconds=70.0),
-    ]
+        # the weights alone over the budget: no plan can fit, the cell is named, not counted
+        row(torch_fits=False, checkpoint_fits=False, ours_fits=False, model="vgg11_bn",
+            fraction=0.1, budget=100 * 2**20, parameters=491 * 2**20),
+    ]  # fmt: skip
     claims = {c.id: c for c in plan_claims(rows, "smallfoot bench plan")}
     assert claims["plan.fits_where_recompute_cannot"].measured == 100.0
     assert claims["plan.fits_where_recompute_cannot"].met
+    assert (
+        "(1 model/budget cells; left out, the weights alone over the budget: vgg11_bn at "
+        "10% (weights 491 MiB, budget 100 MiB))" in claims["plan.fits_where_recompute_cannot"].claim
+    )
     assert claims["plan.overhead_vs_torch_budget"].measured == 20.0
     assert not claims["plan.overhead_vs_torch_budget"].met
     assert claims["plan.seconds"].measured == 70.0 and not claims["plan.seconds"].met
