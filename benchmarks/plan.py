@@ -111,13 +111,29 @@ def torch_peak(baseline: dict[str, int], saved: int) -> tuple[int, int]:
     """A lower bound of the peak of the compiled step that saves ``saved`` bytes, and the
     part of it no recomputation removes (``floor``), from the baseline's estimate
     (``peak``, ``saved_activations``, ``resident``: parameters + buffers + optimizer state
-    + the batch's inputs, ``gradients``). The bound is the larger of the baseline's peak
-    with its saved activations replaced by the compiled step's, and the floor: the resident
-    bytes plus either every saved activation (at the start of the backward pass) or every
-    gradient (at its end). The recomputation's own transient tensors are not counted, so
-    PyTorch's true peak is at least this."""
-    floor = baseline["resident"] + max(saved, baseline["gradients"])
+    + the batch's inputs, ``gradients``, ``optimizer_peak``: the most its optimizer step
+    holds). The bound is the larger of the baseline's peak with its saved activations
+    replaced by the compiled step's, and the floor: the resident bytes plus either every
+    saved activation (at the start of the backward pass) or every gradient (at its end), or
+    the optimizer step's peak (the same eager step follows the compiled backward: every
+    gradient and the step's own temporaries, e.g. SGD's weight-decayed copy of a gradient).
+    The recomputation's own transient tensors are not counted, so PyTorch's true peak is at
+    least this."""
+    floor = max(
+        baseline["resident"] + max(saved, baseline["gradients"]), baseline["optimizer_peak"]
+    )
     return max(baseline["peak"] - baseline["saved_activations"] + saved, floor), floor
+
+
+def phase_peak(report, phase: str) -> int:
+    """The largest live total (bytes) of the meter's ``report`` during ``phase``
+    (``"forward"``, ``"backward"`` or ``"optimizer"``)."""
+    totals = report.timeline["live"]["total"]
+    return max(
+        max(totals[start:end], default=0)
+        for name, start, end in report.timeline["phases"]
+        if name == phase
+    )
 
 
 def _compiled_seconds(model: str, shape, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -209,6 +225,7 @@ def plan_rows(model: str, shape: tuple[int, ...], batch: int) -> list[dict[str, 
         "saved_activations": base.saved_activations,
         "resident": base.parameters + base.buffers + base.optimizer_state + base.inputs,
         "gradients": base.gradients,
+        "optimizer_peak": phase_peak(base, "optimizer"),
     }
     rows = []
     for fraction in FRACTIONS:
@@ -272,7 +289,9 @@ def plan_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "bytes; its peak is a lower bound: the larger of (baseline peak - baseline saved + "
         "compiled saved) and torch_peak_floor (parameters, buffers, optimizer state and the "
         "batch's inputs, which every step holds, plus the larger of the compiled saved bytes "
-        "and the gradients); the recomputation's transient tensors are not counted; its overhead is "
+        "and the gradients; or, if larger, the baseline's optimizer step, which follows the "
+        "compiled backward unchanged); the recomputation's transient tensors are not counted; "
+        "its overhead is "
         "against the same compiled step at budget 1.0 (the recomputation's cost, not the "
         "backend's). Second-scale timings vary by several percent between runs (the load "
         "average is recorded below). Accuracy after training: for the models planned at "

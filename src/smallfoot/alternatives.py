@@ -331,6 +331,7 @@ class AccumulatingTrainer(Trainer):
             loss.backward()
             total = total + loss.detach()
             outputs.append(output.detach())
+            del xs, ys  # before the next part is loaded: one part's inputs at a time
         return total, torch.cat(outputs)
 
 

@@ -2,6 +2,7 @@
 
 import torch
 from benchmarks.plan import (
+    phase_peak,
     plan_claims,
     saved_bytes,
     torch_budget_row,
@@ -27,13 +28,27 @@ def test_torch_budget_row_without_room_is_a_recompute_miss():
 
 
 def test_torch_peak_never_drops_below_what_every_step_holds():
-    baseline = {"peak": 1000, "saved_activations": 900, "resident": 300, "gradients": 150}
+    baseline = {"peak": 1000, "saved_activations": 900, "resident": 300, "gradients": 150,
+                "optimizer_peak": 450}  # fmt: skip
     # the baseline's other bytes at its peak (1000 - 900) understate what every step holds
     assert torch_peak(baseline, saved=10) == (450, 450)  # resident + every gradient
     assert torch_peak(baseline, saved=600) == (900, 900)  # resident + every saved tensor
     # where the baseline's peak holds more than the floor, it bounds the compiled step
-    baseline = {"peak": 1000, "saved_activations": 200, "resident": 300, "gradients": 150}
+    baseline = {"peak": 1000, "saved_activations": 200, "resident": 300, "gradients": 150,
+                "optimizer_peak": 450}  # fmt: skip
     assert torch_peak(baseline, saved=100) == (900, 450)
+    # the optimizer step that follows the compiled backward holds its own temporaries
+    assert torch_peak({**baseline, "optimizer_peak": 950}, saved=100) == (950, 950)
+
+
+def test_phase_peak_reads_the_meters_timeline():
+    from smallfoot.runner.step import method_step_memory
+
+    report = method_step_memory("mlp", (6,), 8, fake=True)
+    peaks = {phase: phase_peak(report, phase) for phase in ("forward", "backward", "optimizer")}
+    assert max(peaks.values()) == report.peak
+    # the optimizer step holds the weights, gradients and momentum at least
+    assert peaks["optimizer"] >= report.parameters + report.gradients + report.optimizer_state
 
 
 def row(**changes):
