@@ -145,6 +145,25 @@ def test_estimates_and_timings_are_cached(tmp_path, monkeypatch):
         plan_fn("cnn4", (4, *SHAPE), "1GiB", specs=SPECS[:2], cache=cache)
 
 
+def test_the_baseline_is_timed_again_after_the_candidates(tmp_path, monkeypatch):
+    timed = []
+
+    def fake_time(spec, **kwargs):
+        timed.append(spec.name)
+        return {"baseline": 2.0}.get(spec.name, 3.0) if len(timed) == 1 else 1.0
+
+    monkeypatch.setattr("smallfoot.plan.time_spec", fake_time)
+    cache = tmp_path / "plan.json"
+    specs = [SPECS[0], SPECS[3]]
+    result = plan_fn("cnn4", (4, *SHAPE), "1GiB", specs=specs, cache=cache)
+    assert timed == ["baseline", "checkpoint, 3 segments", "baseline"]
+    baseline = next(c for c in result.candidates if c.name == "baseline")
+    assert baseline.seconds_per_step == 1.0  # the faster of its two timings
+    timed.clear()
+    plan_fn("cnn4", (4, *SHAPE), "1GiB", specs=specs, cache=cache)
+    assert timed == []  # both cached, the baseline's faster timing with them
+
+
 def test_timing_shape_halves_large_images_only():
     assert timing_shape((3, 224, 224)) == (3, 112, 112)
     assert timing_shape((1, 28, 28)) == (1, 28, 28)
