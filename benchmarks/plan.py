@@ -314,8 +314,9 @@ def plan_claims(rows: list[dict[str, Any]], command: str) -> list[Claim]:
     claims = []
     rows = [r for r in rows if "torch_fits" in r]  # the planning rows (not the training runs)
     recompute_cannot = [r for r in rows if not r["torch_fits"] and not r["checkpoint_fits"]]
-    # a budget below the weights' own bytes has no single-process plan at all
-    possible = [r for r in recompute_cannot if r["parameters"] < r["budget"]]
+    # a budget below the weights' own bytes leaves no candidate of this planner a chance
+    # (rows from before the weights were recorded count as possible)
+    possible = [r for r in recompute_cannot if r.get("parameters", 0) < r["budget"]]
     impossible = [
         f"{r['model']} at {r['fraction']:.0%} (weights {r['parameters'] / 2**20:.0f} MiB, "
         f"budget {r['budget'] / 2**20:.0f} MiB)"

@@ -16,6 +16,26 @@ settings.load_profile("smallfoot")
 
 
 @pytest.fixture
+def counting_inputs():
+    """The class of lazily read inputs (``LazyInputs``) over a tensor ``x`` that records the
+    size of every read in ``.reads`` (read as float32)."""
+    from smallfoot.data import LazyInputs
+
+    class CountingInputs(LazyInputs):
+        def __init__(self, x):
+            self.x, self.item_shape, self.reads = x, tuple(x.shape[1:]), []
+
+        def __len__(self):
+            return len(self.x)
+
+        def read(self, indices):
+            self.reads.append(len(indices))
+            return self.x[torch.as_tensor(indices)].float()
+
+    return CountingInputs
+
+
+@pytest.fixture
 def run_cli(monkeypatch, capsys):
     """``run_cli(*args)`` runs ``smallfoot ARGS`` through the installed entry point (``main``, so
     one-line errors and exit codes are as a user sees them) and returns (exit code, stdout,

@@ -331,7 +331,7 @@ class AccumulatingTrainer(Trainer):
             loss.backward()
             total = total + loss.detach()
             outputs.append(output.detach())
-            del xs, ys  # before the next part is loaded: one part's inputs at a time
+            del xs, ys  # this step's references, before the next part is loaded
         return total, torch.cat(outputs)
 
 

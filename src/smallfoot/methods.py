@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import fnmatch
+import functools
 import inspect
 import textwrap
 import types
@@ -372,12 +373,14 @@ def option_fields(options_cls: type) -> list[tuple[str, Any, Any, str]]:
     return out
 
 
+@functools.cache
 def _field_docstrings(cls: type) -> dict[str, str]:
     """The string literal under each annotated field of class ``cls``'s source, whitespace
-    folded (empty when the source is not available: a class made at run time)."""
+    folded (empty when the source cannot be read or parsed: a class made at run time)."""
     try:
         source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
+        ast.parse(source)
+    except (OSError, TypeError, SyntaxError, ValueError):
         return {}
     body = ast.parse(source).body[0].body
     docs = {}

@@ -11,7 +11,6 @@ from smallfoot.closedform import (
     sorted_pca_indices,
 )
 from smallfoot.closedform.platonic import _readout_pass, _Stack
-from smallfoot.data import LazyInputs
 from smallfoot.errors import ConfigError, TrainingError
 from smallfoot.models import build_model
 
@@ -250,25 +249,11 @@ def test_regression_with_several_targets():
     assert result.train_error < 1e-2
 
 
-class CountingInputs(LazyInputs):
-    """``x`` read on demand, recording the size of every read."""
-
-    def __init__(self, x):
-        self.x, self.item_shape, self.reads = x, tuple(x.shape[1:]), []
-
-    def __len__(self):
-        return len(self.x)
-
-    def read(self, indices):
-        self.reads.append(len(indices))
-        return self.x[indices].float()
-
-
 @pytest.mark.parametrize("targets", ["random", "platonic-pca"])
-def test_inputs_read_on_demand_fit_as_in_memory_a_batch_at_a_time(targets):
+def test_inputs_read_on_demand_fit_as_in_memory_a_batch_at_a_time(targets, counting_inputs):
     x, y = blobs(m=200, n=5)
     images = x.float().reshape(200, 1, 5, 1)
-    lazy = CountingInputs(images)
+    lazy = counting_inputs(images)
     options = dict(targets=targets, batch_size=64, ema=0.5, seed=3)
     in_memory = fit_mlp(images, y, (6, 4), **options)
     read = fit_mlp(lazy, y, (6, 4), **options)
@@ -277,9 +262,9 @@ def test_inputs_read_on_demand_fit_as_in_memory_a_batch_at_a_time(targets):
     assert max(lazy.reads) == 64 and sum(lazy.reads) >= 4 * 200
 
 
-def test_inputs_read_on_demand_refuse_what_reads_them_whole():
+def test_inputs_read_on_demand_refuse_what_reads_them_whole(counting_inputs):
     x, y = blobs()
-    lazy = CountingInputs(x.float())
+    lazy = counting_inputs(x.float())
     with pytest.raises(ConfigError, match="use solver='ridge' with a batch_size"):
         fit_mlp(lazy, y, (4,), solver="pinv")
     with pytest.raises(ConfigError, match="use solver='ridge' with a batch_size"):

@@ -116,23 +116,9 @@ def test_workers_must_be_a_non_negative_integer(workers):
         BatchLoader(dataset(), 8, workers=workers)
 
 
-class CountedInputs(LazyInputs):
-    """A tensor read lazily that records the size of every read."""
-
-    def __init__(self, x):
-        self.x, self.item_shape, self.reads = x, tuple(x.shape[1:]), []
-
-    def __len__(self):
-        return len(self.x)
-
-    def read(self, indices):
-        self.reads.append(len(indices))
-        return self.x[torch.as_tensor(indices)]
-
-
-def test_micro_batches_split_the_epoch_batches_and_are_read_one_at_a_time():
+def test_micro_batches_split_the_epoch_batches_and_are_read_one_at_a_time(counting_inputs):
     data = dataset()
-    counted = CountedInputs(data.x)
+    counted = counting_inputs(data.x)
     lazy = ArrayDataset(counted, data.y, data.num_classes, "counted")
     augment = Augment(crop_padding=1, flip=True)
     loader = BatchLoader(lazy, 16, seed=3, augment=augment)
