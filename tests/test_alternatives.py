@@ -378,3 +378,29 @@ def test_compositions_that_cannot_work_are_refused_with_the_reason(name, message
 
     with pytest.raises(ConfigError, match=message):
         get_method_class(name)
+
+
+def test_accumulate_interrupted_and_resumed_ends_with_the_straight_runs_weights(
+    tmp_path, monkeypatch, interrupt_at
+):
+    from smallfoot.errors import TrainingInterrupted
+    from smallfoot.train.trainer import Trainer
+
+    def config(name):
+        return RunConfig(
+            dataset="digits", model="cnn4", method="accumulate", method_options={"micro_batches": 3},
+            epochs=3, batch_size=32, train_limit=160, test_limit=64, augment=True,
+            out_dir=str(tmp_path), run_name=name, progress=False, measure_memory=False,
+        )  # fmt: skip
+
+    def weights(name):
+        return torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model"]
+
+    run_training(config("straight"))
+    original = interrupt_at(2)  # Ctrl-C at the start of epoch 3
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run_training(config("resumed"))
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    run_training(RunConfig(), resume_dir=tmp_path / "resumed")
+    straight, resumed = weights("straight"), weights("resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

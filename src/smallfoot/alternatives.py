@@ -391,7 +391,7 @@ class _Accumulating:
         report = super().step_memory(inner, fake=fake)
         if self.options.micro_batches == 1:
             return report
-        report = accumulated(report, batch, whole_batch_loaded=_whole_batch_on_device(ctx))
+        report = accumulated(report, batch, whole_batch_loaded=whole_batch_on_device(ctx))
         report.stage = f"micro-batch of {micro}"
         return report
 
@@ -407,12 +407,12 @@ class _Accumulating:
             trainer.model, (x, y), loss_fn=trainer.loss_fn, optimizer=trainer.optimizer
         )
         if self.options.micro_batches > 1:
-            report = accumulated(report, batch, whole_batch_loaded=_whole_batch_on_device(ctx))
+            report = accumulated(report, batch, whole_batch_loaded=whole_batch_on_device(ctx))
             report.stage = f"micro-batch of {micro}"
         return report.to_dict()
 
 
-def _whole_batch_on_device(ctx: RunContext) -> bool:
+def whole_batch_on_device(ctx: RunContext) -> bool:
     """Whether a step holds the whole batch's inputs in the device's memory: a stream's batch
     is read whole, into the memory of the CPU (on a GPU only its micro-batches move over)."""
     return isinstance(ctx.train_set, StreamDataset) and not str(ctx.device).startswith("cuda")

@@ -835,6 +835,7 @@ def verify_plan(
     ``error`` = real / estimated - 1); raises ``BudgetError`` when the real peak exceeds the
     budget the estimate fitted, or the estimate by more than :data:`VERIFY_TOLERANCE`
     (+ :data:`CPU_RUNTIME_ALLOWANCE` on the CPU)."""
+    from smallfoot.alternatives import whole_batch_on_device
     from smallfoot.errors import BudgetError
     from smallfoot.memory import unique_storage_bytes
 
@@ -859,7 +860,7 @@ def verify_plan(
         parts = (
             candidate.options.get("micro_batches", 1) if "accumulate" in candidate.methods else 1
         )
-        whole = streamed and not cuda  # a stream's batch is read whole into host memory
+        whole = whole_batch_on_device(ctx)  # as the trainer loads a stream's batch
 
         def step_batches():
             # made when their turn comes, as the trainer loads them, so the window holds them
