@@ -44,15 +44,6 @@ MODELS: dict[str, tuple[str, dict[str, Any], float]] = {
     "vgg11/8": ("vgg11", {"width": 0.125, "init": "kaiming"}, 0.02),
     "fixup_resnet18/8": ("fixup_resnet18", {"width": 8}, 0.05),
 }
-UNTRAINED = {
-    "fixup_resnet18/8": "left out of the full grid until it trains stably at this width: with "
-    "every parameter at one rate, 0.1 diverged for one seed of three (a NaN loss at step 66) "
-    "and 0.05 stayed at chance for another (loss 2.303 after 2 epochs); its scalars now train "
-    "at a tenth of the rate as in the Fixup authors' code, which kept every seed learning in a "
-    "6,000-image check at 0.05 (and still not at 0.1: a loss of 28 for one seed), but the "
-    "full grid has not been run with it, so its Facto claim is not measured here",
-}
-"""Models the full grid does not train, and why (the quick grid trains every model)."""
 PAPER_POINT = {"inr": 0.3, "kernel": 2, "apply_ratio": 0.6}
 RATIOS = (0.6, 1.0)
 CUT_TARGET_PCT = 80.0
@@ -111,8 +102,6 @@ def grid_rows(quick: bool) -> list[GridRow]:
     base, seeds = base_config(quick), (0,) if quick else (0, 1, 2)
     rows = []
     for label, (model, options, lr) in MODELS.items():
-        if not quick and label in UNTRAINED:
-            continue
         config = dataclasses.replace(base, model=model, model_options=options, lr=lr)
         baseline = dataclasses.replace(
             config, method="baseline", schedule="multistep", milestones=DROPS, gamma=0.1
@@ -368,7 +357,6 @@ def facto_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "epochs), Facto-CNN with its default paper plan (the same steps, full rank until the "
         "first drop, low rank at <= 0.1x the peak rate). Each trained row is one `smallfoot "
         "train` run (its command is in the row); top-5 is evaluated from the run's checkpoint. "
-        + "".join(f"{label}: {why}. " for label, why in ({} if quick else UNTRAINED).items())
         + f"Per model one apply ratio is trained: the least aggressive of {RATIOS} whose "
         "metered cut reaches 80% (so both ratios need not be trained). Not the paper's: "
         f"Fashion-MNIST instead of ImageNet, narrowed nets, {base.epochs} instead of 100 "

@@ -136,9 +136,13 @@ def fixup_resnet(
         ("fc", fc),
     ]
     net = nn.Sequential(OrderedDict(layers))
+    # The stem and the shortcut convolutions keep the forward signal's scale (He, fan-in).
+    # With fan-out every downsampling shortcut halved the variance: at width 8 the pooled
+    # features reached the zero-initialised classifier at 0.07 rms, and three seeds of three
+    # stayed at chance through a 6,000-image epoch (fan-in: all three learning).
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
     for block in blocks:
         fan = block.conv1.weight.shape[0] * math.prod(block.conv1.weight.shape[2:])
         nn.init.normal_(block.conv1.weight, 0.0, math.sqrt(2.0 / fan) * num_blocks**-0.5)
