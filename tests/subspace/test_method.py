@@ -49,6 +49,34 @@ def test_options_from_cli_strings_and_their_checks():
         get_method("subspace", {"dim": "15", "samples": "10"})
     with pytest.raises(ConfigError, match="sample-epochs"):
         get_method("subspace", {"sample-epochs": "0"})
+    with pytest.raises(ConfigError, match="--subspace-lr must be positive"):
+        get_method("subspace", {"subspace-lr": "0"})
+    with pytest.raises(ConfigError, match="--pbfgs-batch-size must be positive"):
+        get_method("subspace", {"pbfgs-batch-size": "0"})
+    with pytest.raises(ConfigError, match=r"--psgd-drops must be fractions .* got \[1.5\]"):
+        get_method("subspace", {"psgd-drops": "1.5", "subspace-optimizer": "psgd"})
+    with pytest.raises(ConfigError, match="--subspace-optimizer is pbfgs"):
+        get_method("subspace", {"psgd-drops": "0.75"})
+
+
+def test_psgd_drops_step_the_subspace_stage_only(tmp_path):
+    # the authors' train_psgd.py: x0.1 at 30 of 40 epochs; the sampling stage keeps its own
+    # (constant) schedule
+    config = dataclasses.replace(
+        subspace_config(tmp_path, epochs=6, subspace_optimizer="psgd", psgd_drops=[0.5]),
+        schedule="constant",
+        gamma=0.1,
+    )
+    run_training(config)
+    lines = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    lrs = [(m["stage"], m["lr"]) for m in lines]
+    assert lrs[:2] == [("sampling", 0.1), ("sampling", 0.1)]
+    assert [stage for stage, _ in lrs[2:]] == ["subspace"] * 4
+    assert [lr for _, lr in lrs[2:]] == pytest.approx([0.1, 0.01, 0.01, 0.01])
+    method = get_method("subspace", {"subspace_optimizer": "psgd"})
+    assert method.subspace_schedule(config) == {"schedule": "constant", "milestones": [0.5, 0.75]}
 
 
 @pytest.mark.parametrize("optimizer", ["psgd", "pbfgs"])

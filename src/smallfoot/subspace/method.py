@@ -70,6 +70,10 @@ class SubspaceOptions:
     """optimizer inside the subspace: psgd or pbfgs (--optimizer picks the sampling stage's)"""
     subspace_lr: float | None = None
     """P-SGD learning rate (default: the run's --lr) or P-BFGS first trial step (default: 1)"""
+    psgd_drops: list[float] | None = None
+    """fractions of the subspace stage at which P-SGD's rate drops by the run's --gamma, as
+    the authors' train_psgd.py drops it at 30 of 40 epochs (--psgd-drops 0.75); none: the
+    run's --schedule"""
     pbfgs_batch_size: int | None = 1024
     """mini-batch of the P-BFGS stage, as the authors' scripts use (none: the run's
     --batch-size); its line search and curvature pair fit this one batch"""
@@ -102,6 +106,24 @@ class SubspaceOptions:
                 f"--dim {self.dim} needs at least {need} --samples (got {self.samples}"
                 f"{', plus the initial weights' if self.initial_sample else ''})"
             )
+        if self.subspace_lr is not None and not self.subspace_lr > 0:
+            raise ConfigError(f"--subspace-lr must be positive, got {self.subspace_lr}")
+        if self.pbfgs_batch_size is not None and self.pbfgs_batch_size < 1:
+            raise ConfigError(
+                f"--pbfgs-batch-size must be positive (or none), got {self.pbfgs_batch_size}"
+            )
+        if self.psgd_drops is not None:
+            if not self.psgd_drops or not all(0 < f < 1 for f in self.psgd_drops):
+                raise ConfigError(
+                    "--psgd-drops must be fractions of the subspace stage in (0, 1), e.g. "
+                    f"--psgd-drops 0.75; got {self.psgd_drops}"
+                )
+            if self.subspace_optimizer != "psgd":
+                raise ConfigError(
+                    "--psgd-drops sets P-SGD's schedule, but --subspace-optimizer is "
+                    f"{self.subspace_optimizer} (its line search picks each step); drop "
+                    "--psgd-drops or use --subspace-optimizer psgd"
+                )
         if self.basis is not None and self.start == "first":
             raise ConfigError(
                 "--start first starts from the first sample, but --basis skips sampling; "
@@ -116,12 +138,6 @@ class SubspaceOptions:
         """Parameter vectors the sampling stage stores: the per-epoch samples of every
         sampling epoch, plus the initial weights with ``initial_sample``."""
         return self.samples_per_epoch() * self.sample_epochs + self.initial_sample
-        if self.subspace_lr is not None and not self.subspace_lr > 0:
-            raise ConfigError(f"--subspace-lr must be positive, got {self.subspace_lr}")
-        if self.pbfgs_batch_size is not None and self.pbfgs_batch_size < 1:
-            raise ConfigError(
-                f"--pbfgs-batch-size must be positive (or none), got {self.pbfgs_batch_size}"
-            )
 
 
 def make_subspace_optimizer(
@@ -271,6 +287,17 @@ class Subspace(Method):
             return options.pbfgs_batch_size
         return batch_size
 
+    def subspace_schedule(self, config: Any) -> dict[str, Any]:
+        """The stage-2 schedule fields of the run ``config``: constant for P-BFGS (its line
+        search chooses each step; a decaying trial step would only shorten it), x ``gamma``
+        at ``psgd_drops`` for P-SGD when set, else the run's own."""
+        options: SubspaceOptions = self.options
+        if options.subspace_optimizer == "pbfgs":
+            return {"schedule": "constant"}
+        if options.psgd_drops is not None:
+            return {"schedule": "multistep", "milestones": list(options.psgd_drops)}
+        return {"schedule": config.schedule, "milestones": config.milestones}
+
     def min_epochs(self) -> int:
         """The fewest ``--epochs`` a run can have: the sampling epochs plus one in the subspace."""
         return self.sampling_epochs() + 1
@@ -395,8 +422,7 @@ class Subspace(Method):
             epochs=ctx.config.epochs - sample_epochs,
             batch_size=self.subspace_batch_size(config.batch_size),
             seed=config.seed + 1,
-            # the line search chooses P-BFGS's step; a decaying trial step would only shorten it
-            schedule="constant" if options.subspace_optimizer == "pbfgs" else config.schedule,
+            **self.subspace_schedule(config),
         )
         optimizer = self.subspace_optimizer(model, basis, config)
         callbacks = [RecalibrateBatchNorm()] if options.recalibrate_bn else []
