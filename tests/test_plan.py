@@ -217,6 +217,19 @@ def test_cli_plan_table_and_no_fit(run_cli, few_specs):
     assert code == 2 and "--train needs --dataset NAME" in err
 
 
+def test_cli_plan_takes_dataset_options(run_cli, few_specs):
+    args = ["plan", "--model", "cnn4", "--dataset", "digits", "--batch-size", "8",
+            "--budget", "1GiB", "--json", "--no-cache"]  # fmt: skip
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    code, padded, err = run_cli(*args, "--data-opt", "pad_to=16")
+    assert code == 0, err
+    # the digits' 8x8 images padded to 16x16: four times the positions in every layer
+    assert json.loads(padded)["baseline_peak"] > json.loads(out)["baseline_peak"]
+    code, _, err = run_cli("plan", "--model", "cnn4", "--budget", "1GiB", "--data-opt", "pad_to=16")
+    assert code == 2 and "--data-root and --data-opt need --dataset NAME" in err
+
+
 def test_composition_is_planned_where_neither_part_fits():
     def peak(method, **options):
         return method_step_memory(

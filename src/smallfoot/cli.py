@@ -1158,6 +1158,9 @@ def plan(
         None, "--classes", help="Number of classes (without --dataset). [default: 10]"
     ),
     data_root: str | None = typer.Option(None, "--data-root", help="Dataset directory."),
+    data_opt: list[str] = typer.Option(
+        [], "--data-opt", help="Dataset option KEY=VALUE, e.g. pad_to=32 (with --dataset)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verify: bool = typer.Option(
         False,
@@ -1180,9 +1183,12 @@ def plan(
     if dataset is not None:
         if input_shape is not None or classes is not None:
             raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
-        shape, classes, streamed = dataset_input(dataset, data_root)
+        data_options = parse_key_values(data_opt, "--data-opt")
+        shape, classes, streamed = dataset_input(dataset, data_root, data_options)
     else:
-        streamed = False
+        if data_root is not None or data_opt:
+            raise ConfigError("--data-root and --data-opt need --dataset NAME")
+        streamed, data_options = False, {}
         if train:
             raise ConfigError("--train needs --dataset NAME (the data to train on)")
         shape = parse_input_shape(input_shape or "3x32x32")
@@ -1243,6 +1249,7 @@ def plan(
             epochs=epochs,
             optimizer=optimizer,
             data_root=data_root,
+            data_options=data_options,
             device=device,
         )
         summary = run_training(config)
