@@ -16,8 +16,8 @@ This benchmark keeps those proportions for an SGD schedule of ``E`` epochs, for 
   at the batch that gives the authors' 49 steps per epoch on this training set, so the whole
   run takes ``100E/150`` epochs, two thirds of SGD's, as the paper's table.
 * **Under 20% wrong training labels**: SGD's full schedule again, and P-SGD (lr 1, momentum
-  0.9, x0.1 at three quarters of its stage: ``--psgd-drops 0.75``) from the initial weights
-  in the same kind of basis for ``40E/150`` epochs after sampling.
+  0.9, no weight decay, x0.1 at three quarters of its stage: ``--psgd-drops 0.75``) from the
+  initial weights in the same kind of basis for ``40E/150`` epochs after sampling.
 
 Rows: one per run (label, seed) with its final test accuracy, the epoch at which its test
 accuracy first reached SGD's final one (from the run's ``metrics.jsonl``), wall seconds and
@@ -90,8 +90,8 @@ class Setup:
 
     @property
     def pbfgs_batch_size(self) -> int:
-        """The batch that gives the authors' 49 P-BFGS steps per epoch on this training set
-        (1024 on CIFAR-10's 50,000 images)."""
+        """The batch that gives about the authors' 49 P-BFGS steps per epoch on this training
+        set (1024 on CIFAR-10's 50,000 images; exactly 49 for 10,000 images)."""
         return math.ceil((self.train or FASHION_TRAIN) / PAPER_PBFGS_STEPS_PER_EPOCH)
 
 
@@ -137,6 +137,7 @@ def subspace_config(setup: Setup, model: str, noise: float, optimizer: str) -> R
     if optimizer == "psgd":
         options["subspace_lr"] = setup.psgd_lr
         options["psgd_drops"] = [PAPER_PSGD_DROP / PAPER_PSGD_EPOCHS]
+        options["psgd_weight_decay"] = 0.0  # train_psgd.py: SGD(lr, momentum=0.9), no decay
         stage = setup.psgd_epochs
     else:
         options["pbfgs_batch_size"] = setup.pbfgs_batch_size
@@ -146,6 +147,7 @@ def subspace_config(setup: Setup, model: str, noise: float, optimizer: str) -> R
         method="subspace",
         epochs=setup.sample_epochs + stage,
         schedule="constant",
+        milestones=RunConfig().milestones,  # unused by a constant schedule: not in the command
         method_options=options,
     )
 
@@ -275,7 +277,7 @@ def subspace_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         f"{setup.pbfgs_batch_size}, the authors' {PAPER_PBFGS_STEPS_PER_EPOCH} steps per "
         "epoch; backtracking 1, 0.4, 0.16, ...; sufficient decrease 0.4) or P-SGD for "
         f"{setup.psgd_epochs} epochs ({setup.sample_epochs + setup.psgd_epochs} in all; lr "
-        f"{setup.psgd_lr}, momentum 0.9, x0.1 at three quarters of the stage). "
+        f"{setup.psgd_lr}, momentum 0.9, no weight decay, x0.1 at three quarters of the stage). "
         f"{prefix_check(rows, setup)} Each row's command repeats it; seconds are wall time "
         "of the whole run (memory measurement included) on the machine named above."
         + ("" if quick else " Not the paper's scale: " + " ".join(FULL_SIZING.split()))

@@ -52,6 +52,8 @@ def test_grid_samples_sgds_prefix_and_trains_the_authors_stages(setup):
             assert config.epochs == setup.sample_epochs + setup.psgd_epochs
             assert method.subspace_schedule(config)["milestones"] == [0.75]
             assert "--psgd-drops 0.75" in train_command(config)
+            assert "--psgd-weight-decay 0.0" in train_command(config)
+        assert "--milestones" not in train_command(config)
 
 
 def fake_record(tmp_path, name, run, seed, accuracies, section="label noise 0%", model="cnn4"):

@@ -79,6 +79,20 @@ def test_psgd_drops_step_the_subspace_stage_only(tmp_path):
     assert method.subspace_schedule(config) == {"schedule": "constant", "milestones": [0.5, 0.75]}
 
 
+def test_psgd_weight_decay_is_the_runs_unless_set():
+    from smallfoot.subspace.method import random_basis
+    from smallfoot.train import TrainConfig
+
+    model = torch.nn.Linear(4, 3)
+    basis, config = random_basis(model, 5), TrainConfig(weight_decay=1e-4)
+    for options, decay in (({}, 1e-4), ({"psgd-weight-decay": "0"}, 0.0)):
+        method = get_method("subspace", {"subspace-optimizer": "psgd", **options})
+        group = method.subspace_optimizer(model, basis, config).param_groups[0]
+        assert group["weight_decay"] == decay
+    with pytest.raises(ConfigError, match="--psgd-weight-decay must be >= 0"):
+        get_method("subspace", {"psgd-weight-decay": "-1"})
+
+
 @pytest.mark.parametrize("optimizer", ["psgd", "pbfgs"])
 def test_run_samples_then_trains_in_the_subspace(tmp_path, optimizer):
     summary = run_training(subspace_config(tmp_path, subspace_optimizer=optimizer, measure=True))

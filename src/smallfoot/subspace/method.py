@@ -74,6 +74,9 @@ class SubspaceOptions:
     """fractions of the subspace stage at which P-SGD's rate drops by the run's --gamma, as
     the authors' train_psgd.py drops it at 30 of 40 epochs (--psgd-drops 0.75); none: the
     run's --schedule"""
+    psgd_weight_decay: float | None = None
+    """P-SGD's weight decay (default: the run's --weight-decay, which the sampling stage uses;
+    the authors' train_psgd.py uses none: --psgd-weight-decay 0)"""
     pbfgs_batch_size: int | None = 1024
     """mini-batch of the P-BFGS stage, as the authors' scripts use (none: the run's
     --batch-size); its line search and curvature pair fit this one batch"""
@@ -111,6 +114,10 @@ class SubspaceOptions:
         if self.pbfgs_batch_size is not None and self.pbfgs_batch_size < 1:
             raise ConfigError(
                 f"--pbfgs-batch-size must be positive (or none), got {self.pbfgs_batch_size}"
+            )
+        if self.psgd_weight_decay is not None and self.psgd_weight_decay < 0:
+            raise ConfigError(
+                f"--psgd-weight-decay must be >= 0 (or none), got {self.psgd_weight_decay}"
             )
         if self.psgd_drops is not None:
             if not self.psgd_drops or not all(0 < f < 1 for f in self.psgd_drops):
@@ -275,7 +282,7 @@ class Subspace(Method):
             options.subspace_optimizer,
             options.subspace_lr or (1.0 if pbfgs else config.lr),
             config.momentum,
-            config.weight_decay,
+            config.weight_decay if options.psgd_weight_decay is None else options.psgd_weight_decay,
             line_search=options.line_search,
             curvature=options.curvature,
         )
