@@ -361,7 +361,8 @@ def facto_benchmark(quick: bool, out_dir: Path) -> BenchResult:
         "metered cut reaches 80% (so both ratios need not be trained). Not the paper's: "
         f"Fashion-MNIST instead of ImageNet, narrowed nets, {base.epochs} instead of 100 "
         "epochs (to fit the grid in about an hour on 2 CPU cores), no mixup for the "
-        "Fixup-ResNet (not in smallfoot). Batch norm: the meter's step as `smallfoot memory` "
+        "Fixup-ResNet (not in smallfoot), whose stem and shortcut convolutions are He fan-in "
+        "(the Fixup authors': fan-out shortcuts, default stem; at width 8 those stay at chance). Batch norm: the meter's step as `smallfoot memory` "
         "runs it. Paper scale: smallfoot.memory.estimate at 3x224x224, saved bytes charged "
         "to the layer type of the module that saved them."
     )

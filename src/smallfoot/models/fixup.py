@@ -5,6 +5,10 @@ scalar multiplier (a "scaling layer") at the end of each residual branch, with t
 branch's last convolution and the classifier initialised to zero and the first branch
 convolution scaled by ``L ** -0.5`` (L residual branches). Facto-CNN evaluates these nets,
 and their scaling layers store a whole feature map for one scalar's gradient.
+
+One departure from the Fixup authors' code (hongyi-zhang/Fixup), whose shortcut
+convolutions are He fan-out and whose stem keeps PyTorch's default: here both are He fan-in,
+so that narrow nets (width 8) keep the signal's scale down to the classifier and train.
 """
 
 from __future__ import annotations
