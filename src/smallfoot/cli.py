@@ -533,6 +533,34 @@ def datasets(
     console.print(table)
 
 
+def input_from_flags(
+    dataset: str | None,
+    data_root: str | None,
+    data_opt: list[str],
+    input_shape: str | None,
+    classes: int | None,
+) -> tuple[tuple[int, ...], int, bool, dict[str, Any]]:
+    """``(input shape, classes, streamed, data options)`` of a command's ``--dataset``
+    (with ``--data-root`` and ``--data-opt``) or, without one, its ``--input`` (default
+    3x32x32) and ``--classes`` (default 10); mixing the two kinds is refused."""
+    from smallfoot.runner.step import dataset_input
+
+    if dataset is not None:
+        if input_shape is not None or classes is not None:
+            raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
+        data_options = parse_key_values(data_opt, "--data-opt")
+        shape, classes, streamed = dataset_input(dataset, data_root, data_options)
+        return tuple(shape), classes, streamed, data_options
+    if data_root is not None or data_opt:
+        raise ConfigError("--data-root and --data-opt need --dataset NAME")
+    return (
+        parse_input_shape(input_shape or "3x32x32"),
+        10 if classes is None else classes,
+        False,
+        {},
+    )
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"3x32x32"`` -> ``(3, 32, 32)``; raises ``ConfigError`` on anything else."""
     try:
@@ -926,21 +954,12 @@ def memory(
     import time
 
     from smallfoot.memory import plot_timeline, save_timeline
-    from smallfoot.runner.step import dataset_input, method_step_memory
+    from smallfoot.runner.step import method_step_memory
 
-    if dataset is not None:
-        if input_shape is not None or classes is not None:
-            raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
-        shape, classes, streamed = dataset_input(
-            dataset, data_root, parse_key_values(data_opt, "--data-opt")
-        )
-        input_shape = "x".join(map(str, shape))
-    elif data_root is not None or data_opt:
-        raise ConfigError("--data-root and --data-opt need --dataset NAME")
-    else:
-        streamed = False
-    input_shape = input_shape or "3x32x32"
-    classes = 10 if classes is None else classes
+    shape, classes, streamed, _ = input_from_flags(
+        dataset, data_root, data_opt, input_shape, classes
+    )
+    input_shape = "x".join(map(str, shape))
     for path, flag in ((plot, "--plot"), (timeline, "--timeline")):
         if path is not None:
             check_writable(path, flag)
@@ -1178,21 +1197,12 @@ def plan(
     """What fits a memory budget: every method configuration estimated, timed and ranked."""
     from smallfoot.plan import default_cache_path, format_bytes, verify_plan
     from smallfoot.plan import plan as make_plan
-    from smallfoot.runner.step import dataset_input
 
-    if dataset is not None:
-        if input_shape is not None or classes is not None:
-            raise ConfigError("--dataset sets the input shape and classes; drop --input/--classes")
-        data_options = parse_key_values(data_opt, "--data-opt")
-        shape, classes, streamed = dataset_input(dataset, data_root, data_options)
-    else:
-        if data_root is not None or data_opt:
-            raise ConfigError("--data-root and --data-opt need --dataset NAME")
-        streamed, data_options = False, {}
-        if train:
-            raise ConfigError("--train needs --dataset NAME (the data to train on)")
-        shape = parse_input_shape(input_shape or "3x32x32")
-        classes = 10 if classes is None else classes
+    if train and dataset is None:
+        raise ConfigError("--train needs --dataset NAME (the data to train on)")
+    shape, classes, streamed, data_options = input_from_flags(
+        dataset, data_root, data_opt, input_shape, classes
+    )
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     if device not in ("cpu", "cuda"):
