@@ -2,11 +2,18 @@
 its rows read the runs' curves, its claims compare medians over seeds."""
 
 import json
+import math
 
 import pytest
 from benchmarks.subspace import FULL, QUICK, grid, prefix_check, rows_of, subspace_claims
 
+from smallfoot.config import train_command
 from smallfoot.methods import get_method
+
+
+def test_full_setup_gives_pbfgs_the_authors_steps_per_epoch():
+    # run.sh: batch 1024 on CIFAR-10's 50,000 images, 49 steps per epoch
+    assert FULL.pbfgs_batch_size == 205 and math.ceil(10_000 / FULL.pbfgs_batch_size) == 49
 
 
 @pytest.mark.parametrize("setup", [FULL, QUICK])
@@ -22,7 +29,8 @@ def test_grid_samples_sgds_prefix_and_gives_the_subspace_half_the_epochs(setup):
         assert r.seeds == setup.seeds and config.dataset == "fashion-mnist"
         if r.extra["run"] == "SGD":
             assert (config.epochs, config.schedule) == (setup.epochs, "multistep")
-            # SGD's first drop comes after the sampled epochs: they run at the constant rate
+            assert config.milestones == [pytest.approx(2 / 3)] and config.gamma == 0.1
+            # SGD's drop comes after the sampled epochs: they run at the constant rate
             assert min(config.milestones) * config.epochs >= setup.sample_epochs
             continue
         assert config.epochs == setup.epochs // 2 and config.schedule == "constant"
@@ -32,6 +40,13 @@ def test_grid_samples_sgds_prefix_and_gives_the_subspace_half_the_epochs(setup):
         assert options.sample_count() == setup.samples + 1 and options.dim == setup.dim
         assert config.epochs > options.sample_epochs == setup.sample_epochs
         assert (config.label_noise > 0) == (options.subspace_optimizer == "psgd")
+        assert "--milestones" not in train_command(config)
+        if options.subspace_optimizer == "pbfgs":
+            assert method.subspace_batch_size(config.batch_size) == setup.pbfgs_batch_size
+        else:
+            assert method.subspace_schedule(config)["milestones"] == [0.75]
+            assert "--psgd-drops 0.75" in train_command(config)
+            assert "--psgd-weight-decay 0.0" in train_command(config)
 
 
 def fake_record(tmp_path, name, run, seed, accuracies, section="label noise 0%", model="cnn4"):
