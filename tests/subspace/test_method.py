@@ -90,7 +90,9 @@ def test_psgd_weight_decay_is_the_runs_unless_set():
         group = method.subspace_optimizer(model, basis, config).param_groups[0]
         assert group["weight_decay"] == decay
     with pytest.raises(ConfigError, match="--psgd-weight-decay must be >= 0"):
-        get_method("subspace", {"psgd-weight-decay": "-1"})
+        get_method("subspace", {"psgd-weight-decay": "-1", "subspace-optimizer": "psgd"})
+    with pytest.raises(ConfigError, match="--psgd-weight-decay sets P-SGD's .* is pbfgs"):
+        get_method("subspace", {"psgd-weight-decay": "0"})
 
 
 @pytest.mark.parametrize("optimizer", ["psgd", "pbfgs"])

@@ -119,6 +119,12 @@ class SubspaceOptions:
             raise ConfigError(
                 f"--psgd-weight-decay must be >= 0 (or none), got {self.psgd_weight_decay}"
             )
+        if self.psgd_weight_decay is not None and self.subspace_optimizer != "psgd":
+            raise ConfigError(
+                "--psgd-weight-decay sets P-SGD's weight decay, but --subspace-optimizer is "
+                f"{self.subspace_optimizer} (its loss has no weight decay); drop "
+                "--psgd-weight-decay or use --subspace-optimizer psgd"
+            )
         if self.psgd_drops is not None:
             if not self.psgd_drops or not all(0 < f < 1 for f in self.psgd_drops):
                 raise ConfigError(
