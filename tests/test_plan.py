@@ -294,3 +294,14 @@ def test_a_faster_lossy_candidate_does_not_displace_the_baseline():
         "checkpoint",
         "layerwise",
     ]
+
+
+def test_a_streams_batch_counts_whole_on_the_cpu_and_by_micro_batch_on_a_gpu():
+    """The trainer reads a stream's batch whole into the CPU's memory and moves only its
+    micro-batches to a GPU, so a GPU plan does not charge the other micro-batches' inputs."""
+    split = SPECS[1]  # 2 micro-batches
+    in_memory = estimate_spec(split, "cnn4", SHAPE, 32)["peak"]
+    on_cpu = estimate_spec(split, "cnn4", SHAPE, 32, streamed=True)["peak"]
+    on_gpu = estimate_spec(split, "cnn4", SHAPE, 32, streamed=True, device="cuda")["peak"]
+    micro_batch_inputs = 16 * torch.Size(SHAPE).numel() * 4 + 16 * 8  # float32 images, int64 labels
+    assert on_gpu == in_memory and on_cpu == in_memory + micro_batch_inputs

@@ -434,13 +434,17 @@ def estimate_spec(
     *,
     full_rank: bool = False,
     streamed: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """``{"peak", "stage", "saved_activations"}`` (bytes) of one training step of ``spec``,
     estimated on fake tensors after the method's ``check_run`` (``full_rank``: a step of a
-    Facto spec's full-rank epochs; ``streamed``: the training set is a stream);
-    ``{"refused": reason}`` when the method refuses the configuration."""
+    Facto spec's full-rank epochs; ``streamed``: the training set is a stream, whose batch is
+    read whole into the memory of the CPU, so on ``device`` "cuda" only its micro-batches
+    count); ``{"refused": reason}`` when the method refuses the configuration."""
     try:
-        runner, ctx = _context(spec, model, input_shape, batch, classes, optimizer, "cpu", streamed)
+        runner, ctx = _context(
+            spec, model, input_shape, batch, classes, optimizer, device, streamed
+        )
         runner.check_run(ctx)
         if full_rank:
             report = runner.full_rank_step_memory(ctx, fake=True)
@@ -598,8 +602,11 @@ def plan(
         specs = [Spec("baseline", "baseline"), *specs]
     estimated = functools.partial(
         estimate_spec, model=model, input_shape=input_shape, batch=batch, classes=classes,
-        optimizer=optimizer, streamed=streamed,
+        optimizer=optimizer, streamed=streamed, device=device,
     )  # fmt: skip
+    estimate_base = base
+    if streamed and str(device).startswith("cuda"):  # a stream's batch waits in the CPU's memory
+        estimate_base = (*base, "cuda")
     estimates = {}
     fitting_splits: set[str] = set()
     for spec in specs:
@@ -612,7 +619,7 @@ def plan(
         if progress is not None:
             progress(spec.name)
         found = store.fetch(
-            store.key("estimate", *base, spec.method, spec.options),
+            store.key("estimate", *estimate_base, spec.method, spec.options),
             functools.partial(estimated, spec),
         )
         estimates[spec] = found
@@ -622,7 +629,7 @@ def plan(
     for spec in specs:
         if "facto" in spec.methods and "peak" in estimates[spec]:
             full_rank = store.fetch(
-                store.key("estimate", *base, spec.method, spec.options, FULL_RANK_STAGE),
+                store.key("estimate", *estimate_base, spec.method, spec.options, FULL_RANK_STAGE),
                 functools.partial(estimated, spec, full_rank=True),
             )
             estimates[spec] = _whole_run(estimates[spec], full_rank)
