@@ -20,7 +20,8 @@ included, takes half of SGD's epochs):
   no weight decay, x0.1 at three quarters of its stage: ``--psgd-drops 0.75``) from the
   initial weights in the same kind of basis for the same ``E/2`` epochs in all. Its rate is
   0.3, not the authors' 1: at 1, cnn4's seed-0 run falls to chance after its first subspace
-  epoch (8.5% training accuracy; 0.3 reaches 83.5% there, 0.1 76.6%).
+  epoch (8.5% training accuracy; 0.3 reaches 83.5% there, 0.1 76.6%); at 0.3 seed 1 is
+  unstable in its turn (docs/subspace.md).
 
 Rows: one per run (label, seed) with its final test accuracy, the epoch at which its test
 accuracy first reached SGD's final one (from the run's ``metrics.jsonl``), wall seconds and
