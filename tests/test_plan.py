@@ -296,7 +296,7 @@ def test_a_faster_lossy_candidate_does_not_displace_the_baseline():
     ]
 
 
-def test_a_streams_batch_counts_whole_on_the_cpu_and_by_micro_batch_on_a_gpu():
+def test_a_streams_batch_counts_whole_on_the_cpu_and_by_micro_batch_on_a_gpu(tmp_path):
     """The trainer reads a stream's batch whole into the CPU's memory and moves only its
     micro-batches to a GPU, so a GPU plan does not charge the other micro-batches' inputs."""
     split = SPECS[1]  # 2 micro-batches
@@ -305,3 +305,17 @@ def test_a_streams_batch_counts_whole_on_the_cpu_and_by_micro_batch_on_a_gpu():
     on_gpu = estimate_spec(split, "cnn4", SHAPE, 32, streamed=True, device="cuda")["peak"]
     micro_batch_inputs = 16 * torch.Size(SHAPE).numel() * 4 + 16 * 8  # float32 images, int64 labels
     assert on_gpu == in_memory and on_cpu == in_memory + micro_batch_inputs
+    # plan() passes its device on, and keeps the two estimates apart in its cache
+    cache = tmp_path / "plan.json"
+    planned = {
+        device: plan_fn(
+            "cnn4", (32, *SHAPE), "1GiB", specs=SPECS[:2], timed=False, streamed=True,
+            device=device, cache=cache,
+        )
+        for device in ("cpu", "cuda", "cpu")
+    }  # fmt: skip
+    peaks = {
+        d: [c.estimated_peak for c in p.candidates if c.method == "accumulate"]
+        for d, p in planned.items()
+    }
+    assert peaks == {"cpu": [on_cpu], "cuda": [on_gpu]}

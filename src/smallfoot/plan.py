@@ -585,7 +585,8 @@ def plan(
     Every spec (default :func:`candidate_specs`) is estimated on fake tensors; those that fit
     and the baseline are timed (``timed``; see :data:`TIMING_NOTE`) on ``device``. ``cache``:
     a JSON file keeping estimates and timings by (model, input, batch, classes, optimizer,
-    method, options, device) (None: no file). ``progress(name)`` is called before each
+    whether the data is a stream, method, options; the device for timings, and for the
+    estimates of a stream on a GPU) (None: no file). ``progress(name)`` is called before each
     candidate. Returns the :class:`Plan`, candidates ranked."""
     shape = tuple(example_input.shape if isinstance(example_input, torch.Tensor) else example_input)
     if len(shape) < 2 or any(int(s) < 1 for s in shape):

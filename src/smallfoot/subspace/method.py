@@ -76,7 +76,7 @@ class SubspaceOptions:
     run's --schedule"""
     psgd_weight_decay: float | None = None
     """P-SGD's weight decay (default: the run's --weight-decay, which the sampling stage uses;
-    the authors' train_psgd.py uses none: --psgd-weight-decay 0)"""
+    the authors' train_psgd.py uses none: --psgd-weight-decay 0); refused with P-BFGS"""
     pbfgs_batch_size: int | None = 1024
     """mini-batch of the P-BFGS stage, as the authors' scripts use (none: the run's
     --batch-size); its line search and curvature pair fit this one batch"""
