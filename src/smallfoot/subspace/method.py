@@ -119,23 +119,27 @@ class SubspaceOptions:
             raise ConfigError(
                 f"--psgd-weight-decay must be >= 0 (or none), got {self.psgd_weight_decay}"
             )
-        if self.psgd_weight_decay is not None and self.subspace_optimizer != "psgd":
+        if self.psgd_drops is not None and (
+            not self.psgd_drops or not all(0 < f < 1 for f in self.psgd_drops)
+        ):
             raise ConfigError(
-                "--psgd-weight-decay sets P-SGD's weight decay, but --subspace-optimizer is "
-                f"{self.subspace_optimizer} (its loss has no weight decay); drop "
-                "--psgd-weight-decay or use --subspace-optimizer psgd"
+                "--psgd-drops must be fractions of the subspace stage in (0, 1), e.g. "
+                f"--psgd-drops 0.75; got {self.psgd_drops}"
             )
-        if self.psgd_drops is not None:
-            if not self.psgd_drops or not all(0 < f < 1 for f in self.psgd_drops):
+        psgd_only = {  # flag: (value, what it sets, why P-BFGS has no use for it)
+            "--psgd-weight-decay": (
+                self.psgd_weight_decay,
+                "weight decay",
+                "its loss has no weight decay",
+            ),
+            "--psgd-drops": (self.psgd_drops, "schedule", "its line search picks each step"),
+        }
+        for flag, (value, sets, why) in psgd_only.items():
+            if value is not None and self.subspace_optimizer != "psgd":
                 raise ConfigError(
-                    "--psgd-drops must be fractions of the subspace stage in (0, 1), e.g. "
-                    f"--psgd-drops 0.75; got {self.psgd_drops}"
-                )
-            if self.subspace_optimizer != "psgd":
-                raise ConfigError(
-                    "--psgd-drops sets P-SGD's schedule, but --subspace-optimizer is "
-                    f"{self.subspace_optimizer} (its line search picks each step); drop "
-                    "--psgd-drops or use --subspace-optimizer psgd"
+                    f"{flag} sets P-SGD's {sets}, but --subspace-optimizer is "
+                    f"{self.subspace_optimizer} ({why}); drop {flag} or use "
+                    "--subspace-optimizer psgd"
                 )
         if self.basis is not None and self.start == "first":
             raise ConfigError(
